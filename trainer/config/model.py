@@ -8,12 +8,13 @@ Derived values are properties; validation happens once in __post_init__.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-AttentionType = Literal["mha", "gqa", "mla"]
-ScoreFunction = Literal["softmax", "sigmoid"]
-LoadBalancing = Literal["aux_loss", "seq_aux_loss", "none"]
-RopeType = Literal["rope", "yarn"]
+# OmegaConf structured configs reject typing.Literal, so choice fields are str, checked against
+# these tuples in __post_init__.
+ATTENTION_TYPES = ("mha", "gqa", "mla")
+SCORE_FUNCTIONS = ("softmax", "sigmoid")
+LOAD_BALANCING_TYPES = ("aux_loss", "seq_aux_loss", "none")
+ROPE_TYPES = ("rope", "yarn")
 
 
 @dataclass
@@ -28,7 +29,7 @@ class ModelConfig:
     """Attention heads."""
     num_query_groups: int | None = None
     """KV heads for GQA; None means MHA (one KV head per query head). Ignored for MLA."""
-    attention_type: AttentionType = "mla"
+    attention_type: str = "mla"
     """mha / gqa (LLaMA-style, DeepSeek-LLM) or mla (Multi-head Latent Attention, V2/V3)."""
     kv_channels: int | None = None
     """Head dim for mha/gqa; None means hidden_size / num_attention_heads."""
@@ -58,7 +59,7 @@ class ModelConfig:
     """Per-head decoupled rope dim of q/k."""
     v_head_dim: int = 16
     """Per-head value dim."""
-    rope_type: RopeType = "rope"
+    rope_type: str = "rope"
     """Rotary variant for MLA: plain rope or YaRN scaling."""
     rotary_scaling_factor: float = 1.0
     """YaRN scaling factor (V3: 40)."""
@@ -76,7 +77,7 @@ class ModelConfig:
     """Leading layers that use a dense FFN instead of MoE."""
     router_topk: int = 2
     """Routed experts per token."""
-    router_score_function: ScoreFunction = "sigmoid"
+    router_score_function: str = "sigmoid"
     """softmax (V2) or sigmoid (V3) gate."""
     router_enable_expert_bias: bool = True
     """Aux-loss-free balancing: per-expert bias added for top-k selection (sigmoid only)."""
@@ -88,7 +89,7 @@ class ModelConfig:
     """Groups each token may route to."""
     router_topk_scaling_factor: float | None = 2.5
     """Routed scaling factor applied to gate weights."""
-    load_balancing_type: LoadBalancing = "seq_aux_loss"
+    load_balancing_type: str = "seq_aux_loss"
     """Auxiliary balancing loss: per batch (aux_loss), per sequence (seq_aux_loss) or none."""
     aux_loss_coeff: float = 1e-4
     """Weight of the auxiliary balancing loss."""
@@ -101,6 +102,14 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _require(self.num_layers > 0, "num_layers must be positive")
+        for name, choices in (
+            ("attention_type", ATTENTION_TYPES),
+            ("router_score_function", SCORE_FUNCTIONS),
+            ("load_balancing_type", LOAD_BALANCING_TYPES),
+            ("rope_type", ROPE_TYPES),
+        ):
+            value = getattr(self, name)
+            _require(value in choices, f"{name}={value!r} is not one of {list(choices)}")
         _require(
             self.hidden_size % self.num_attention_heads == 0 or self.attention_type == "mla",
             f"hidden_size {self.hidden_size} not divisible by num_attention_heads "
