@@ -1,0 +1,94 @@
+"""Render or submit a training job for a cluster in conf/cluster/.
+
+    python -m slurm render cluster=slurm_h100 -- model=deepseek_v3 parallel=v3_1024
+    python -m slurm submit cluster=slurm_dev run_dir=runs/try1 -- train.max_steps=5
+    python -m slurm submit cluster=slurm_dev --cfg job        # print the resolved config
+
+Arguments before `--` are Hydra overrides of conf/slurm.yaml (cluster=..., cluster.nodes=4,
+run_dir=..., wait=false); arguments after `--` are passed to `python -m trainer`.
+`submit` writes <run_dir>/<job_name>.sbatch, submits it (or runs it with bash for
+cluster=local), waits and exits non-zero with the log path if the job fails.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from slurm.config import SlurmAppConfig, TrainJob, register_configs
+from slurm.jobs import SlurmError, check, run_local, submit, wait
+from slurm.render import render_sbatch
+
+ACTIONS = ("render", "submit")
+_state: dict[str, object] = {}
+register_configs()
+
+
+def _split_argv(argv: list[str]) -> tuple[str, list[str], list[str]]:
+    if not argv or argv[0] not in ACTIONS:
+        raise ValueError(
+            f"usage: python -m slurm {{{'|'.join(ACTIONS)}}} [overrides] -- [trainer overrides]"
+        )
+    rest = argv[1:]
+    if "--" in rest:
+        i = rest.index("--")
+        return argv[0], rest[:i], rest[i + 1 :]
+    return argv[0], rest, []
+
+
+def _submit(cfg: SlurmAppConfig, job: TrainJob) -> int:
+    from pathlib import Path
+
+    run_dir = Path(cfg.run_dir).absolute()
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    script = run_dir / f"{cfg.cluster.job_name}.sbatch"
+    script.write_text(render_sbatch(job, cfg.cluster))
+    if cfg.cluster.executor == "local":
+        result = run_local(script, run_dir / "logs" / f"{cfg.cluster.job_name}-local.out")
+    else:
+        job_id = submit(script)
+        log = run_dir / "logs" / f"{cfg.cluster.job_name}-{job_id}.out"
+        print(f"submitted job {job_id}; script {script}; log {log}")
+        if not cfg.wait:
+            return 0
+        result = wait(job_id, log_path=log, poll_s=cfg.poll_s, timeout_s=cfg.timeout_s)
+    check(result, f"{cfg.cluster.job_name} job")
+    print(f"job {result.job_id} {result.state} in {result.elapsed_s:.1f} s; log {result.log_path}")
+    return 0
+
+
+@hydra.main(config_path="../conf", config_name="slurm", version_base="1.3")
+def _app(dcfg: DictConfig) -> None:
+    try:  # inside the task: Hydra would print a traceback for anything that escapes
+        cfg: SlurmAppConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
+        overrides = list(_state["trainer_overrides"])  # type: ignore[call-overload]
+        job = TrainJob(overrides=overrides, run_dir=cfg.run_dir)
+        if _state["action"] == "render":
+            print(render_sbatch(job, cfg.cluster), end="")
+        else:
+            _state["rc"] = _submit(cfg, job)
+    except (ValueError, SlurmError, TimeoutError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        _state["rc"] = 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code. Bad input and failed jobs print one clear message."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        action, hydra_args, trainer_args = _split_argv(argv)
+        _state.update(action=action, trainer_overrides=trainer_args, rc=0)
+        if action == "render":  # print only: no output dir, no log file
+            hydra_args += ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=none"]
+        sys.argv = [sys.argv[0], *hydra_args]
+        _app()
+    except (ValueError, SlurmError, TimeoutError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return int(_state.get("rc", 0))  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Typed schemas: where a job runs (`ClusterConfig`, the `cluster:` group of conf/cluster/*.yaml)
+and what runs (`TrainJob`, `CommandJob`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+EXECUTORS = ("local", "slurm")
+_TIME_RE = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$|^\d+$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+@dataclass
+class ClusterConfig:
+    """Where and with which resources a job runs. One YAML per cluster in conf/cluster/."""
+
+    executor: str = "slurm"
+    """`slurm` (sbatch) or `local` (the same script run with bash on this machine, no Slurm)."""
+    partition: str | None = None
+    """Slurm partition (`--partition`); None = the cluster's default partition."""
+    account: str | None = None
+    """Slurm account to charge (`--account`)."""
+    qos: str | None = None
+    """Slurm quality of service (`--qos`)."""
+    nodes: int = 1
+    """Number of nodes; torchrun runs once per node and spawns `procs_per_node` workers."""
+    gpus_per_node: int = 0
+    """GPUs per node (`--gpus-per-node`); 0 = CPU job."""
+    procs_per_node: int | None = None
+    """Training processes per node; None = gpus_per_node, or cpus_per_task on CPU."""
+    cpus_per_task: int = 1
+    """CPUs for the one task per node (shared by all its training processes)."""
+    mem: str | None = None
+    """Memory per node (`--mem`, e.g. `64G`, `0` = all); None = the cluster default."""
+    time: str = "01:00:00"
+    """Wall-clock limit (`--time`): `MM`, `HH:MM:SS` or `D-HH:MM:SS`."""
+    job_name: str = "train"
+    """Job name (`--job-name`); also names the log file `<run_dir>/logs/<job_name>-<jobid>.out`."""
+    exclusive: bool = False
+    """Request whole nodes (`--exclusive`)."""
+    python: str | None = None
+    """Interpreter on the compute nodes (after env_setup); None = the submitting interpreter."""
+    env_setup: list[str] = field(default_factory=list)
+    """Shell lines run before launching, e.g. `module load cuda/12.4`, `source .venv/bin/activate`."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables exported in the job (values are quoted, not expanded)."""
+    container_image: str | None = None
+    """Container image for `srun --container-image` (pyxis/enroot); None = no container."""
+    container_mounts: list[str] = field(default_factory=list)
+    """`src:dst` mounts for the container (`--container-mounts`)."""
+    master_port: int | None = None
+    """Rendezvous port on the head node; None = 20000 + job id % 20000 (no clashes on shared nodes)."""
+    extra_sbatch: list[str] = field(default_factory=list)
+    """Further sbatch options, each starting with `--`, e.g. `--constraint=h100`."""
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"cluster.executor must be one of {EXECUTORS}, got {self.executor!r}")
+        for name in ("nodes", "cpus_per_task"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"cluster.{name} must be >= 1, got {getattr(self, name)}")
+        if self.gpus_per_node < 0:
+            raise ValueError(f"cluster.gpus_per_node must be >= 0, got {self.gpus_per_node}")
+        if self.procs_per_node is not None and self.procs_per_node < 1:
+            raise ValueError(f"cluster.procs_per_node must be >= 1, got {self.procs_per_node}")
+        if not _TIME_RE.match(self.time):
+            raise ValueError(f"cluster.time {self.time!r} is not MM, HH:MM:SS or D-HH:MM:SS")
+        if not _NAME_RE.match(self.job_name):
+            raise ValueError(f"cluster.job_name {self.job_name!r}: use letters, digits, _ . -")
+        for opt in self.extra_sbatch:
+            if not opt.startswith("--") or "\n" in opt:
+                raise ValueError(f"cluster.extra_sbatch entry {opt!r} must be one `--option`")
+        if self.executor == "local" and self.nodes != 1:
+            raise ValueError("cluster.executor=local runs on this machine: nodes must be 1")
+        if self.master_port is not None and not 1024 <= self.master_port <= 65535:
+            raise ValueError(f"cluster.master_port {self.master_port} is not in 1024..65535")
+
+    @property
+    def nproc_per_node(self) -> int:
+        """Training processes torchrun starts on each node."""
+        return self.procs_per_node or self.gpus_per_node or self.cpus_per_task
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.nproc_per_node
+
+
+@dataclass
+class TrainJob:
+    """Run the trainer (`-m trainer` under torchrun) with Hydra overrides."""
+
+    overrides: list[str]
+    """Hydra overrides for the trainer, e.g. `model=tiny_v3 train.max_steps=10`."""
+    run_dir: str
+    """Directory for the script, logs (`logs/`) and the trainer's Hydra output (`hydra/`)."""
+    workdir: str | None = None
+    """Working directory of the job; None = the current directory at render time."""
+    python: str | None = None
+    """Interpreter when the cluster names none; None = this process's interpreter."""
+    module: str = "trainer"
+    """Python module torchrun runs."""
+
+
+@dataclass
+class CommandJob:
+    """Run one command (argv) once per node."""
+
+    command: list[str]
+    """The argv to run, e.g. `["python", "-c", "print(1)"]`."""
+    run_dir: str
+    """Directory for the script and the logs (`logs/`)."""
+    workdir: str | None = None
+    """Working directory of the job; None = the current directory at render time."""
+
+    def __post_init__(self) -> None:
+        if not self.command:
+            raise ValueError("CommandJob.command is empty")
+
+
+@dataclass
+class SlurmAppConfig:
+    """Schema of conf/slurm.yaml: `python -m slurm submit|render cluster=NAME -- overrides`."""
+
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """The cluster group (conf/cluster/*.yaml)."""
+    run_dir: str = "runs/slurm"
+    """Where the script, logs and the submit config go."""
+    wait: bool = True
+    """After submitting, wait for the job and fail if it fails."""
+    poll_s: float = 2.0
+    """Seconds between state polls while waiting."""
+    timeout_s: float | None = None
+    """Give up waiting after this many seconds (the job keeps running); None = wait forever."""
+
+
+def register_configs() -> None:
+    """Register the schema in Hydra's ConfigStore (listed first in conf/slurm.yaml's defaults)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="slurm_app_schema", node=SlurmAppConfig)
+
+
+def load_cluster(spec: ClusterConfig | DictConfig | dict[str, Any] | str) -> ClusterConfig:
+    """A validated ClusterConfig from an instance, a mapping, or a name in conf/cluster/."""
+    if isinstance(spec, ClusterConfig):
+        return spec
+    if isinstance(spec, str):
+        path = CONF_DIR / "cluster" / f"{spec}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in (CONF_DIR / "cluster").glob("*.yaml"))
+            raise ValueError(f"unknown cluster {spec!r}; known: {', '.join(known)}")
+        spec = OmegaConf.load(path)
+    merged = OmegaConf.merge(OmegaConf.structured(ClusterConfig), spec)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
