@@ -1,0 +1,112 @@
+"""Top-level trainer schema (conf/trainer.yaml): composes every group and the run settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trainer.config.data import DataConfig
+from trainer.config.model import ModelConfig
+from trainer.config.optim import OptimConfig
+from trainer.config.parallel import ParallelConfig
+from trainer.config.precision import PrecisionConfig
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20
+    """Optimizer steps of the whole run (resume continues up to this number)."""
+    global_batch_size: int = 8
+    """Sequences per optimizer step, summed over data-parallel ranks and micro-batches."""
+    micro_batch_size: int = 2
+    """Sequences per forward/backward pass on one rank."""
+    seed: int = 1234
+    """Seed of weight initialisation and of megatron's RNG tracker."""
+    eval_interval: int = 10
+    """Run validation every this many steps (0 = never; also after the last step if > 0)."""
+    eval_iters: int = 2
+    """Global batches per validation run."""
+    log_interval: int = 1
+    """Report training metrics to the callbacks every this many steps."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "global_batch_size", "micro_batch_size", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train config: {name} must be >= 1")
+        if self.eval_interval < 0 or self.eval_iters < 0:
+            raise ValueError("train config: eval_interval and eval_iters must be >= 0")
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = "runs/trainer"
+    """Run directory: checkpoints (iter_XXXXXXX/), the `latest` pointer and summary.json."""
+    save_interval: int = 0
+    """Save every this many steps (0 = only at the end of training)."""
+    keep_last: int = 2
+    """Complete checkpoints to keep (older ones are deleted after a successful save)."""
+    resume: bool = True
+    """Resume from `dir/latest` when it exists."""
+    init_from: str | None = None
+    """Checkpoint directory (iter_XXXXXXX) whose model weights initialise a fresh run."""
+
+    def __post_init__(self) -> None:
+        if self.save_interval < 0 or self.keep_last < 1:
+            raise ValueError("checkpoint config: save_interval >= 0 and keep_last >= 1 required")
+
+
+@dataclass
+class LoggingConfig:
+    console: bool = True
+    """Print metrics to the console (rich table rows) on rank 0."""
+    mlflow: bool = False
+    """Log params/metrics to MLflow on rank 0 (run id from env MLFLOW_RUN_ID if set)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; None = env MLFLOW_TRACKING_URI or sqlite:///mlflow.db."""
+    experiment: str = "trainer"
+    """MLflow experiment name when no run id is given."""
+    peak_flops_per_device: float = 1.0e12
+    """Peak FLOP/s of one device, the MFU denominator (H100 bf16 dense: 989e12)."""
+
+
+@dataclass
+class TrainerConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Architecture (conf/model/*)."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Process layout (conf/parallel/*)."""
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    """Numeric precision (conf/precision/*)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and LR schedule."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Shard manifest and sequence settings."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Steps, batch sizes, validation cadence."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Where and how often checkpoints are written."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Metric callbacks."""
+    dry_run: bool = False
+    """Build nothing heavy: print layout, parameter counts, memory estimate and a JSON line."""
+    world_size: int | None = None
+    """Dry run only: world size to plan for (default: env WORLD_SIZE or 1)."""
+
+    def __post_init__(self) -> None:
+        if self.data.seq_length > self.model.max_position_embeddings:
+            raise ValueError(
+                f"trainer config: data.seq_length={self.data.seq_length} exceeds the model's "
+                f"rope limit max_position_embeddings={self.model.max_position_embeddings}"
+            )
+        if self.world_size is not None and self.world_size < 1:
+            raise ValueError("trainer config: world_size must be >= 1")
+
+    def micro_batches(self, data_parallel: int) -> int:
+        """Micro-batches per step on each rank; raises if the batch sizes do not divide."""
+        per_step = self.train.micro_batch_size * data_parallel
+        if self.train.global_batch_size % per_step:
+            raise ValueError(
+                f"trainer config: global_batch_size={self.train.global_batch_size} is not "
+                f"divisible by micro_batch_size x DP = {self.train.micro_batch_size} x "
+                f"{data_parallel}"
+            )
+        return self.train.global_batch_size // per_step

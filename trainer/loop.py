@@ -1,0 +1,205 @@
+"""The training loop: megatron-core schedules, DDP, optimizer, metrics, validation.
+
+`Trainer` assumes `trainer.parallel.initialize_parallel` has run. It builds the model chunks
+(one per virtual pipeline stage), wraps them in megatron's DistributedDataParallel, builds
+megatron's optimizer (AdamW + clipping, optionally distributed) and runs steps through
+`get_forward_backward_func` (no pipelining, 1F1B or interleaved 1F1B, chosen by megatron).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core.distributed import (
+    DistributedDataParallel,
+    DistributedDataParallelConfig,
+    finalize_model_grads,
+)
+from megatron.core.enums import ModelType
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.transformer.module import Float16Module
+
+from trainer.batches import microbatches
+from trainer.config.trainer import TrainerConfig
+from trainer.metrics import MetricsCollector
+from trainer.model import build_model, build_transformer_config
+from trainer.precision import megatron_precision_kwargs
+from trainer.schedule import lr_at
+
+
+def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor) -> tuple:
+    """Per-token cross-entropy summed over unmasked tokens (megatron 3-tuple convention)."""
+    mask = loss_mask.view(-1).float()
+    loss = torch.sum(output_tensor.float().view(-1) * mask)
+    num_tokens = mask.sum().to(torch.int)
+    report = torch.stack([loss.detach(), mask.sum().detach()])
+    return loss, num_tokens, {"lm loss": report}
+
+
+def _forward_step(data_iterator: Any, model: torch.nn.Module) -> tuple:
+    batch = next(data_iterator)
+    output = model(
+        batch["tokens"],
+        batch["position_ids"],
+        None,
+        labels=batch["labels"],
+        loss_mask=batch["loss_mask"],
+    )
+    return output, partial(_loss_func, batch["loss_mask"])
+
+
+class Trainer:
+    """Owns model chunks, optimizer and step counter of one run on this rank."""
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        train_data: Sequence[Any],
+        valid_data: Sequence[Any] | None = None,
+        config_overrides: dict[str, Any] | None = None,
+    ):
+        self.cfg = cfg
+        self.train_data, self.valid_data = train_data, valid_data
+        self.dp_size = ps.get_data_parallel_world_size()
+        self.dp_rank = ps.get_data_parallel_rank()
+        self.num_microbatches = cfg.micro_batches(self.dp_size)
+        self.tconfig = build_transformer_config(
+            cfg.model,
+            cfg.parallel,
+            megatron_precision_kwargs(cfg.precision),
+            **(config_overrides or {}),
+        )
+        self.model = self._build_chunks()
+        self.optimizer = self._build_optimizer()
+        self._wire_config()
+        self.metrics = MetricsCollector(cfg.model, self.model, self.tconfig)
+        self.step = 0
+
+    # ---- construction -------------------------------------------------------------------
+    def _build_chunks(self) -> list[DistributedDataParallel]:
+        vpp = self.cfg.parallel.virtual_pipeline_parallel
+        chunks = []
+        for i in range(vpp or 1):
+            vp = i if vpp else None
+            module = build_model(
+                self.cfg.model,
+                self.tconfig,
+                pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp),
+                post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp),
+                vp_stage=vp,
+            )
+            module.model_type = ModelType.encoder_or_decoder
+            if self.tconfig.bf16 or self.tconfig.fp16:
+                module = Float16Module(self.tconfig, module)
+            chunks.append(module)
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=self.cfg.precision.grad_reduce_in_fp32,
+            overlap_grad_reduce=False,
+            use_distributed_optimizer=self.cfg.parallel.use_distributed_optimizer,
+        )
+        return [
+            DistributedDataParallel(
+                config=self.tconfig, ddp_config=ddp_config, module=m, disable_bucketing=i > 0
+            )
+            for i, m in enumerate(chunks)
+        ]
+
+    def _build_optimizer(self) -> Any:
+        o, p = self.cfg.optim, self.cfg.precision
+        config = OptimizerConfig(
+            optimizer="adam",
+            lr=o.lr,
+            min_lr=o.min_lr,
+            weight_decay=o.weight_decay,
+            adam_beta1=o.betas[0],
+            adam_beta2=o.betas[1],
+            adam_eps=o.eps,
+            clip_grad=o.clip_grad,
+            bf16=p.params_dtype == "bf16",
+            fp16=p.params_dtype == "fp16",
+            params_dtype=self.tconfig.params_dtype,
+            use_distributed_optimizer=self.cfg.parallel.use_distributed_optimizer,
+        )
+        return get_megatron_optimizer(config, self.model)
+
+    def _wire_config(self) -> None:
+        c = self.tconfig
+        no_sync = [m.no_sync for m in self.model]
+        c.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
+        c.finalize_model_grads_func = finalize_model_grads
+        c.grad_scale_func = self.optimizer.scale_loss
+
+    # ---- steps ----------------------------------------------------------------------------
+    def _run_schedule(self, batches: list[dict], forward_only: bool) -> list[dict]:
+        iters: Any = [iter(batches) for _ in self.model]
+        return get_forward_backward_func()(
+            forward_step_func=_forward_step,
+            data_iterator=iters if len(iters) > 1 else iters[0],
+            model=self.model,
+            num_microbatches=len(batches),
+            seq_length=self.cfg.data.seq_length,
+            micro_batch_size=self.cfg.train.micro_batch_size,
+            forward_only=forward_only,
+        )
+
+    def _batches(self, data: Sequence[Any], step: int) -> list[dict]:
+        t = self.cfg.train
+        return microbatches(
+            data, step, t.global_batch_size, t.micro_batch_size, self.dp_rank, self.dp_size
+        )
+
+    def current_lr(self) -> float:
+        return lr_at(self.step, self.cfg.train.steps, self.cfg.optim)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step on global batch `self.step`; returns reduced metrics."""
+        start = time.perf_counter()
+        for chunk in self.model:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        lr = self.current_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.metrics.start_step()
+        losses = self._run_schedule(self._batches(self.train_data, self.step), False)
+        ok, grad_norm, _ = self.optimizer.step()
+        if not ok:
+            raise RuntimeError(f"optimizer step {self.step} failed (inf/nan gradients)")
+        self.step += 1
+        metrics = self.metrics.reduce(losses, self.num_microbatches)
+        metrics.update(grad_norm=float(grad_norm or 0.0), lr=lr)
+        metrics.update(self.metrics.throughput(time.perf_counter() - start, self.cfg))
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean LM loss over `eval_iters` global batches of the validation data."""
+        if not self.valid_data or self.cfg.train.eval_iters == 0:
+            return float("nan")
+        for chunk in self.model:
+            chunk.eval()
+        total = torch.zeros(2)
+        for i in range(self.cfg.train.eval_iters):
+            losses = self._run_schedule(self._batches(self.valid_data, i), True)
+            for item in losses:
+                total += item["lm loss"].float()
+        for chunk in self.model:
+            chunk.train()
+        self.metrics.clear_trackers()
+        return self.metrics.broadcast_lm_loss(total)
+
+
+def set_train_mode(model: list[torch.nn.Module]) -> None:
+    for chunk in model:
+        chunk.train()
+
+
+def world_rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0

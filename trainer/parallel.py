@@ -1,0 +1,140 @@
+"""The one place that initialises torch.distributed and megatron-core's parallel state.
+
+`validate_layout` checks a ParallelConfig against the model and world size before any process
+group exists; `initialize_parallel` creates the groups (gloo + CPU patches on CPU, NCCL on GPU)
+and seeds megatron's RNG tracker; `destroy_parallel` tears everything down.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+from trainer.config.model import ModelConfig
+from trainer.config.parallel import ParallelConfig
+from trainer.cpu_patches import apply_cpu_patches
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Resolved process layout of a run (sizes only; ranks come from parallel_state)."""
+
+    world_size: int
+    tensor: int
+    pipeline: int
+    virtual_pipeline: int | None
+    expert: int
+    context: int
+    data: int
+
+    def describe(self) -> str:
+        vpp = f" (x{self.virtual_pipeline} virtual)" if self.virtual_pipeline else ""
+        return (
+            f"world {self.world_size} = DP{self.data} x TP{self.tensor} x PP{self.pipeline}"
+            f"{vpp} x CP{self.context}; EP{self.expert} (experts sharded within DPxCP)"
+        )
+
+
+def validate_layout(model: ModelConfig, parallel: ParallelConfig, world_size: int) -> Layout:
+    """Raise ValueError with a clear message if the layout cannot run this model."""
+    p = parallel
+    data = p.data_parallel_size(world_size)
+    stages = p.pipeline_parallel * (p.virtual_pipeline_parallel or 1)
+    if model.num_layers % stages:
+        raise ValueError(
+            f"parallel layout: num_layers={model.num_layers} is not divisible by PP x VPP = "
+            f"{p.pipeline_parallel} x {p.virtual_pipeline_parallel or 1} = {stages}"
+        )
+    if model.is_moe:
+        if model.num_experts % p.expert_parallel:
+            raise ValueError(
+                f"parallel layout: num_experts={model.num_experts} is not divisible by "
+                f"expert_parallel={p.expert_parallel}"
+            )
+        if p.tensor_parallel > 1 and not p.sequence_parallel:
+            raise ValueError(
+                "parallel layout: MoE with tensor_parallel > 1 needs sequence_parallel=true"
+            )
+        expert_world = p.expert_parallel * p.tensor_parallel * p.pipeline_parallel
+        if world_size % expert_world:
+            raise ValueError(
+                f"parallel layout: world size {world_size} is not divisible by "
+                f"EP x TP x PP = {expert_world}"
+            )
+    elif p.expert_parallel > 1:
+        raise ValueError("parallel layout: expert_parallel > 1 needs a MoE model (num_experts)")
+    if p.sequence_parallel and p.tensor_parallel == 1:
+        raise ValueError("parallel layout: sequence_parallel needs tensor_parallel > 1")
+    _check_heads(model, p.tensor_parallel)
+    return Layout(
+        world_size, p.tensor_parallel, p.pipeline_parallel, p.virtual_pipeline_parallel,
+        p.expert_parallel, p.context_parallel, data,
+    )  # fmt: skip
+
+
+def _check_heads(model: ModelConfig, tp: int) -> None:
+    if model.num_attention_heads % tp:
+        raise ValueError(
+            f"parallel layout: num_attention_heads={model.num_attention_heads} is not "
+            f"divisible by tensor_parallel={tp}"
+        )
+    groups = model.num_query_groups
+    if groups and not model.is_mla and groups % tp:
+        raise ValueError(
+            f"parallel layout: num_query_groups={groups} is not divisible by tensor_parallel={tp}"
+        )
+
+
+def free_port() -> int:
+    """A TCP port that is free right now on this host."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _init_process_group(timeout_s: int) -> None:
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
+
+
+def initialize_parallel(
+    model: ModelConfig, parallel: ParallelConfig, seed: int, timeout_s: int = 600
+) -> Layout:
+    """Validate, create the process groups (env:// rendezvous) and seed the RNG tracker."""
+    if not torch.cuda.is_available():
+        apply_cpu_patches()
+    world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+    layout = validate_layout(model, parallel, world)
+    _init_process_group(timeout_s)
+    ps.destroy_model_parallel()
+    ps.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tensor_parallel,
+        pipeline_model_parallel_size=parallel.pipeline_parallel,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_parallel,
+        context_parallel_size=parallel.context_parallel,
+        expert_model_parallel_size=parallel.expert_parallel,
+    )
+    model_parallel_cuda_manual_seed(seed)
+    return layout
+
+
+def destroy_parallel() -> None:
+    """Destroy megatron's groups and the default process group (safe to call twice)."""
+    ps.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
