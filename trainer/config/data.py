@@ -24,7 +24,8 @@ class DataConfig:
     num_workers: int = 0
     """DataLoader worker processes (0 = load in the training process)."""
     cache_dir: str | None = None
-    """Where megatron caches sample indices; None = `<manifest dir>/.index_cache`."""
+    """Where megatron caches its sample indices (shared by all ranks; used only under
+    torch.distributed); None = rebuild them in memory every run."""
     reset_position_ids: bool = False
     """Restart position ids after each EOD token."""
     reset_attention_mask: bool = False
