@@ -17,7 +17,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from slurm.config import SlurmAppConfig, TrainJob, register_configs
+from slurm.config import CONF_DIR, SlurmAppConfig, TrainJob, register_configs
 from slurm.jobs import SlurmError, check, run_local, submit, wait
 from slurm.render import render_sbatch
 
@@ -59,7 +59,9 @@ def _submit(cfg: SlurmAppConfig, job: TrainJob) -> int:
     return 0
 
 
-@hydra.main(config_path="../conf", config_name="slurm", version_base="1.3")
+# An absolute config path (= ../conf) so that the app also works when called in-process from
+# another working directory (Hydra would otherwise look for an importable `conf` package).
+@hydra.main(config_path=str(CONF_DIR), config_name="slurm", version_base="1.3")
 def _app(dcfg: DictConfig) -> None:
     try:  # inside the task: Hydra would print a traceback for anything that escapes
         cfg: SlurmAppConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]

@@ -1,0 +1,42 @@
+"""Fixtures for the slurm tests: the golden-file switch and the real dev cluster (skipped when
+Slurm is not installed or the cluster does not answer; start it with
+`bash slurm/dev_cluster.sh start`)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cluster_problem() -> str | None:
+    """Why the dev cluster cannot be used, or None when it answers."""
+    if shutil.which("sbatch") is None:
+        return "sbatch is not on PATH (run `bash slurm/dev_cluster.sh start` to install a cluster)"
+    try:
+        proc = subprocess.run(
+            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20
+        )
+    except subprocess.TimeoutExpired:
+        return "sinfo timed out: slurmctld does not answer"
+    states = proc.stdout.split()
+    if proc.returncode != 0 or not any(
+        s.rstrip("*~#") in ("idle", "mixed", "allocated") for s in states
+    ):
+        return f"no usable Slurm node (sinfo: {proc.stdout.strip() or proc.stderr.strip()})"
+    acct = subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True, timeout=20)
+    if acct.returncode != 0:
+        return "sacct fails: the cluster has no accounting (slurmdbd)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def dev_cluster() -> None:
+    """Skip unless a Slurm cluster with accounting answers."""
+    problem = _cluster_problem()
+    if problem:
+        pytest.skip(f"no Slurm dev cluster: {problem}")

@@ -1,0 +1,142 @@
+"""Rendered scripts: golden files per conf/cluster/*.yaml (regenerate with UPDATE_GOLDEN=1),
+and the scripts really run: argv quoting and rendezvous values checked with fake srun/python."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from slurm.config import CONF_DIR, ClusterConfig, CommandJob, TrainJob, load_cluster
+from slurm.render import render_sbatch, trainer_overrides
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"  # regenerate golden files
+CLUSTERS = sorted(p.stem for p in (CONF_DIR / "cluster").glob("*.yaml"))
+GOLDEN_TRAIN = TrainJob(
+    overrides=["model=tiny_v3", "train.max_steps=10", "data.manifest=/data/tok/manifest.json"],
+    run_dir="/runs/example",
+    workdir="/work/project",
+    python="/opt/venv/bin/python",
+)
+
+
+def _check_golden(name: str, text: str) -> None:
+    path = GOLDEN_DIR / name
+    if UPDATE_GOLDEN:
+        path.write_text(text)
+    assert path.is_file(), f"missing golden {path}; run with UPDATE_GOLDEN=1 to create it"
+    assert text == path.read_text(), f"{name} differs from its golden (UPDATE_GOLDEN=1 to accept)"
+
+
+@pytest.mark.parametrize("name", CLUSTERS)
+def test_train_script_matches_golden(name):
+    _check_golden(f"train_{name}.sbatch", render_sbatch(GOLDEN_TRAIN, load_cluster(name)))
+
+
+def test_command_script_matches_golden():
+    job = CommandJob(["python", "-c", "print('hi')"], run_dir="/runs/cmd", workdir="/work/project")
+    _check_golden("command_slurm_dev.sbatch", render_sbatch(job, load_cluster("slurm_dev")))
+
+
+def test_every_golden_is_checked_and_valid_bash():
+    expected = {f"train_{n}.sbatch" for n in CLUSTERS} | {"command_slurm_dev.sbatch"}
+    assert {p.name for p in GOLDEN_DIR.glob("*.sbatch")} == expected
+    for path in GOLDEN_DIR.glob("*.sbatch"):
+        subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+def test_sbatch_directives_follow_the_cluster():
+    text = render_sbatch(GOLDEN_TRAIN, load_cluster("slurm_h100"))
+    directives = [line for line in text.splitlines() if line.startswith("#SBATCH")]
+    for expected in ("--nodes=16", "--gpus-per-node=8", "--account=llm-pretrain", "--exclusive",
+                     "--output=/runs/example/logs/%x-%j.out", "--constraint=h100"):  # fmt: skip
+        assert f"#SBATCH {expected}" in directives
+    local = render_sbatch(GOLDEN_TRAIN, load_cluster("local"))
+    assert "#SBATCH" not in local and "srun" not in local and "--standalone" in local
+
+
+def test_hydra_run_dir_is_added_once():
+    job = TrainJob(overrides=["a=1"], run_dir="/r")
+    assert trainer_overrides(job, "/r") == ["a=1", "hydra.run.dir=/r/hydra"]
+    job = TrainJob(overrides=["hydra.run.dir=/mine"], run_dir="/r")
+    assert trainer_overrides(job, "/r") == ["hydra.run.dir=/mine"]
+
+
+def _fake_bin(tmp_path: Path) -> Path:
+    """Fake python/srun/scontrol that record their argv (one per line) and environment."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = {
+        "python": 'printf "%s\\n" "$@" > "$REC/python.argv"; env > "$REC/python.env"',
+        "srun": 'printf "%s\\n" "$@" > "$REC/srun.argv"\n'
+        'while [[ "$1" == --* ]]; do shift; done; exec "$@"',
+        "scontrol": '[ "$1 $2" = "show hostnames" ] && printf "node7\\nnode8\\n"',
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def _run_script(text: str, tmp_path: Path, extra_env: dict[str, str]) -> Path:
+    bin_dir, rec = _fake_bin(tmp_path), tmp_path / "rec"
+    rec.mkdir()
+    script = tmp_path / "job.sh"
+    script.write_text(text)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "REC": str(rec), **extra_env}
+    subprocess.run(["bash", str(script)], check=True, env=env, cwd=tmp_path)
+    return rec
+
+
+TRICKY = ["model=tiny_v3", "name='a b'", "tag=$HOME", 'q="x;y"', "+train.seed=3"]
+
+
+def test_local_script_passes_overrides_verbatim(tmp_path):
+    job = TrainJob(overrides=TRICKY, run_dir=str(tmp_path / "run"), workdir=str(tmp_path))
+    cluster = ClusterConfig(executor="local", cpus_per_task=2, python="python")
+    rec = _run_script(render_sbatch(job, cluster), tmp_path, {})
+    argv = (rec / "python.argv").read_text().splitlines()
+    assert argv == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                    "-m", "trainer", *TRICKY, f"hydra.run.dir={tmp_path}/run/hydra"]  # fmt: skip
+    assert (tmp_path / "run" / "logs").is_dir()
+
+
+def test_slurm_script_rendezvous_on_the_head_node(tmp_path):
+    job = TrainJob(overrides=TRICKY, run_dir=str(tmp_path / "run"), workdir=str(tmp_path))
+    cluster = ClusterConfig(
+        nodes=2, gpus_per_node=4, python="python", env={"NCCL_DEBUG": "WARN"},
+        env_setup=["export FROM_SETUP=yes"], container_image="img:1",
+    )  # fmt: skip
+    slurm_env = {
+        "SLURM_JOB_ID": "12345",
+        "SLURM_JOB_NODELIST": "node[7-8]",
+        "SLURM_JOB_NUM_NODES": "2",
+    }
+    rec = _run_script(render_sbatch(job, cluster), tmp_path, slurm_env)
+    argv = (rec / "python.argv").read_text().splitlines()
+    assert argv[:7] == ["-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=4",
+                        "--rdzv-backend=c10d", "--rdzv-endpoint=node7:32345", "--rdzv-id=12345"]  # fmt: skip
+    assert argv[7:] == ["-m", "trainer", *TRICKY, f"hydra.run.dir={tmp_path}/run/hydra"]
+    srun = (rec / "srun.argv").read_text().splitlines()
+    assert srun[:3] == [
+        "--kill-on-bad-exit=1",
+        "--container-image=img:1",
+        f"--container-workdir={tmp_path}",
+    ]
+    env = dict(
+        line.split("=", 1) for line in (rec / "python.env").read_text().splitlines() if "=" in line
+    )
+    assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("node7", "32345")
+    assert (env["NCCL_DEBUG"], env["FROM_SETUP"]) == ("WARN", "yes")
+
+
+def test_newlines_in_a_command_cannot_escape_the_comment_line(tmp_path):
+    marker = tmp_path / "pwned"
+    job = CommandJob(
+        ["true", f"x\ntouch {marker}"], run_dir=str(tmp_path / "r"), workdir=str(tmp_path)
+    )
+    subprocess.run(["bash", "-c", render_sbatch(job, ClusterConfig(executor="local"))], check=True)
+    assert not marker.exists()
