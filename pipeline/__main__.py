@@ -1,0 +1,63 @@
+"""Run the pretraining pipeline DAG on Ray with MLflow tracking.
+
+    python -m pipeline                              # demo: sample corpus -> ... -> tiny V3 model
+    python -m pipeline run_dir=runs/exp1 dry_run=true   # show what would run or be skipped, and why
+    python -m pipeline ray.address=auto tracking.uri=http://mlflow:5000   # a Ray cluster + shared MLflow
+    python -m pipeline stages.quality.overrides='[...]'  # any Hydra override of conf/pipeline.yaml
+    python -m pipeline --cfg job                    # print the resolved config
+
+Rerunning with the same run_dir skips finished stages and resumes interrupted ones.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import PipelineConfig
+from pipeline.engine import PipelineError, RunResult, run_pipeline
+
+ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)
+
+
+def _to_config(cfg: DictConfig) -> PipelineConfig:
+    try:
+        return OmegaConf.to_object(cfg)
+    except Exception as err:  # omegaconf wraps __post_init__ errors in its own types
+        raise ValueError(str(err).splitlines()[0]) from None
+
+
+def print_outcome(result: RunResult) -> None:
+    """Where the outputs are and how to look at them."""
+    print(f"\nPipeline finished: {len(result.ran)} stage(s) ran, outputs in {result.run_dir}")
+    for key in result.plan:
+        print(f"  {key:28s} {result.run_dir / key}")
+    summary = result.run_dir / "train" / "checkpoints" / "summary.json"
+    if summary.exists():
+        print(f"Training summary: {summary.read_text().strip()}")
+    if result.tracking_uri:
+        print(f"MLflow parent run: {result.parent_run_id}")
+        if result.tracking_uri.startswith(("sqlite:", "/")):
+            print(f"Open the MLflow UI:  mlflow ui --backend-store-uri {result.tracking_uri}")
+            print("then browse http://127.0.0.1:5000")
+
+
+@hydra.main(config_path="../conf", config_name="pipeline", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        result = run_pipeline(_to_config(cfg))
+    except (ValueError, PipelineError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+    if not cfg.dry_run:
+        print_outcome(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""Stage kind `data_prep`: run one data_prep stage through `data_prep.run_stage`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.registry import StageContext, register_kind
+
+
+@dataclass
+class DataPrepOptions:
+    stage: str | None = None
+    """data_prep stage to run (read, normalize, ...); null = the pipeline stage's own name."""
+
+
+@register_kind("data_prep", options=DataPrepOptions, code=("data_prep",), conf=("data_prep/**", "data_prep.yaml"))  # fmt: skip
+def data_prep_stage(ctx: StageContext) -> dict:
+    """Run the stage in this Ray task; its files land in ctx.output; returns its stats."""
+    from data_prep import run_stage
+
+    stats = run_stage(ctx.options.stage or ctx.name, list(ctx.overrides))
+    for name in ("manifest.json", "tokenizer.json", "removed_samples", "rejects"):
+        ctx.artifacts.append(ctx.output / name)
+    return stats

@@ -1,0 +1,144 @@
+"""Stage kind `train`: launch the trainer (torchrun or python -m) and stream its log.
+
+The trainer logs into the stage's nested MLflow run (MLFLOW_RUN_ID / MLFLOW_TRACKING_URI in
+its environment) and resumes from `checkpoint.dir` when the stage reruns after a kill.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.registry import StageContext, register_kind
+
+_RATE = re.compile(r"tokens?[/_ ]per[_ ]s(?:ec)?\W+([\d.,]+)|([\d.,]+)\s*tok(?:en)?s?/s", re.I)
+
+
+@dataclass
+class TrainOptions:
+    nproc_per_node: int = 1
+    """Local processes: 1 runs `python -m MODULE`, more run `torchrun --nproc-per-node N`."""
+    launcher: str = "local"
+    """local (a subprocess on the Ray worker) or slurm (hand the job to the Slurm launcher)."""
+    module: str = "trainer"
+    """Python module of the trainer entry point."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment variables for the trainer processes."""
+    cluster: str = "slurm_dev"
+    """launcher=slurm: cluster config name in conf/cluster/ (nodes, GPUs, partition, ...)."""
+    timeout_s: float | None = None
+    """launcher=slurm: give up waiting for the job after this many seconds (null = never)."""
+
+    def __post_init__(self) -> None:
+        if self.nproc_per_node < 1:
+            raise ValueError(f"train option nproc_per_node must be >= 1, got {self.nproc_per_node}")
+        if self.launcher not in ("local", "slurm"):
+            raise ValueError(
+                f"train option launcher must be 'local' or 'slurm', got {self.launcher!r}"
+            )
+
+
+def checkpoint_dir(ctx: StageContext) -> Path:
+    for override in ctx.overrides:
+        if override.startswith("checkpoint.dir="):
+            return Path(override.split("=", 1)[1])
+    return ctx.output / "checkpoints"
+
+
+def command(opts: TrainOptions, overrides: list[str]) -> list[str]:
+    """The trainer command line (same interpreter, so the same virtual environment)."""
+    if opts.nproc_per_node == 1:
+        return [sys.executable, "-m", opts.module, *overrides]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*launcher, f"--nproc-per-node={opts.nproc_per_node}", "-m", opts.module, *overrides]
+
+
+def _die_with_parent() -> None:
+    """Child preexec: get SIGKILL when the Ray worker dies (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _stream(proc: subprocess.Popen, ctx: StageContext, tail: deque) -> None:
+    prefix = f"({ctx.key}) "
+    for raw in proc.stdout:
+        line = raw.decode(errors="replace")
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        ctx.echo(prefix + line)
+        tail.append(line.rstrip())
+        match = _RATE.search(line)
+        if match:
+            value = float((match.group(1) or match.group(2)).replace(",", ""))
+            ctx.report(throughput=value, unit="tok/s")
+
+
+def run_local(ctx: StageContext, opts: TrainOptions, overrides: list[str]) -> None:
+    env = dict(os.environ, **opts.env, PYTHONUNBUFFERED="1")
+    if ctx.mlflow_run_id:
+        env.update(MLFLOW_RUN_ID=ctx.mlflow_run_id, MLFLOW_TRACKING_URI=ctx.tracking_uri or "")
+    cmd = command(opts, overrides)
+    print("launch:", " ".join(cmd), flush=True)
+    tail: deque = deque(maxlen=20)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+    )
+    try:
+        _stream(proc, ctx, tail)
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if code != 0:
+        last = "\n".join(list(tail)[-5:])
+        raise RuntimeError(f"trainer exited with code {code}; last lines:\n{last}")
+
+
+def run_slurm(ctx: StageContext, opts: TrainOptions, overrides: list[str]) -> None:
+    """Submit through the slurm package's launcher and wait; copies the job log into ours."""
+    from slurm import SlurmError, launch_training
+
+    env = dict(opts.env)
+    if ctx.mlflow_run_id:
+        env.update(MLFLOW_RUN_ID=ctx.mlflow_run_id, MLFLOW_TRACKING_URI=ctx.tracking_uri or "")
+    try:
+        result = launch_training(
+            overrides, opts.cluster, ctx.output / "slurm", env=env, timeout_s=opts.timeout_s
+        )
+    except SlurmError as err:
+        raise RuntimeError(f"slurm training job failed: {err}") from None
+    finally:
+        for log in sorted((ctx.output / "slurm").rglob("*.out")):
+            print(f"--- {log}\n{log.read_text(errors='replace')}", flush=True)
+    print(
+        f"slurm job {result.job_id} ended {result.state} after {result.elapsed_s:.0f}s", flush=True
+    )
+
+
+@register_kind("train", options=TrainOptions, code=lambda o: (o.module,), conf=("model/**", "parallel/**", "precision/**", "train/**", "trainer.yaml"), resumable=True)  # fmt: skip
+def train(ctx: StageContext) -> dict:
+    """Train (or resume training) the model; returns the trainer's summary.json as stats."""
+    opts: TrainOptions = ctx.options
+    ckpt = checkpoint_dir(ctx)
+    overrides = list(ctx.overrides)
+    if not any(o.startswith("checkpoint.dir=") for o in overrides):
+        overrides.append(f"checkpoint.dir={ckpt}")
+    started = time.time()
+    (run_slurm if opts.launcher == "slurm" else run_local)(ctx, opts, overrides)
+    summary_path = ckpt / "summary.json"
+    if not summary_path.exists():
+        raise RuntimeError(f"trainer finished but wrote no {summary_path}")
+    summary = json.loads(summary_path.read_text())
+    ctx.artifacts.append(summary_path)
+    return {**summary, "wall_s": time.time() - started}

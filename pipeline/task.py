@@ -1,0 +1,107 @@
+"""The body of a stage's Ray task: prepare the folder, run the kind, track it, write the marker."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import state, tracking
+from pipeline.dag import Node
+from pipeline.registry import StageContext
+
+
+class StageFailed(Exception):
+    """A stage raised; carries the stage key and its log path to the driver."""
+
+    def __init__(self, key: str, log_path: str, message: str):
+        super().__init__(key, log_path, message)
+        self.key, self.log_path, self.message = key, log_path, message
+
+    def __str__(self) -> str:
+        return f"stage {self.key} failed: {self.message} (log: {self.log_path})"
+
+
+@dataclass
+class Tracking:
+    """Where a stage task logs to MLflow (None fields = tracking off)."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    max_artifact_mb: float
+
+
+@contextlib.contextmanager
+def _output_to(log_path: Path):
+    """Send this process's stdout/stderr (fds 1 and 2, so children too) to the stage log.
+
+    Yields a function that writes a line to the original stdout (the console).
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "ab", buffering=0) as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield lambda line: os.write(saved[0], line.encode(errors="replace"))
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _artifacts(node: Node, ctx: StageContext, config_file: Path) -> list[Path]:
+    found = [node.output / "stats.json", config_file, node.log_path]
+    return found + [p for p in ctx.artifacts if p not in found]
+
+
+def execute(node: Node, track: Tracking | None, *upstream: dict) -> dict:
+    """Run one stage (Ray task body). `upstream` are the parents' results (ordering edges)."""
+    started = time.time()
+    with _output_to(node.log_path) as echo:
+        print(f"=== stage {node.key} ({node.kind.name}) started {time.ctime(started)}", flush=True)
+        run_id = None
+        try:
+            state.prepare_output(node)
+            if track:
+                run_id = tracking.start_stage_run(
+                    track.uri, track.experiment_id, track.parent_run_id, node
+                )
+            stats = _run_kind(node, track, run_id, echo)
+            marker = state.write_marker(node, stats, started, run_id)
+        except BaseException as err:  # noqa: BLE001 - reported to the driver as StageFailed
+            traceback.print_exc()
+            message = f"{type(err).__name__}: {err}".strip()
+            if track and run_id:
+                tracking.fail_stage_run(track.uri, run_id, message, node.log_path)
+            raise StageFailed(node.key, str(node.log_path), message) from None
+        print(f"=== stage {node.key} done in {marker['finished_at'] - started:.1f}s", flush=True)
+    return {"key": node.key, "stats": stats, "started": started, "finished": marker["finished_at"]}
+
+
+def _run_kind(node: Node, track: Tracking | None, run_id: str | None, echo) -> dict:
+    ctx = StageContext(
+        key=node.key, name=node.name, domain=node.domain, output=node.output,
+        run_dir=node.run_dir, overrides=list(node.overrides), options=node.options,
+        inputs={up: [node.run_dir / k for k in keys] for up, keys in node.inputs.items()},
+        log_path=node.log_path, mlflow_run_id=run_id, tracking_uri=track and track.uri,
+        echo=echo,
+    )  # fmt: skip
+    stats = node.kind.run(ctx) or {}
+    if track and run_id:
+        config_file = node.output / ".stage_config.json"
+        state.write_json_atomic(config_file, {"config": node.config, "overrides": node.overrides})
+        tracking.finish_stage_run(
+            track.uri, run_id, stats, _artifacts(node, ctx, config_file), track.max_artifact_mb
+        )
+    return stats

@@ -1,0 +1,206 @@
+"""MLflow lineage: a parent run per pipeline run, a nested run per stage.
+
+The driver owns the parent run; each stage's Ray task opens and closes its own nested run
+(params = resolved stage config, metrics = stats, artifacts = stats.json, manifest, removed
+samples, stage config, log, tokenizer; dataset inputs = upstream outputs). The train kind
+hands the nested run to the trainer through MLFLOW_RUN_ID / MLFLOW_TRACKING_URI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import TrackingConfig
+
+_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
+_MAX_PARAM_VALUE = 6000
+
+
+def resolve_uri(uri: str) -> str:
+    """Make a relative sqlite/file store absolute (Ray workers and the trainer use other cwds)."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    if "://" not in uri:
+        return str(Path(uri).resolve())
+    return uri
+
+
+def clean_key(key: str) -> str:
+    return _BAD_KEY_CHARS.sub("_", key)[:250]
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> {'a.b': v} (lists are kept as values)."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def numeric_metrics(stats: dict) -> dict[str, float]:
+    """The numeric leaves of a stats dict, as MLflow metric names."""
+    out = {}
+    for key, value in flatten(stats).items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        out[clean_key(key)] = float(value)
+    return out
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+class ParentRun:
+    """The pipeline run's MLflow parent run (driver side)."""
+
+    def __init__(self, cfg: TrackingConfig, run_dir: Path):
+        self.uri = resolve_uri(cfg.uri)
+        self.client = _client(self.uri)
+        exp = self.client.get_experiment_by_name(cfg.experiment)
+        self.experiment_id = (
+            exp.experiment_id if exp else self.client.create_experiment(cfg.experiment)
+        )
+        self.run_dir = run_dir
+        self.run_name = cfg.run_name or run_dir.name
+        self.run_id: str | None = None
+
+    def close_stale(self) -> int:
+        """Mark runs of earlier, killed drivers on this run_dir as KILLED."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`pipeline.run_dir` = '{self.run_dir}' and attributes.status = 'RUNNING'",
+        )
+        for run in runs:
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+        return len(runs)
+
+    def start(self, resolved_config: dict, plan: dict[str, str]) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=self.run_name,
+            tags={"pipeline.run_dir": str(self.run_dir), "pipeline.role": "parent"},
+        )
+        self.run_id = run.info.run_id
+        log_params(self.client, self.run_id, flatten(resolved_config))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "pipeline_config.json"
+            path.write_text(json.dumps({"config": resolved_config, "plan": plan}, indent=1))
+            self.client.log_artifact(self.run_id, str(path))
+        return self.run_id
+
+    def note_skipped(self, key: str, marker: dict | None) -> None:
+        reused = (marker or {}).get("mlflow_run_id") or "unknown"
+        self.client.set_tag(
+            self.run_id, clean_key(f"skipped.{key}"), f"reused output of run {reused}"
+        )
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        if error:
+            self.client.set_tag(self.run_id, "error", error[:5000])
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(clean_key(k), str(v)[:_MAX_PARAM_VALUE]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def start_stage_run(uri: str, experiment_id: str, parent_id: str, node) -> str:
+    """Open the stage's nested run and log its params and dataset inputs."""
+    client = _client(uri)
+    tags = {
+        "mlflow.parentRunId": parent_id,
+        "pipeline.stage": node.name,
+        "pipeline.kind": node.kind.name,
+        "pipeline.fingerprint": node.fingerprint,
+        "pipeline.code_version": node.code_version,
+    }
+    if node.domain:
+        tags["pipeline.domain"] = node.domain
+    run_id = client.create_run(experiment_id, run_name=node.key, tags=tags).info.run_id
+    params = flatten({k: v for k, v in node.config.items() if k != "overrides"})
+    params.update({f"override.{o.split('=', 1)[0]}": o.split("=", 1)[-1] for o in node.overrides})
+    log_params(client, run_id, params)
+    _log_lineage(client, run_id, node)
+    return run_id
+
+
+def _dataset(path: str, name: str, digest: str):
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are 'local'
+        warnings.simplefilter("ignore")
+        source = resolve_dataset_source(path)
+    return MetaDataset(source, name=name, digest=digest[:16])
+
+
+def _log_lineage(client, run_id: str, node) -> None:
+    from mlflow.entities import DatasetInput, InputTag
+
+    def entry(ds, context: str) -> DatasetInput:
+        return DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+
+    inputs = [
+        entry(_dataset(str(node.run_dir / key), key, fp), "input")
+        for key, fp in node.input_fingerprints.items()
+    ]
+    state = node.config.get("domain_input_state")
+    if state:
+        inputs.append(
+            entry(_dataset(node.config["domain_input"], f"raw/{node.domain}", state), "input")
+        )
+    inputs.append(entry(_dataset(str(node.output), node.key, node.fingerprint), "output"))
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def finish_stage_run(
+    uri: str, run_id: str, stats: dict, artifacts: list[Path], max_mb: float
+) -> None:
+    """Log the stage's stats as metrics and its artifacts, then end the run as FINISHED."""
+    from mlflow.entities import Metric
+
+    client = _client(uri)
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in numeric_metrics(stats).items()]
+    for i in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[i : i + 500])
+    for path in artifacts:
+        _log_artifact(client, run_id, path, max_mb)
+    client.set_terminated(run_id, status="FINISHED")
+
+
+def _log_artifact(client, run_id: str, path: Path, max_mb: float) -> None:
+    if not path.exists():
+        return
+    if path.is_dir():
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        if size > max_mb * 2**20:
+            client.set_tag(run_id, clean_key(f"artifact_skipped.{path.name}"), f"{size} bytes")
+            return
+        client.log_artifacts(run_id, str(path), artifact_path=path.name)
+    else:
+        client.log_artifact(run_id, str(path))
+
+
+def fail_stage_run(uri: str, run_id: str, error: str, log_path: Path) -> None:
+    """End the stage's run as FAILED with the error as a tag and the log as an artifact."""
+    client = _client(uri)
+    client.set_tag(run_id, "error", error[:5000])
+    _log_artifact(client, run_id, log_path, 100)
+    client.set_terminated(run_id, status="FAILED")

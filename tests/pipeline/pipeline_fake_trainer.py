@@ -1,0 +1,52 @@
+"""A stand-in trainer: `python -m pipeline_fake_trainer checkpoint.dir=D train.steps=N ...`.
+
+Writes one checkpoint per step atomically, resumes from the newest, logs `loss` to the MLflow
+run in MLFLOW_RUN_ID, writes summary.json at the end (all values deterministic).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    args = dict(a.split("=", 1) for a in argv)
+    ckpt = Path(args["checkpoint.dir"])
+    steps, sleep_s = int(args.get("train.steps", 6)), float(args.get("sleep_s", 0.0))
+    if args.get("fail") == "true":
+        print("fake trainer: planted failure", flush=True)
+        return 3
+    ckpt.mkdir(parents=True, exist_ok=True)
+    done = sorted(int(p.stem.split("_")[1]) for p in ckpt.glob("step_*.json"))
+    start = done[-1] if done else 0
+    print(
+        f"fake trainer: {'resumed from step ' + str(start) if start else 'fresh start'}", flush=True
+    )
+    run = None
+    if os.environ.get("MLFLOW_RUN_ID"):
+        import mlflow
+
+        run = mlflow.start_run()  # honours MLFLOW_RUN_ID / MLFLOW_TRACKING_URI
+    for step in range(start + 1, steps + 1):
+        loss = 10.0 / step
+        time.sleep(sleep_s)
+        tmp = ckpt / f".step_{step}.tmp"
+        tmp.write_text(json.dumps({"step": step, "loss": loss}))
+        os.replace(tmp, ckpt / f"step_{step:04d}.json")
+        if run:
+            mlflow.log_metric("loss", loss, step=step)
+        print(f"step {step} loss {loss:.4f} tokens_per_s: 1234.0", flush=True)
+    summary = {"final_step": steps, "train_loss": 10.0 / steps, "valid_loss_first": 10.0,
+               "valid_loss_last": 10.0 / steps, "tokens_per_s": 1234.0, "mfu": 0.0}  # fmt: skip
+    (ckpt / "summary.json").write_text(json.dumps(summary, sort_keys=True))
+    if run:
+        mlflow.end_run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
