@@ -1,0 +1,444 @@
+"""Memory per GPU of a training layout: weights, gradients, optimizer states, activations.
+
+Weights, gradients and optimizer states follow megatron-core's allocations exactly (checked
+against the bytes a CPU run allocates for the tiny configs in tests/trainer/test_memory.py):
+- every model chunk (virtual pipeline stage) is one DDP instance with one contiguous gradient
+  buffer per kind (dense params; expert params get their own buffer when EP > 1). With the
+  distributed optimizer the weights live in a parameter buffer too, each parameter starts at a
+  multiple of 64 elements and every bucket is padded to a multiple of lcm(DP, 128);
+- the optimizer (Adam) keeps fp32 master weights when the model is not fp32, exp_avg and
+  exp_avg_sq in fp32, and torch's per-tensor fp32 `step` counter; the distributed optimizer
+  keeps these only for this rank's 1/DP shard of each buffer.
+Activations are an analytical estimate (saved tensors of one micro-batch per layer, times the
+micro-batches a pipeline schedule keeps in flight); see `activation_bytes_per_layer`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from trainer.accounting import ParamSpec, param_specs
+from trainer.config.model import ModelConfig
+from trainer.config.parallel import ParallelConfig
+from trainer.config.precision import BYTES_PER_DTYPE, PrecisionConfig
+
+DEFAULT_BUCKET_SIZE = 40_000_000
+"""megatron DDP's default bucket size (elements) when grads are reduced during backward."""
+
+
+@dataclass(frozen=True)
+class LocalParam:
+    """A parameter as one rank holds it."""
+
+    name: str
+    numel: int
+    expert_buffer: bool
+    """Lives in the expert-parallel DDP buffer (routed expert weight with EP > 1)."""
+    shared_embedding: bool = False
+    """megatron's `shared_embedding` attribute (gets its own bucket under the dist. optimizer)."""
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes per GPU on the most loaded rank of a layout."""
+
+    weights: int
+    """Model parameters (the DDP parameter buffer under the distributed optimizer)."""
+    grads: int
+    """megatron's main_grad buffers."""
+    optimizer: int
+    """fp32 master weights (non-fp32 models) + Adam exp_avg/exp_avg_sq + step counters."""
+    activations: int
+    """Saved activations of the micro-batches in flight (estimate)."""
+    pipeline_rank: int
+    """Pipeline rank this estimate is for (the one with the largest total)."""
+    per_pipeline_rank: list[int] = field(default_factory=list)
+    """Total bytes of every pipeline rank."""
+    num_params: int = 0
+    """Parameters held by this rank (after TP/PP/EP sharding)."""
+
+    @property
+    def static(self) -> int:
+        """Weights + gradients + optimizer states."""
+        return self.weights + self.grads + self.optimizer
+
+    @property
+    def total(self) -> int:
+        return self.static + self.activations
+
+
+# ------------------------------------------------------------------------------------------
+# Which parameters a rank holds
+
+
+def chunk_layers(num_layers: int, pp: int, vpp: int | None, pp_rank: int, chunk: int) -> range:
+    """Decoder layers of model chunk `chunk` on pipeline rank `pp_rank` (megatron's offsets)."""
+    stages = pp * (vpp or 1)
+    if num_layers % stages:
+        raise ValueError(f"num_layers {num_layers} is not divisible by PP x VPP = {stages}")
+    per_chunk = num_layers // stages
+    start = (chunk * pp + pp_rank) * per_chunk
+    return range(start, start + per_chunk)
+
+
+def _local_numel(spec: ParamSpec, tp: int) -> int:
+    numel = spec.numel
+    if spec.tp_dim is not None:
+        if spec.shape[spec.tp_dim] % tp:
+            raise ValueError(f"{spec.name}: dim {spec.shape[spec.tp_dim]} not divisible by TP {tp}")
+        numel //= tp
+    return numel
+
+
+def _expert_index(spec: ParamSpec) -> int:
+    return int(spec.name.split("local_experts.")[1].split(".")[0])
+
+
+def rank_params(
+    model_cfg: ModelConfig, parallel_cfg: ParallelConfig, pp_rank: int, chunk: int
+) -> list[LocalParam]:
+    """Parameters of one model chunk on pipeline rank `pp_rank` (expert-parallel rank 0),
+    in megatron's named_parameters order."""
+    pp, vpp = parallel_cfg.pipeline_parallel, parallel_cfg.virtual_pipeline_parallel
+    tp, ep = parallel_cfg.tensor_parallel, parallel_cfg.expert_parallel
+    first = pp_rank == 0 and chunk == 0
+    last = pp_rank == pp - 1 and chunk == (vpp or 1) - 1
+    layers = set(chunk_layers(model_cfg.num_layers, pp, vpp, pp_rank, chunk))
+    experts_per_rank = (model_cfg.num_experts or 0) // ep
+    out = []
+    for spec in param_specs(model_cfg):
+        if spec.location == "layer" and spec.layer not in layers:
+            continue
+        if spec.location in ("final", "mtp") and not last:
+            continue
+        shared = False
+        if spec.location == "embedding":
+            mtp_copy = last and model_cfg.mtp_num_layers > 0
+            if not (first or mtp_copy):
+                continue
+            shared = model_cfg.mtp_num_layers > 0 and pp > 1
+        if spec.expert and _expert_index(spec) >= experts_per_rank:
+            continue  # this EP rank holds experts [0, E/EP)
+        numel = _local_numel(spec, tp)
+        out.append(LocalParam(spec.name, numel, spec.expert and ep > 1, shared))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# DDP buffers and optimizer shards
+
+
+def _ceil_to(n: int, divisor: int) -> int:
+    return -(-n // divisor) * divisor
+
+
+@dataclass(frozen=True)
+class BufferLayout:
+    """Where megatron's _ParamAndGradBuffer puts each parameter."""
+
+    numel: int
+    """Buffer size in elements, padding included."""
+    ranges: list[tuple[int, int]]
+    """(start, end) of every parameter, in the order of the params list given."""
+    buckets: list[tuple[int, int]]
+    """(start, end) of every bucket (padded)."""
+
+
+def buffer_layout(
+    params: list[LocalParam], dp: int, distributed_optimizer: bool, bucket_size: int | None
+) -> BufferLayout:
+    """Simulate megatron's _ParamAndGradBuffer index computation (distributed_data_parallel
+    fills the buffer in reverse parameter order, i.e. roughly backprop order)."""
+    ranges: dict[int, tuple[int, int]] = {}
+    buckets: list[tuple[int, int]] = []
+    divisor = math.lcm(dp, 128)
+    start = bucket_start = end = 0
+    open_bucket = False
+
+    def close(bucket_end: int) -> int:
+        nonlocal bucket_start, open_bucket
+        if distributed_optimizer:
+            bucket_end = _ceil_to(bucket_end, divisor)
+        buckets.append((bucket_start, bucket_end))
+        bucket_start, open_bucket = bucket_end, False
+        return bucket_end
+
+    for i in reversed(range(len(params))):
+        p = params[i]
+        if distributed_optimizer:
+            start = _ceil_to(start, 64)
+        own_bucket = p.shared_embedding and distributed_optimizer
+        if own_bucket and open_bucket:
+            start = close(start)
+        end = start + p.numel
+        ranges[i] = (start, end)
+        open_bucket = True
+        if (bucket_size is not None and end - bucket_start >= bucket_size) or own_bucket:
+            start = close(end)
+        else:
+            start = end
+    if open_bucket:
+        close(end)
+    numel = buckets[-1][1] if buckets else 0
+    return BufferLayout(numel, [ranges[i] for i in range(len(params))], buckets)
+
+
+@dataclass(frozen=True)
+class BufferBytes:
+    weights: int
+    grads: int
+    optimizer: int
+
+
+def _shard_numels(layout: BufferLayout, dp: int, distributed_optimizer: bool) -> list[int]:
+    """Elements of each parameter that DP rank 0's optimizer owns (its 1/DP of every bucket)."""
+    if not distributed_optimizer:
+        return [end - start for start, end in layout.ranges]
+    shards = [(b0, b0 + (b1 - b0) // dp) for b0, b1 in layout.buckets]
+    out = []
+    for start, end in layout.ranges:
+        out.append(sum(max(0, min(end, s1) - max(start, s0)) for s0, s1 in shards))
+    return out
+
+
+def buffer_bytes(
+    params: list[LocalParam],
+    dp: int,
+    precision: PrecisionConfig,
+    distributed_optimizer: bool,
+    bucket_size: int | None,
+) -> BufferBytes:
+    """Bytes one DDP buffer's parameters cost on DP rank 0.
+
+    Optimizer: fp32 master copies of non-fp32 params (fp32 params are their own master, and
+    under the distributed optimizer a view of the param buffer), Adam's exp_avg and exp_avg_sq
+    in fp32, and one 4-byte `step` tensor per optimizer tensor (torch.optim.AdamW).
+    """
+    if not params:
+        return BufferBytes(0, 0, 0)
+    layout = buffer_layout(params, dp, distributed_optimizer, bucket_size)
+    if distributed_optimizer:
+        weights = layout.numel * precision.param_bytes
+    else:
+        weights = sum(p.numel for p in params) * precision.param_bytes
+    grads = layout.numel * precision.grad_bytes
+    master = 0 if precision.params_dtype == "fp32" else 4
+    shard = [n for n in _shard_numels(layout, dp, distributed_optimizer) if n > 0]
+    optimizer = sum(shard) * (master + 8) + 4 * len(shard)
+    return BufferBytes(weights, grads, optimizer)
+
+
+def _ddp_groups(
+    params: list[LocalParam], parallel_cfg: ParallelConfig, dp: int
+) -> list[tuple[list[LocalParam], int]]:
+    """(params, data-parallel size) of each DDP buffer of a chunk."""
+    dense = [p for p in params if not p.expert_buffer]
+    expert = [p for p in params if p.expert_buffer]
+    groups = [(dense, dp)]
+    if expert:
+        cp_dp = dp * parallel_cfg.context_parallel
+        if cp_dp % parallel_cfg.expert_parallel:
+            raise ValueError(
+                f"DP x CP = {cp_dp} is not divisible by EP {parallel_cfg.expert_parallel}"
+            )
+        groups.append((expert, cp_dp // parallel_cfg.expert_parallel))
+    return groups
+
+
+def static_bytes(
+    model_cfg: ModelConfig,
+    parallel_cfg: ParallelConfig,
+    precision_cfg: PrecisionConfig,
+    pp_rank: int,
+    data_parallel_size: int,
+    use_distributed_optimizer: bool,
+    overlap_grad_reduce: bool = False,
+) -> tuple[BufferBytes, int]:
+    """Weights/grads/optimizer bytes of one pipeline rank (all its chunks), and its param count."""
+    w = g = o = n = 0
+    for chunk in range(parallel_cfg.virtual_pipeline_parallel or 1):
+        params = rank_params(model_cfg, parallel_cfg, pp_rank, chunk)
+        n += sum(p.numel for p in params)
+        for group, dp in _ddp_groups(params, parallel_cfg, data_parallel_size):
+            bucketed = overlap_grad_reduce and chunk == 0 and pp_rank == 0
+            bucket = max(DEFAULT_BUCKET_SIZE, 1_000_000 * dp) if bucketed else None
+            b = buffer_bytes(group, dp, precision_cfg, use_distributed_optimizer, bucket)
+            w, g, o = w + b.weights, g + b.grads, o + b.optimizer
+    return BufferBytes(w, g, o), n
+
+
+# ------------------------------------------------------------------------------------------
+# Activations
+
+
+def _attention_activation_elems(cfg: ModelConfig, seq: int, tp: int, flash: bool) -> float:
+    """Saved elements per token of one attention block inside the TP region (divided by TP)."""
+    heads = cfg.num_attention_heads
+    if cfg.is_mla:
+        qk, v = cfg.qk_head_dim + cfg.qk_pos_emb_head_dim, cfg.v_head_dim
+        latent = 2 * (cfg.q_lora_rank or 0) + 2 * cfg.kv_lora_rank + cfg.qk_pos_emb_head_dim
+        inner = heads * (qk + (cfg.qk_head_dim + v))  # q, kv_up output
+        inner += heads * (2 * qk + v)  # q, k, v after rope, input of the attention kernel
+    else:
+        groups = cfg.num_query_groups or heads
+        qk = v = cfg.head_dim
+        latent = 0
+        inner = (heads + 2 * groups) * cfg.head_dim + (2 * heads + heads) * cfg.head_dim
+    inner += heads * v  # context = input of linear_proj
+    scores = 0 if flash else 2 * heads * seq  # softmax output (+ its input) per query
+    return latent + (inner + scores) / tp
+
+
+def _mlp_activation_elems(cfg: ModelConfig, moe: bool, tp: int) -> float:
+    if not moe:
+        return 3 * cfg.ffn_hidden_size / tp + cfg.hidden_size  # fc1 out, act out; probs/in
+    k, h = cfg.router_topk, cfg.hidden_size
+    assert cfg.num_experts is not None
+    routed = k * (h + 3 * cfg.moe_ffn_hidden_size / tp + h)  # dispatched in, fc1/act out, out
+    shared = 3 * cfg.shared_expert_ffn_hidden_size / tp
+    return routed + shared + 2 * cfg.num_experts  # router logits/probs (fp32 ~ 2 elems)
+
+
+def activation_bytes_per_layer(
+    cfg: ModelConfig,
+    seq: int,
+    micro_batch: int,
+    tp: int,
+    sp: bool,
+    dtype_bytes: int,
+    moe: bool,
+    flash: bool = True,
+) -> float:
+    """Saved activations of one transformer layer for one micro-batch (no recomputation)."""
+    h = cfg.hidden_size
+    norms = 4 * h / (tp if sp else 1)  # two RMSNorm inputs + outputs (sharded under SP)
+    elems = (
+        norms
+        + _attention_activation_elems(cfg, seq, tp, flash)
+        + _mlp_activation_elems(cfg, moe, tp)
+    )
+    return elems * seq * micro_batch * dtype_bytes
+
+
+def _inflight_microbatches(pp: int, vpp: int | None, pp_rank: int, num_microbatches: int) -> float:
+    """Micro-batches whose activations a rank holds at peak, in units of its full stage."""
+    if vpp is None:
+        return min(num_microbatches, pp - pp_rank)
+    warmup = (pp - pp_rank - 1) * 2 + (vpp - 1) * pp + 1
+    return min(num_microbatches * vpp, warmup) / vpp
+
+
+def activation_bytes(
+    model_cfg: ModelConfig,
+    parallel_cfg: ParallelConfig,
+    precision_cfg: PrecisionConfig,
+    pp_rank: int,
+    micro_batch_size: int,
+    seq_length: int,
+    num_microbatches: int,
+    flash_attention: bool = True,
+) -> int:
+    pp, vpp = parallel_cfg.pipeline_parallel, parallel_cfg.virtual_pipeline_parallel
+    tp, sp = parallel_cfg.tensor_parallel, parallel_cfg.sequence_parallel
+    cp = parallel_cfg.context_parallel
+    seq = seq_length // cp
+    dbytes = precision_cfg.param_bytes
+    pattern = model_cfg.moe_layer_pattern
+    per_stage = 0.0
+    for chunk in range(vpp or 1):
+        for layer in chunk_layers(model_cfg.num_layers, pp, vpp, pp_rank, chunk):
+            per_stage += activation_bytes_per_layer(
+                model_cfg,
+                seq,
+                micro_batch_size,
+                tp,
+                sp,
+                dbytes,
+                bool(pattern[layer]),
+                flash_attention,
+            )
+    if pp_rank == pp - 1:
+        tokens = seq * micro_batch_size
+        logits = tokens * model_cfg.vocab_size / tp * (dbytes + 4)  # logits + fp32 softmax
+        per_stage += logits * (1 + model_cfg.mtp_num_layers)
+        for _ in range(model_cfg.mtp_num_layers):
+            per_stage += (
+                activation_bytes_per_layer(
+                    model_cfg,
+                    seq,
+                    micro_batch_size,
+                    tp,
+                    sp,
+                    dbytes,
+                    bool(pattern[-1]),
+                    flash_attention,
+                )
+                + tokens * 3 * model_cfg.hidden_size * dbytes
+            )
+    inflight = _inflight_microbatches(pp, vpp, pp_rank, num_microbatches)
+    return int(per_stage * inflight)
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def estimate_memory(
+    model_cfg: ModelConfig,
+    parallel_cfg: ParallelConfig,
+    precision_cfg: PrecisionConfig,
+    micro_batch_size: int,
+    seq_length: int,
+    num_microbatches: int,
+    use_distributed_optimizer: bool | None = None,
+    data_parallel_size: int = 1,
+    overlap_grad_reduce: bool = False,
+    flash_attention: bool | None = None,
+) -> MemoryEstimate:
+    """Memory per GPU of the most loaded pipeline rank (DP rank 0, EP rank 0).
+
+    `use_distributed_optimizer` defaults to parallel_cfg.use_distributed_optimizer;
+    `flash_attention` (no s^2 score matrix saved) defaults to True when TE is importable.
+    """
+    if min(micro_batch_size, seq_length, num_microbatches, data_parallel_size) < 1:
+        raise ValueError("estimate_memory: batch sizes, seq_length and DP must be positive")
+    if use_distributed_optimizer is None:
+        use_distributed_optimizer = parallel_cfg.use_distributed_optimizer
+    if flash_attention is None:
+        from trainer.precision import transformer_engine_version
+
+        flash_attention = transformer_engine_version() is not None
+    best: MemoryEstimate | None = None
+    totals = []
+    for pp_rank in range(parallel_cfg.pipeline_parallel):
+        static, n = static_bytes(
+            model_cfg,
+            parallel_cfg,
+            precision_cfg,
+            pp_rank,
+            data_parallel_size,
+            use_distributed_optimizer,
+            overlap_grad_reduce,
+        )
+        act = activation_bytes(
+            model_cfg,
+            parallel_cfg,
+            precision_cfg,
+            pp_rank,
+            micro_batch_size,
+            seq_length,
+            num_microbatches,
+            flash_attention,
+        )
+        est = MemoryEstimate(
+            static.weights, static.grads, static.optimizer, act, pp_rank, num_params=n
+        )
+        totals.append(est.total)
+        if best is None or est.total > best.total:
+            best = est
+    assert best is not None
+    best.per_pipeline_rank = totals
+    return best
+
+
+__all__ = ["BYTES_PER_DTYPE", "MemoryEstimate", "estimate_memory", "rank_params", "buffer_layout"]
