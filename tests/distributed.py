@@ -55,7 +55,7 @@ def run_distributed(
     results = ctx.Queue()
     port = _free_port()
     procs = [
-        ctx.Process(target=_worker, args=(fn, r, world_size, port, results, args), daemon=True)
+        ctx.Process(target=_worker, args=(fn, r, world_size, port, results, args))
         for r in range(world_size)
     ]
     for p in procs:

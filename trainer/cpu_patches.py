@@ -135,7 +135,7 @@ class _NoStream:
 def _dtoh_and_synchronize(_original: Any) -> Callable[..., Any]:
     def _maybe_dtoh_and_synchronize(self: Any, point: str, tokens_per_expert: Any = None) -> Any:
         if not self.drop_and_pad and point == self.cuda_dtoh_point:
-            for name in ("input_splits", "output_splits", "output_splits_tp"):
+            for name in ("input_splits", "output_splits"):  # output_splits_tp: .tolist() later
                 value = getattr(self, name)
                 if isinstance(value, torch.Tensor):
                     setattr(self, name, value.tolist())
@@ -222,6 +222,22 @@ def _clip_by_total_norm(_original: Any) -> Callable[..., None]:
             torch._foreach_mul_(grads, clip_coeff)
 
     return clip_grad_by_total_norm_fp32
+
+
+def _torch_norm_new(original: Any) -> Callable[..., Any]:
+    def __new__(cls: Any, config: Any, hidden_size: int, eps: float = 1e-5, **kwargs: Any) -> Any:
+        import dataclasses
+
+        sequence_parallel = config.sequence_parallel
+        if sequence_parallel:
+            config = dataclasses.replace(config, sequence_parallel=False)
+        norm = original(cls, config, hidden_size, eps, **kwargs)
+        for param in norm.parameters():
+            # finalize_model_grads all-reduces these over TP (each rank saw part of the sequence)
+            param.sequence_parallel = sequence_parallel
+        return norm
+
+    return __new__
 
 
 def _noop(_original: Any) -> Callable[..., None]:
@@ -327,6 +343,19 @@ PATCHES: list[Patch] = [
 ]
 
 
+# torch_norm.py asserts no sequence parallelism, but MoE with TP > 1 requires SP. The norm
+# itself is SP-agnostic; its weights only need the `sequence_parallel` mark so their grads are
+# all-reduced across TP (as TE norms do).
+PATCHES.append(
+    Patch(
+        "megatron.core.transformer.torch_norm",
+        "WrappedTorchNorm.__new__",
+        "asserts config.sequence_parallel is False",
+        "sequence parallel not supported by torch LayerNorm",
+        _torch_norm_new,
+    )
+)
+
 # clip_grads asserts param.grad.type() == 'torch.cuda.FloatTensor' (CPU grads are
 # torch.FloatTensor); optimizer.py imports the function by name.
 for _module in ("megatron.core.optimizer.clip_grads", "megatron.core.optimizer.optimizer"):
@@ -414,7 +443,11 @@ def _local_mla_core_attention() -> type:
         """
 
         def __init__(
-            self, *args: Any, k_channels: int | None = None, v_channels: int | None = None, **kw: Any
+            self,
+            *args: Any,
+            k_channels: int | None = None,
+            v_channels: int | None = None,
+            **kw: Any,
         ):
             super().__init__(*args, **kw)
             if k_channels is None or v_channels is None:  # first build by Attention.__init__

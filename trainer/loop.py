@@ -27,6 +27,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 
 from trainer.batches import microbatches
+from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.config.trainer import TrainerConfig
 from trainer.metrics import MetricsCollector
 from trainer.model import build_model, build_transformer_config
@@ -177,6 +178,20 @@ class Trainer:
         metrics.update(grad_norm=float(grad_norm or 0.0), lr=lr)
         metrics.update(self.metrics.throughput(time.perf_counter() - start, self.cfg))
         return metrics
+
+    def save(self, root: str, keep_last: int) -> str:
+        """Checkpoint model, optimizer, RNG and data position (= step) under `root`."""
+        extra = {
+            "consumed_samples": self.step * self.cfg.train.global_batch_size,
+            "scheduler": {"step": self.step, "total_steps": self.cfg.train.steps},
+        }
+        return str(save_checkpoint(root, self.step, self.model, self.optimizer, extra, keep_last))
+
+    def load(self, path: str, weights_only: bool = False) -> None:
+        """Resume from checkpoint `path` (or only initialise the weights from it)."""
+        common = load_checkpoint(path, self.model, None if weights_only else self.optimizer)
+        if not weights_only:
+            self.step = int(common["step"])
 
     @torch.no_grad()
     def evaluate(self) -> float:

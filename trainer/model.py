@@ -168,7 +168,9 @@ def build_layer_specs(
     if config.mtp_num_layers:
         # The MTP block reuses the spec of the model's last decoder layer.
         last_layer = _all_layer_specs(config, use_te)[-1]
-        mtp = get_gpt_mtp_block_spec(config, last_layer, use_transformer_engine=use_te, vp_stage=vp_stage)
+        mtp = get_gpt_mtp_block_spec(
+            config, last_layer, use_transformer_engine=use_te, vp_stage=vp_stage
+        )
     return block, mtp
 
 
