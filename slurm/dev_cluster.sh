@@ -105,12 +105,19 @@ link_system_conf() {
     ln -sfn "$CONF" "$SYS_CONF"
 }
 
+# running PID: the process exists and is not a zombie waiting to be reaped.
+running() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    [ "$(echo "${stat##*) }" | cut -d' ' -f1)" != Z ]
+}
+
 # alive NAME: the recorded PID of NAME is running the expected program.
 alive() {
     local f=$PIDS/$1.pid pid
     [ -f "$f" ] || return 1
     pid=$(cat "$f")
-    [ -d "/proc/$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "$1"
+    running "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "$1"
 }
 
 # spawn NAME CMD...: start CMD in the foreground mode of the daemon, record its PID.
@@ -179,6 +186,7 @@ cmd_start() {
     fi
     local t0=$SECONDS
     install_packages
+    [ $((SECONDS - t0)) -lt 2 ] || log "packages installed in $((SECONDS - t0)) s"
     write_configs
     if alive slurmctld && alive slurmd && cluster_up; then
         log "already running"
@@ -197,8 +205,8 @@ cmd_stop() {
         if alive "$name"; then
             pid=$(cat "$PIDS/$name.pid")
             kill -TERM "$pid" 2>/dev/null || true
-            for _ in $(seq 50); do [ -d "/proc/$pid" ] || break; sleep 0.2; done
-            [ -d "/proc/$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+            for _ in $(seq 100); do running "$pid" || break; sleep 0.1; done
+            if running "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
             log "stopped $name ($pid)"
         fi
         rm -f "$PIDS/$name.pid"
