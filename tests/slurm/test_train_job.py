@@ -1,0 +1,61 @@
+"""A 2-process CPU training job of a few steps through the renderer on the real dev cluster.
+Skipped without the cluster or before the trainer entry point (`python -m trainer`) exists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slurm import launch_training, load_cluster
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [
+    pytest.mark.usefixtures("dev_cluster"),
+    pytest.mark.skipif(
+        not (REPO / "trainer" / "__main__.py").is_file(), reason="no trainer entry point yet"
+    ),
+]
+VOCAB, EOD = 512, 0
+
+
+def _tiny_corpus(root: Path) -> Path:
+    """One uint16 Megatron shard of random documents and its manifest (DESIGN contract)."""
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    rng = np.random.default_rng(0)
+    builder = IndexedDatasetBuilder(str(root / "web.bin"), dtype=np.uint16)
+    docs = [
+        list(rng.integers(1, VOCAB, size=int(rng.integers(40, 120)))) + [EOD] for _ in range(200)
+    ]
+    for doc in docs:
+        builder.add_document(torch.tensor(doc, dtype=torch.int64), [len(doc)])
+    builder.finalize(str(root / "web.idx"))
+    shard = {"prefix": "web", "domain": "web", "documents": len(docs),
+             "tokens": sum(map(len, docs)), "weight": 1.0}  # fmt: skip
+    manifest = {"format_version": 1, "tokenizer": "tokenizer.json", "vocab_size": VOCAB,
+                "eod_token_id": EOD, "dtype": "uint16", "shards": [shard]}  # fmt: skip
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root / "manifest.json"
+
+
+def test_two_process_cpu_training_completes(tmp_path):
+    manifest = _tiny_corpus(tmp_path)
+    ckpt = tmp_path / "ckpt"
+    overrides = [
+        "model=tiny_v3", f"data.manifest={manifest}", "data.seq_length=64",
+        "train.steps=3", "train.global_batch_size=4", "train.micro_batch_size=1",
+        "train.eval_interval=3", "train.eval_iters=1", f"checkpoint.dir={ckpt}",
+    ]  # fmt: skip
+    cluster = load_cluster("slurm_dev")
+    cluster.time = "00:05:00"
+    result = launch_training(overrides, cluster, tmp_path / "run", poll_s=0.5, timeout_s=170)
+    assert result.ok
+    summary = json.loads((ckpt / "summary.json").read_text())
+    assert summary["final_step"] == 3
+    assert np.isfinite(summary["train_loss"])
+    log = result.log_path.read_text()
+    assert f"[slurm] job {result.job_id}: 1 node(s) x 2 proc(s)" in log
