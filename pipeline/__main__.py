@@ -14,13 +14,12 @@ from __future__ import annotations
 import sys
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, register_schema
 from pipeline.engine import PipelineError, RunResult, run_pipeline
 
-ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)
+register_schema()
 
 
 def _to_config(cfg: DictConfig) -> PipelineConfig:

@@ -101,3 +101,10 @@ class PipelineConfig:
                         f"{what} name {name!r} is invalid: use letters, digits, '_' or '-', "
                         "starting with a letter"
                     )
+
+
+def register_schema() -> None:
+    """Register PipelineConfig as `pipeline_schema` (listed first in conf/pipeline.yaml)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)

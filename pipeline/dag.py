@@ -55,6 +55,8 @@ class Graph:
 
 def _check_names(stages: dict[str, StageConfig]) -> None:
     for name, stage in stages.items():
+        if not stage.enabled:
+            continue
         for up in stage.after:
             if up not in stages:
                 raise ValueError(f"stage {name!r}: 'after' names unknown stage {up!r}")
@@ -167,7 +169,7 @@ def build_graph(cfg: PipelineConfig) -> Graph:
         raise ValueError("no stages configured (stages: is empty or all disabled)")
     if any(s.per_domain for s in stages.values()) and not cfg.domains:
         raise ValueError("per-domain stages need at least one entry in 'domains'")
-    _check_names(stages)
+    _check_names(cfg.stages)
     run_dir = Path(cfg.run_dir).expanduser().resolve()
     nodes: dict[str, Node] = {}
     versions: dict[tuple, str] = {}

@@ -24,7 +24,9 @@ class FakeOptions:
 
 
 def _write_lines(ctx: StageContext, lines: list[str]) -> dict:
-    opts: FakeOptions = ctx.options
+    # per-domain variations come as overrides ("fail=true", "sleep_s=0.1")
+    extra = dict(o.split("=", 1) for o in ctx.overrides if "=" in o)
+    opts = FakeOptions(**{**vars(ctx.options), **_typed(extra)})
     started = time.time()
     with open(ctx.output / "data.jsonl", "w") as fh:
         for i, line in enumerate(lines):
@@ -43,6 +45,15 @@ def _write_lines(ctx: StageContext, lines: list[str]) -> dict:
         "t_end": time.time(),
         "pid": os.getpid(),
     }
+
+
+def _typed(extra: dict[str, str]) -> dict:
+    out: dict = {}
+    if "fail" in extra:
+        out["fail"] = extra["fail"] == "true"
+    if "sleep_s" in extra:
+        out["sleep_s"] = float(extra["sleep_s"])
+    return out
 
 
 def _read_inputs(ctx: StageContext) -> list[str]:
