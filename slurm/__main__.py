@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from slurm.config import CONF_DIR, SlurmAppConfig, TrainJob, register_configs
-from slurm.jobs import SlurmError, check, run_local, submit, wait
+from slurm.jobs import SlurmError, log_path_for, prepare, run_job, submit
 from slurm.render import render_sbatch
 
 ACTIONS = ("render", "submit")
@@ -39,22 +39,18 @@ def _split_argv(argv: list[str]) -> tuple[str, list[str], list[str]]:
 
 
 def _submit(cfg: SlurmAppConfig, job: TrainJob) -> int:
-    from pathlib import Path
-
-    run_dir = Path(cfg.run_dir).absolute()
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    script = run_dir / f"{cfg.cluster.job_name}.sbatch"
-    script.write_text(render_sbatch(job, cfg.cluster))
-    if cfg.cluster.executor == "local":
-        result = run_local(script, run_dir / "logs" / f"{cfg.cluster.job_name}-local.out")
-    else:
+    if not cfg.wait and cfg.cluster.executor == "slurm":
+        script = prepare(job, cfg.cluster)
         job_id = submit(script)
-        log = run_dir / "logs" / f"{cfg.cluster.job_name}-{job_id}.out"
-        print(f"submitted job {job_id}; script {script}; log {log}")
-        if not cfg.wait:
-            return 0
-        result = wait(job_id, log_path=log, poll_s=cfg.poll_s, timeout_s=cfg.timeout_s)
-    check(result, f"{cfg.cluster.job_name} job")
+        print(f"submitted job {job_id}; script {script}; log {log_path_for(script, job_id)}")
+        return 0
+    result = run_job(
+        job,
+        cfg.cluster,
+        poll_s=cfg.poll_s,
+        timeout_s=cfg.timeout_s,
+        on_submit=lambda job_id, log: print(f"submitted job {job_id}; log {log}", flush=True),
+    )
     print(f"job {result.job_id} {result.state} in {result.elapsed_s:.1f} s; log {result.log_path}")
     return 0
 

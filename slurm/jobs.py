@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,20 @@ def run_local(script_path: Path, log_path: Path, env: Mapping[str, str] | None =
     return JobResult(f"local-{os.getpid()}", state, code, log_path, time.monotonic() - start)
 
 
+def prepare(job: TrainJob | CommandJob, cluster: ClusterConfig) -> Path:
+    """Write `<run_dir>/<job_name>.sbatch` and create `<run_dir>/logs` (Slurm does not)."""
+    run_dir = Path(job.run_dir).absolute()
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    script = run_dir / f"{cluster.job_name}.sbatch"
+    script.write_text(render_sbatch(job, cluster))
+    return script
+
+
+def log_path_for(script: Path, job_id: str) -> Path:
+    """Where the rendered `--output=<run_dir>/logs/%x-%j.out` puts a job's log."""
+    return script.parent / "logs" / f"{script.stem}-{job_id}.out"
+
+
 def run_job(
     job: TrainJob | CommandJob,
     cluster: ClusterConfig,
@@ -170,17 +184,21 @@ def run_job(
     env: Mapping[str, str] | None = None,
     poll_s: float = 2.0,
     timeout_s: float | None = None,
+    on_submit: Callable[[str, Path], None] | None = None,
 ) -> JobResult:
-    """Render `job` into `<run_dir>/<job_name>.sbatch`, run it on `cluster`, wait, raise on failure."""
-    run_dir = Path(job.run_dir).absolute()
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)  # Slurm does not create it
-    script = run_dir / f"{cluster.job_name}.sbatch"
-    script.write_text(render_sbatch(job, cluster))
+    """Render `job`, run it on `cluster` (sbatch, or bash for executor=local), wait for it.
+
+    on_submit(job_id, log_path) is called right after sbatch accepts the job.
+    Returns the COMPLETED result; raises SlurmJobError naming state and log otherwise.
+    """
+    script = prepare(job, cluster)
     if cluster.executor == "local":
-        result = run_local(script, run_dir / "logs" / f"{cluster.job_name}-local.out", env)
+        result = run_local(script, log_path_for(script, "local"), env)
     else:
         job_id = submit(script, env)
-        log_path = run_dir / "logs" / f"{cluster.job_name}-{job_id}.out"
+        log_path = log_path_for(script, job_id)
+        if on_submit:
+            on_submit(job_id, log_path)
         result = wait(job_id, log_path=log_path, poll_s=poll_s, timeout_s=timeout_s)
     return check(result, f"{cluster.job_name} job")
 

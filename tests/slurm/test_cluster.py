@@ -101,3 +101,12 @@ def test_hydra_submitit_launcher_multirun(tmp_path):
     assert {name: value for name, (value, _) in results.items()} == {"x2.txt": "4", "x3.txt": "9"}
     job_ids = {job for _, job in results.values()}
     assert len(job_ids) == 2 and "none" not in job_ids  # two real Slurm jobs
+
+
+def test_cli_without_wait_returns_the_job_id_at_once(tmp_path):
+    cmd = [sys.executable, "-m", "slurm", "submit", "cluster=slurm_dev", f"run_dir={tmp_path}",
+           "cluster.python=/bin/true", "wait=false"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.split("submitted job ")[1].split(";")[0]
+    assert jobs.wait(job_id, poll_s=0.5, timeout_s=60).state == "COMPLETED"
