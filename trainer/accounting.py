@@ -271,13 +271,17 @@ def count_parameters(cfg: ModelConfig) -> ParamCounts:
 
 
 def _matmul_params_per_token(cfg: ModelConfig, include_mtp: bool) -> int:
-    """Activated weights that take part in a matmul (norm weights and the embedding excluded)."""
+    """Weights multiplied per token (norms and the embedding lookup excluded; the output head
+    counted once per prediction depth)."""
     counts = count_parameters(cfg)
     specs = param_specs(cfg)
     norms = sum(s.numel for s in specs if len(s.shape) == 1 and (include_mtp or not s.in_mtp))
     activated = counts.activated if include_mtp else counts.activated_without_mtp
+    head = counts.output if cfg.untie_embeddings_and_output_weights else counts.embedding
     if not cfg.untie_embeddings_and_output_weights:
-        activated += counts.embedding  # the tied table is also the output projection
+        activated += head  # the tied table is also the output projection
+    if include_mtp:
+        activated += cfg.mtp_num_layers * head  # every MTP depth runs the shared output head
     return activated - norms
 
 

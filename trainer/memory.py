@@ -393,21 +393,18 @@ def estimate_memory(
     use_distributed_optimizer: bool | None = None,
     data_parallel_size: int = 1,
     overlap_grad_reduce: bool = False,
-    flash_attention: bool | None = None,
+    flash_attention: bool = True,
 ) -> MemoryEstimate:
     """Memory per GPU of the most loaded pipeline rank (DP rank 0, EP rank 0).
 
     `use_distributed_optimizer` defaults to parallel_cfg.use_distributed_optimizer;
-    `flash_attention` (no s^2 score matrix saved) defaults to True when TE is importable.
+    `flash_attention`: fused attention that saves no s x s score matrix (TE on GPU); pass False
+    for megatron's local (unfused) attention, as used on CPU.
     """
     if min(micro_batch_size, seq_length, num_microbatches, data_parallel_size) < 1:
         raise ValueError("estimate_memory: batch sizes, seq_length and DP must be positive")
     if use_distributed_optimizer is None:
         use_distributed_optimizer = parallel_cfg.use_distributed_optimizer
-    if flash_attention is None:
-        from trainer.precision import transformer_engine_version
-
-        flash_attention = transformer_engine_version() is not None
     best: MemoryEstimate | None = None
     totals = []
     for pp_rank in range(parallel_cfg.pipeline_parallel):
