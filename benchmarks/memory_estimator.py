@@ -1,0 +1,136 @@
+"""Memory estimator vs what megatron-core really allocates.
+
+    .venv/bin/python benchmarks/memory_estimator.py              # CPU: tiny configs
+    .venv/bin/python benchmarks/memory_estimator.py --models tiny_v3 --steps 3
+
+CPU (always): for every tiny model x {fp32, bf16} x {DDP, distributed optimizer}, builds the
+model through the trainer (world size 1), runs one optimizer step and compares
+`trainer.memory.estimate_memory`'s weights / gradients / optimizer-state bytes with the
+storages the run holds (`allocated_static_bytes`, the named baseline). Expected ratio: 1.000.
+
+GPU (only with CUDA; skipped otherwise): the full estimate (static + activations) against
+`torch.cuda.max_memory_allocated()` over a few bf16 training steps; target within 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from trainer.config.data import DataConfig  # noqa: E402
+from trainer.config.model import ModelConfig  # noqa: E402
+from trainer.config.parallel import ParallelConfig  # noqa: E402
+from trainer.config.precision import PrecisionConfig  # noqa: E402
+from trainer.memory import allocated_static_bytes, estimate_memory  # noqa: E402
+
+TINY = ["tiny_v3", "tiny_v2_lite", "tiny_dense", "tiny_moe"]
+SEQ, MICRO, GLOBAL = 32, 1, 2
+
+
+def load_model(name: str) -> ModelConfig:
+    path = ROOT / "conf" / "model" / f"{name}.yaml"
+    return OmegaConf.to_object(
+        OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
+    )
+
+
+def make_trainer(model: ModelConfig, dtype: str, distopt: bool, seq: int, micro: int, batch: int):
+    from trainer.batches import SyntheticDataset
+    from trainer.config.trainer import TrainerConfig
+    from trainer.loop import Trainer
+    from trainer.parallel import initialize_parallel
+
+    par = ParallelConfig(use_distributed_optimizer=distopt)
+    cfg = TrainerConfig(
+        model=model,
+        parallel=par,
+        precision=PrecisionConfig(name=dtype, params_dtype=dtype),
+        data=DataConfig(seq_length=seq),
+    )
+    cfg.train.global_batch_size, cfg.train.micro_batch_size = batch, micro
+    initialize_parallel(model, par, seed=1)
+    return cfg, Trainer(cfg, SyntheticDataset(batch * 8, seq, model.vocab_size))
+
+
+def cpu_rows(models: list[str]) -> list[tuple]:
+    from trainer.parallel import destroy_parallel
+
+    rows = []
+    for name in models:
+        model = load_model(name)
+        for dtype in ("fp32", "bf16"):
+            for distopt in (False, True):
+                cfg, trainer = make_trainer(model, dtype, distopt, SEQ, MICRO, GLOBAL)
+                trainer.train_step()
+                got = allocated_static_bytes(trainer.model, trainer.optimizer)
+                est = estimate_memory(
+                    model, cfg.parallel, cfg.precision, MICRO, SEQ, GLOBAL // MICRO,
+                    use_distributed_optimizer=distopt,
+                )  # fmt: skip
+                rows.append((name, dtype, distopt, est, got))
+                destroy_parallel()
+    return rows
+
+
+def print_cpu(rows: list[tuple]) -> bool:
+    print(f"{'model':14s} {'prec':5s} {'optim':7s} {'kind':10s} {'estimated':>12s} "
+          f"{'allocated':>12s} {'ratio':>7s}")  # fmt: skip
+    exact = True
+    for name, dtype, distopt, est, got in rows:
+        for kind in ("weights", "grads", "optimizer"):
+            e, a = getattr(est, kind), getattr(got, kind)
+            exact &= e == a
+            print(f"{name:14s} {dtype:5s} {'dist' if distopt else 'ddp':7s} {kind:10s} "
+                  f"{e:12,d} {a:12,d} {e / a:7.3f}")  # fmt: skip
+    print(f"static bytes: estimate == allocated for all {len(rows)} runs: {exact}")
+    return exact
+
+
+def gpu_check(name: str, steps: int) -> None:
+    """Full estimate vs peak allocated memory on one GPU (bf16, distributed optimizer off)."""
+    from trainer.model import have_transformer_engine
+    from trainer.parallel import destroy_parallel
+
+    model = load_model(name)
+    seq, micro, batch = min(1024, model.max_position_embeddings), 4, 8
+    cfg, trainer = make_trainer(model, "bf16", False, seq, micro, batch)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(steps):
+        trainer.train_step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    est = estimate_memory(
+        model, cfg.parallel, cfg.precision, micro, seq, batch // micro,
+        flash_attention=have_transformer_engine(),
+    )  # fmt: skip
+    print(f"GPU {torch.cuda.get_device_name()} {name} bf16 seq {seq} micro {micro}: "
+          f"estimate {est.total / 2**20:.1f} MiB (static {est.static / 2**20:.1f}, activations "
+          f"{est.activations / 2**20:.1f}) vs max_memory_allocated {peak / 2**20:.1f} MiB, "
+          f"ratio {est.total / peak:.3f}")  # fmt: skip
+    destroy_parallel()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(TINY), help="comma-separated conf/model names")
+    parser.add_argument("--gpu-model", default="tiny_v3", help="model for the GPU comparison")
+    parser.add_argument("--steps", type=int, default=3, help="training steps of the GPU check")
+    args = parser.parse_args()
+    exact = print_cpu(cpu_rows(args.models.split(",")))
+    if torch.cuda.is_available():
+        gpu_check(args.gpu_model, args.steps)
+    else:
+        print("GPU check skipped: no CUDA device")
+    return 0 if exact else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
