@@ -66,7 +66,8 @@ def run_distributed(
             try:
                 rank, ok, value = results.get(timeout=timeout_s)
             except queue.Empty:
-                raise DistributedTestError(f"timed out after {timeout_s}s; got ranks {sorted(out)}")
+                msg = f"timed out after {timeout_s}s; got ranks {sorted(out)}"
+                raise DistributedTestError(msg) from None
             if not ok:
                 raise DistributedTestError(f"rank {rank} failed:\n{value}")
             out[rank] = value

@@ -51,8 +51,7 @@ def _model_state(model: list[torch.nn.Module]) -> dict[str, Any]:
     if len(model) == 1:
         return {"model": model[0].module.sharded_state_dict(metadata=meta)}
     return {
-        f"model{i}": chunk.module.sharded_state_dict(metadata=meta)
-        for i, chunk in enumerate(model)
+        f"model{i}": chunk.module.sharded_state_dict(metadata=meta) for i, chunk in enumerate(model)
     }
 
 
@@ -79,7 +78,9 @@ def _rng_object() -> ShardedObject:
 
 def _full_state(model: list, optimizer: Any, for_loading: bool) -> dict[str, Any]:
     state = _model_state(model)
-    state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=for_loading, metadata=_metadata())
+    state["optimizer"] = optimizer.sharded_state_dict(
+        state, is_loading=for_loading, metadata=_metadata()
+    )
     state["rng_state"] = _rng_object()
     return state
 
@@ -134,7 +135,9 @@ def load_checkpoint(
         raise ValueError(f"checkpoint {path} was saved with layout {common['layout']}")
     state = _model_state(model)
     if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True, metadata=_metadata())
+        state["optimizer"] = optimizer.sharded_state_dict(
+            state, is_loading=True, metadata=_metadata()
+        )
     if same_layout:
         state["rng_state"] = _rng_object()
     loaded = dist_checkpointing.load(state, str(path))

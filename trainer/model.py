@@ -100,6 +100,7 @@ def _parallel_kwargs(p: ParallelConfig, use_te: bool) -> dict[str, Any]:
         context_parallel_size=p.context_parallel,
         sequence_parallel=p.sequence_parallel,
         moe_token_dispatcher_type=p.moe_token_dispatcher,
+        pipeline_model_parallel_layout=p.pipeline_layout,
         transformer_impl="transformer_engine" if use_te else "local",
         # CPU initialisation draws the full weight then splits it, so every TP layout starts
         # from the same weights; GPU runs initialise on device.

@@ -47,7 +47,7 @@ def validate_layout(model: ModelConfig, parallel: ParallelConfig, world_size: in
     p = parallel
     data = p.data_parallel_size(world_size)
     stages = p.pipeline_parallel * (p.virtual_pipeline_parallel or 1)
-    if model.num_layers % stages:
+    if model.num_layers % stages and p.pipeline_layout is None:
         raise ValueError(
             f"parallel layout: num_layers={model.num_layers} is not divisible by PP x VPP = "
             f"{p.pipeline_parallel} x {p.virtual_pipeline_parallel or 1} = {stages}"

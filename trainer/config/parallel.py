@@ -23,6 +23,9 @@ class ParallelConfig:
     """Shard optimizer states across data-parallel ranks (ZeRO-1)."""
     moe_token_dispatcher: str = "alltoall"
     """MoE token dispatcher: alltoall or allgather."""
+    pipeline_layout: str | None = None
+    """Uneven pipeline split in megatron's layout syntax (E embedding, t layer, m MTP, L loss,
+    | between virtual stages), e.g. "Ett|(tt|)*29t|mL" for 61 layers on PP8 x VPP4; None = even."""
 
     def __post_init__(self) -> None:
         for name in ("tensor_parallel", "pipeline_parallel", "expert_parallel", "context_parallel"):

@@ -1,0 +1,60 @@
+"""Train a DeepSeek-style model with megatron-core.
+
+    python -m trainer data.manifest=runs/x/tokenize/manifest.json            # one process
+    torchrun --nproc-per-node 2 -m trainer parallel=tp2 data.manifest=...    # TP2 (+SP)
+    python -m trainer model=deepseek_v3 parallel=v3_h100_1024 precision=fp8_blockwise \\
+        dry_run=true world_size=1024                                         # plan only
+    python -m trainer --cfg job                                              # resolved config
+
+Rerunning with the same checkpoint.dir resumes from its latest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from trainer.config.trainer import TrainerConfig
+
+ConfigStore.instance().store(name="trainer_schema", node=TrainerConfig)
+
+
+def _to_config(cfg: DictConfig) -> TrainerConfig:
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, TrainerConfig)
+    return obj
+
+
+@hydra.main(config_path="../conf", config_name="trainer", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    warnings.filterwarnings("ignore", module="megatron")
+    try:
+        config = _to_config(cfg)
+        if config.dry_run:
+            from trainer.dry_run import plan, print_plan
+
+            print_plan(plan(config))
+            return
+        from trainer.run import train
+
+        train(config)
+    except ValueError as err:  # bad user input: one clear line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if not config_is_dry(cfg):
+            from trainer.parallel import destroy_parallel
+
+            destroy_parallel()
+
+
+def config_is_dry(cfg: DictConfig) -> bool:
+    return bool(cfg.get("dry_run", False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Metric callbacks: the loop calls them, and knows nothing of consoles or MLflow.
+
+Only rank 0 gets callbacks (`build_callbacks` returns [] elsewhere). Metric names: loss,
+lm_loss, mtp_loss, load_balancing_loss, expert_share/<i>, expert_imbalance_max_over_mean,
+grad_norm, lr, tokens_per_s, mfu, step_time_s; valid_loss from validation.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from typing import Any
+
+from trainer.config.trainer import LoggingConfig, TrainerConfig
+
+
+class Callback:
+    """Hooks of a training run (all optional)."""
+
+    def on_train_start(self, cfg: TrainerConfig, info: dict[str, Any]) -> None: ...
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def on_eval(self, step: int, valid_loss: float) -> None: ...
+
+    def on_train_end(self, summary: dict[str, Any]) -> None: ...
+
+
+class ConsoleCallback(Callback):
+    """One rich-formatted line per logged step."""
+
+    KEYS = ("loss", "lm_loss", "mtp_loss", "load_balancing_loss", "grad_norm", "lr",
+            "tokens_per_s", "mfu", "expert_imbalance_max_over_mean")  # fmt: skip
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(highlight=False)
+
+    def on_train_start(self, cfg: TrainerConfig, info: dict[str, Any]) -> None:
+        for key, value in info.items():
+            self.console.print(f"[bold]{key}[/bold]: {value}")
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        parts = [f"{k}={metrics[k]:.4g}" for k in self.KEYS if k in metrics]
+        self.console.print(f"[cyan]step {step}[/cyan] " + " ".join(parts))
+
+    def on_eval(self, step: int, valid_loss: float) -> None:
+        self.console.print(f"[green]step {step} valid_loss={valid_loss:.4f}[/green]")
+
+    def on_train_end(self, summary: dict[str, Any]) -> None:
+        self.console.print(f"[bold green]done[/bold green] {summary}")
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+    return out
+
+
+class MLflowCallback(Callback):
+    """Logs the resolved config as params and every metric per step to MLflow.
+
+    Uses the run in env MLFLOW_RUN_ID when set (a pipeline's stage run), else starts one in
+    `experiment`; tracking URI from config, env MLFLOW_TRACKING_URI, or sqlite:///mlflow.db.
+    """
+
+    def __init__(self, cfg: LoggingConfig):
+        import mlflow
+
+        self.mlflow = mlflow
+        uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+        mlflow.set_tracking_uri(uri)
+        if not os.environ.get("MLFLOW_RUN_ID"):
+            mlflow.set_experiment(cfg.experiment)
+        self.run = mlflow.start_run(run_id=os.environ.get("MLFLOW_RUN_ID"))
+
+    def on_train_start(self, cfg: TrainerConfig, info: dict[str, Any]) -> None:
+        params = _flatten("", asdict(cfg), {})
+        self.mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        clean = {k.replace("/", "."): float(v) for k, v in metrics.items()}
+        self.mlflow.log_metrics(clean, step=step)
+
+    def on_eval(self, step: int, valid_loss: float) -> None:
+        self.mlflow.log_metric("valid_loss", valid_loss, step=step)
+
+    def on_train_end(self, summary: dict[str, Any]) -> None:
+        self.mlflow.log_dict(summary, "summary.json")
+        self.mlflow.end_run()
+
+
+def build_callbacks(cfg: LoggingConfig, rank: int) -> list[Callback]:
+    """Callbacks for this rank: console and/or MLflow on rank 0, none elsewhere."""
+    if rank != 0:
+        return []
+    callbacks: list[Callback] = []
+    if cfg.console:
+        callbacks.append(ConsoleCallback())
+    if cfg.mlflow:
+        callbacks.append(MLflowCallback(cfg))
+    return callbacks

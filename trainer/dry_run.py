@@ -1,0 +1,82 @@
+"""`dry_run=true`: plan a layout without building anything heavy.
+
+Prints the parallel layout, parameter counts, FLOPs per token and the memory estimate per GPU
+(weights, gradients, optimizer states, activations), then one JSON line for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from typing import Any
+
+from trainer.accounting import count_parameters, flops_per_token
+from trainer.config.model import ModelConfig
+from trainer.config.parallel import ParallelConfig
+from trainer.config.trainer import TrainerConfig
+from trainer.memory import estimate_memory
+from trainer.parallel import validate_layout
+
+
+def plan(cfg: TrainerConfig) -> dict[str, Any]:
+    """The dry-run report as a dict (the JSON line's content)."""
+    world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    layout = validate_layout(cfg.model, cfg.parallel, world)
+    num_mb = cfg.micro_batches(layout.data)
+    counts = count_parameters(cfg.model)
+    model, parallel, note = _even_split(cfg)
+    mem = estimate_memory(
+        model, parallel, cfg.precision, cfg.train.micro_batch_size,
+        cfg.data.seq_length, num_mb, data_parallel_size=layout.data,
+    )  # fmt: skip
+    return {
+        "layout": layout.describe(),
+        "world_size": world,
+        "num_microbatches": num_mb,
+        "total_params": counts.total,
+        "activated_params": counts.activated,
+        "total_params_without_mtp": counts.total_without_mtp,
+        "activated_params_without_mtp": counts.activated_without_mtp,
+        "flops_per_token": flops_per_token(cfg.model, cfg.data.seq_length),
+        "memory_per_gpu_bytes": mem.total,
+        "memory_breakdown_bytes": {
+            "weights": mem.weights,
+            "grads": mem.grads,
+            "optimizer": mem.optimizer,
+            "activations": mem.activations,
+        },  # fmt: skip
+        "params_on_busiest_rank": mem.num_params,
+        "memory_note": note,
+    }
+
+
+def _even_split(cfg: TrainerConfig) -> tuple[ModelConfig, ParallelConfig, str]:
+    """The memory estimator assumes an even pipeline split; with an uneven `pipeline_layout`
+    round the layer count up to a multiple of PP x VPP (a conservative estimate)."""
+    p = cfg.parallel
+    if p.pipeline_layout is None:
+        return cfg.model, p, ""
+    stages = p.pipeline_parallel * (p.virtual_pipeline_parallel or 1)
+    layers = -(-cfg.model.num_layers // stages) * stages
+    note = f"memory estimated with {layers} layers split evenly (layout {p.pipeline_layout!r})"
+    return replace(cfg.model, num_layers=layers), replace(p, pipeline_layout=None), note
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def print_plan(report: dict[str, Any]) -> None:
+    print(f"model layout: {report['layout']} ({report['num_microbatches']} micro-batches/step)")
+    print(
+        f"parameters: total {report['total_params']:,} / activated {report['activated_params']:,}"
+        f" (without MTP: {report['total_params_without_mtp']:,} / "
+        f"{report['activated_params_without_mtp']:,})"
+    )
+    print(f"training FLOPs per token: {report['flops_per_token']:.4g}")
+    parts = ", ".join(f"{k} {_gib(v)}" for k, v in report["memory_breakdown_bytes"].items())
+    print(f"memory per GPU: {_gib(report['memory_per_gpu_bytes'])} ({parts})")
+    if report["memory_note"]:
+        print(f"note: {report['memory_note']}")
+    print(json.dumps({k: v for k, v in report.items() if not isinstance(v, dict)}))

@@ -1,0 +1,95 @@
+"""Run a whole training job: data, parallel setup, resume, steps, validation, checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from trainer.callbacks import Callback, build_callbacks
+from trainer.checkpoint import latest_checkpoint
+from trainer.config.trainer import TrainerConfig
+from trainer.data import build_datasets, load_manifest
+from trainer.loop import Trainer
+from trainer.parallel import initialize_parallel
+from trainer.precision import check_precision_supported
+
+
+def preflight(cfg: TrainerConfig) -> None:
+    """Checks that need no process group: precision vs machine, manifest vs model."""
+    check_precision_supported(cfg.precision)
+    if cfg.data.manifest is None:
+        raise ValueError("data.manifest is not set: pass data.manifest=PATH/manifest.json")
+    load_manifest(cfg.data.manifest, cfg.model, cfg.data.seq_length)
+
+
+def _eval_steps(cfg: TrainerConfig) -> int:
+    t = cfg.train
+    return t.eval_iters if t.eval_interval else 0
+
+
+def fit(
+    cfg: TrainerConfig, trainer: Trainer, callbacks: list[Callback], info: dict[str, Any]
+) -> dict[str, Any]:
+    """Train from `trainer.step` to cfg.train.steps; returns the summary (all ranks)."""
+    t, ck = cfg.train, cfg.checkpoint
+    for cb in callbacks:
+        cb.on_train_start(cfg, info)
+    valid: list[float] = []
+    metrics: dict[str, float] = {}
+    speeds: list[float] = []
+    while trainer.step < t.steps:
+        metrics = trainer.train_step()
+        speeds.append(metrics["tokens_per_s"])
+        if trainer.step % t.log_interval == 0 or trainer.step == t.steps:
+            for cb in callbacks:
+                cb.on_step(trainer.step, metrics)
+        if t.eval_interval and (trainer.step % t.eval_interval == 0 or trainer.step == t.steps):
+            valid.append(trainer.evaluate())
+            for cb in callbacks:
+                cb.on_eval(trainer.step, valid[-1])
+        if ck.save_interval and trainer.step % ck.save_interval == 0 and trainer.step < t.steps:
+            trainer.save(ck.dir, ck.keep_last)
+    if metrics:
+        trainer.save(ck.dir, ck.keep_last)
+    warm = speeds[1:] or speeds
+    summary = {
+        "final_step": trainer.step,
+        "train_loss": metrics.get("loss"),
+        "valid_loss_first": valid[0] if valid else None,
+        "valid_loss_last": valid[-1] if valid else None,
+        "tokens_per_s": sum(warm) / len(warm) if warm else None,
+        "mfu": metrics.get("mfu"),
+    }
+    for cb in callbacks:
+        cb.on_train_end(summary)
+    return summary
+
+
+def train(cfg: TrainerConfig) -> dict[str, Any]:
+    """Entry for `python -m trainer`: validate, set up, resume, train, write summary.json."""
+    preflight(cfg)
+    layout = initialize_parallel(cfg.model, cfg.parallel, cfg.train.seed)
+    cfg.micro_batches(layout.data)
+    train_ds, valid_ds = build_datasets(
+        cfg.data, cfg.model, cfg.train.global_batch_size, cfg.train.steps,
+        cfg.train.eval_iters, cfg.train.eval_interval,
+    )  # fmt: skip
+    trainer = Trainer(cfg, train_ds, valid_ds)
+    latest = latest_checkpoint(cfg.checkpoint.dir) if cfg.checkpoint.resume else None
+    if latest is not None:
+        trainer.load(str(latest))
+    elif cfg.checkpoint.init_from:
+        trainer.load(cfg.checkpoint.init_from, weights_only=True)
+    summary_path = Path(cfg.checkpoint.dir) / "summary.json"
+    if trainer.step >= cfg.train.steps and summary_path.exists():
+        return json.loads(summary_path.read_text())
+    rank = dist.get_rank()
+    info = {"layout": layout.describe(), "resumed_from": str(latest) if latest else "scratch"}
+    summary = fit(cfg, trainer, build_callbacks(cfg.logging, rank), info)
+    if rank == 0:
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        summary_path.write_text(json.dumps(summary, indent=2))
+    return summary
