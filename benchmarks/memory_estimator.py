@@ -93,6 +93,33 @@ def print_cpu(rows: list[tuple]) -> bool:
     return exact
 
 
+def activation_rows(models: list[str]) -> None:
+    """Activation estimate vs the tensors autograd saves for one micro-batch (fp32, CPU local
+    attention, so flash_attention=False)."""
+    from functools import partial
+
+    from trainer.memory import saved_activation_bytes
+    from trainer.model import build_model, build_transformer_config
+    from trainer.parallel import destroy_parallel, initialize_parallel
+
+    print(f"{'model':14s} {'seq x mb':9s} {'estimated':>12s} {'saved':>12s} {'ratio':>7s}")
+    for name in models:
+        model_cfg, par = load_model(name), ParallelConfig()
+        for seq, mb in ((64, 1), (128, 2)):
+            initialize_parallel(model_cfg, par, seed=1)
+            model = build_model(model_cfg, build_transformer_config(model_cfg, par))
+            tokens = torch.randint(0, model_cfg.vocab_size, (mb, seq))
+            pos = torch.arange(seq).unsqueeze(0).expand(mb, -1)
+            fwd = partial(model, tokens, pos, None, labels=tokens, loss_mask=torch.ones(mb, seq))
+            saved, _ = saved_activation_bytes(model, fwd)
+            est = estimate_memory(
+                model_cfg, par, PrecisionConfig(name="fp32", params_dtype="fp32"), mb, seq, 1,
+                flash_attention=False,
+            ).activations  # fmt: skip
+            print(f"{name:14s} {f'{seq}x{mb}':9s} {est:12,d} {saved:12,d} {est / saved:7.3f}")
+            destroy_parallel()
+
+
 def gpu_check(name: str, steps: int) -> None:
     """Full estimate vs peak allocated memory on one GPU (bf16, distributed optimizer off)."""
     from trainer.model import have_transformer_engine
@@ -125,6 +152,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3, help="training steps of the GPU check")
     args = parser.parse_args()
     exact = print_cpu(cpu_rows(args.models.split(",")))
+    activation_rows(args.models.split(","))
     if torch.cuda.is_available():
         gpu_check(args.gpu_model, args.steps)
     else:

@@ -360,8 +360,9 @@ def activation_bytes(
             )
     if pp_rank == pp - 1:
         tokens = seq * micro_batch_size
-        logits = tokens * model_cfg.vocab_size / tp * (dbytes + 4)  # logits + fp32 softmax
-        per_stage += logits * (1 + model_cfg.mtp_num_layers)
+        # per prediction head: its input, and the fp32 logits the cross entropy keeps
+        head = tokens * (model_cfg.vocab_size / tp * 4 + model_cfg.hidden_size * dbytes)
+        per_stage += head * (1 + model_cfg.mtp_num_layers)
         for _ in range(model_cfg.mtp_num_layers):
             per_stage += (
                 activation_bytes_per_layer(
@@ -479,3 +480,25 @@ def allocated_static_bytes(model_chunks: list, optimizer: object) -> BufferBytes
         k: v for k, v in _storage_bytes(tensors).items() if k not in weights and k not in grads
     }
     return BufferBytes(sum(weights.values()), sum(grads.values()), sum(extra.values()))
+
+
+def saved_activation_bytes(model: object, forward: object) -> tuple[int, object]:
+    """Bytes autograd saves for backward while `forward()` runs (parameters excluded).
+
+    Counts distinct storages through `torch.autograd.graph.saved_tensors_hooks`; this is what
+    `activation_bytes` estimates for one micro-batch on a single stage. Returns (bytes, output).
+    """
+    import torch
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward()
+    return sum(seen.values()), out

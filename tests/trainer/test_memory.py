@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,45 @@ def test_static_bytes_exact_under_dp2_distributed_optimizer() -> None:
     single = estimate_memory(load_model("tiny_v3"), ParallelConfig(), precision("bf16"), 1, 16, 2,
                              use_distributed_optimizer=True)  # fmt: skip
     assert est.optimizer < 0.6 * single.optimizer
+
+
+# ------------------------------------------------------------------------------------------
+# Activations: estimate vs the tensors autograd really saves (CPU, local unfused attention)
+
+
+def _saved(cases: list[tuple[str, int, int]]) -> list[tuple]:
+    import torch
+
+    from trainer.memory import saved_activation_bytes
+    from trainer.model import build_model, build_transformer_config
+    from trainer.parallel import destroy_parallel, initialize_parallel
+
+    out = []
+    for name, seq, batch in cases:
+        cfg, par = load_model(name), ParallelConfig()
+        initialize_parallel(cfg, par, seed=1)
+        model = build_model(cfg, build_transformer_config(cfg, par))
+        tokens = torch.randint(0, cfg.vocab_size, (batch, seq))
+        position_ids = torch.arange(seq).unsqueeze(0).expand(batch, -1)
+        mask = torch.ones(batch, seq)
+        forward = partial(model, tokens, position_ids, None, labels=tokens, loss_mask=mask)
+        saved, _ = saved_activation_bytes(model, forward)
+        out.append((name, seq, batch, saved))
+        destroy_parallel()
+    return out
+
+
+def test_activation_estimate_matches_saved_tensors() -> None:
+    """Within 15% of what autograd saves for backward (fp32, one micro-batch, one stage)."""
+    cases = [("tiny_v3", 64, 1), ("tiny_v3", 128, 2), ("tiny_dense", 128, 2)]
+    for name, seq, batch, saved in run_distributed(_saved, 1, cases)[0]:
+        est = estimate_memory(
+            load_model(name),
+            ParallelConfig(),
+            precision("fp32"),
+            batch,
+            seq,
+            1,
+            flash_attention=False,
+        )
+        assert est.activations == pytest.approx(saved, rel=0.15), (name, seq, batch)
