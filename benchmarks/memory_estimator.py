@@ -28,7 +28,8 @@ from trainer.config.data import DataConfig  # noqa: E402
 from trainer.config.model import ModelConfig  # noqa: E402
 from trainer.config.parallel import ParallelConfig  # noqa: E402
 from trainer.config.precision import PrecisionConfig  # noqa: E402
-from trainer.memory import allocated_static_bytes, estimate_memory  # noqa: E402
+from trainer.memory import estimate_memory  # noqa: E402
+from trainer.memory_measure import allocated_static_bytes  # noqa: E402
 
 TINY = ["tiny_v3", "tiny_v2_lite", "tiny_dense", "tiny_moe"]
 SEQ, MICRO, GLOBAL = 32, 1, 2
@@ -98,7 +99,7 @@ def activation_rows(models: list[str]) -> None:
     attention, so flash_attention=False)."""
     from functools import partial
 
-    from trainer.memory import saved_activation_bytes
+    from trainer.memory_measure import saved_activation_bytes
     from trainer.model import build_model, build_transformer_config
     from trainer.parallel import destroy_parallel, initialize_parallel
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from trainer.accounting import ParamSpec, param_specs
 from trainer.config.model import ModelConfig
 from trainer.config.parallel import ParallelConfig
-from trainer.config.precision import BYTES_PER_DTYPE, PrecisionConfig
+from trainer.config.precision import PrecisionConfig
 
 DEFAULT_BUCKET_SIZE = 40_000_000
 """megatron DDP's default bucket size (elements) when grads are reduced during backward."""
@@ -437,68 +437,3 @@ def estimate_memory(
     assert best is not None
     best.per_pipeline_rank = totals
     return best
-
-
-__all__ = ["BYTES_PER_DTYPE", "MemoryEstimate", "estimate_memory", "rank_params", "buffer_layout"]
-
-
-# ------------------------------------------------------------------------------------------
-# What a live run allocates (for tests and benchmarks)
-
-
-def _storage_bytes(tensors: list) -> dict[int, int]:
-    """nbytes of every distinct storage behind `tensors`, keyed by its address."""
-    out = {}
-    for t in tensors:
-        storage = t.untyped_storage()
-        out[storage.data_ptr()] = storage.nbytes()
-    return out
-
-
-def allocated_static_bytes(model_chunks: list, optimizer: object) -> BufferBytes:
-    """Bytes a megatron run really holds for weights, main grads and optimizer state.
-
-    Counts distinct storages: parameters (the DDP param buffer under the distributed
-    optimizer), `main_grad` buffers, and the optimizer's params and state tensors that are not
-    already counted (fp32 master copies, Adam moments, step counters). Call after one step.
-    """
-    import torch
-
-    params = [p for chunk in model_chunks for p in chunk.parameters()]
-    weights = _storage_bytes(params)
-    grads = _storage_bytes(
-        [p.main_grad for p in params if getattr(p, "main_grad", None) is not None]
-    )
-    tensors = []
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = getattr(opt, "optimizer", opt)
-        for group in inner.param_groups:
-            tensors += list(group["params"])
-        for state in inner.state.values():
-            tensors += [v for v in state.values() if torch.is_tensor(v)]
-    extra = {
-        k: v for k, v in _storage_bytes(tensors).items() if k not in weights and k not in grads
-    }
-    return BufferBytes(sum(weights.values()), sum(grads.values()), sum(extra.values()))
-
-
-def saved_activation_bytes(model: object, forward: object) -> tuple[int, object]:
-    """Bytes autograd saves for backward while `forward()` runs (parameters excluded).
-
-    Counts distinct storages through `torch.autograd.graph.saved_tensors_hooks`; this is what
-    `activation_bytes` estimates for one micro-batch on a single stage. Returns (bytes, output).
-    """
-    import torch
-
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = forward()
-    return sum(seen.values()), out

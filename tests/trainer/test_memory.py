@@ -162,7 +162,7 @@ def _allocated(cases: list[tuple[str, str, bool]]) -> list[tuple]:
     from trainer.config.data import DataConfig
     from trainer.config.trainer import TrainerConfig
     from trainer.loop import Trainer
-    from trainer.memory import allocated_static_bytes
+    from trainer.memory_measure import allocated_static_bytes
     from trainer.parallel import destroy_parallel, initialize_parallel
 
     out = []
@@ -230,7 +230,7 @@ def test_static_bytes_exact_under_dp2_distributed_optimizer() -> None:
 def _saved(cases: list[tuple[str, int, int]]) -> list[tuple]:
     import torch
 
-    from trainer.memory import saved_activation_bytes
+    from trainer.memory_measure import saved_activation_bytes
     from trainer.model import build_model, build_transformer_config
     from trainer.parallel import destroy_parallel, initialize_parallel
 
