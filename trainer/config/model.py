@@ -65,6 +65,12 @@ class ModelConfig:
     """YaRN scaling factor (V3: 40)."""
     original_max_position_embeddings: int = 4096
     """Pre-YaRN context length (V3: 4096)."""
+    rope_mscale: float = 1.0
+    """YaRN attention-temperature factor mscale (HF rope_scaling.mscale; V2: 0.707, V3: 1.0);
+    megatron MLATransformerConfig(mscale=...)."""
+    rope_mscale_all_dim: float = 0.0
+    """YaRN mscale_all_dim (HF rope_scaling.mscale_all_dim; V2: 0.707, V3: 1.0; 0 = off);
+    megatron MLATransformerConfig(mscale_all_dim=...)."""
 
     # --- DeepSeekMoE ---
     num_experts: int | None = 8
