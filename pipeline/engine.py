@@ -21,7 +21,7 @@ from pipeline import state
 from pipeline.config import PipelineConfig, RayConfig
 from pipeline.dag import Graph, build_graph
 from pipeline.fingerprint import REPO_ROOT
-from pipeline.task import StageFailed, Tracking, execute
+from pipeline.task import WORKERS_LOCK, Driver, StageFailed, Tracking, execute
 from pipeline.view import DagView, throughput_from
 
 
@@ -82,10 +82,29 @@ def run_lock(run_dir: Path):
             f"another pipeline run is using {run_dir}; wait for it or stop it"
         ) from None
     try:
+        _wait_for_orphans(run_dir)
         yield
     finally:
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
+
+
+def _wait_for_orphans(run_dir: Path, timeout_s: float = 120.0) -> None:
+    """Block until no stage task of an earlier (killed) driver still runs in run_dir."""
+    deadline = time.time() + timeout_s
+    with open(run_dir / WORKERS_LOCK, "a+") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fh, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                if time.time() > deadline:
+                    raise ValueError(
+                        f"stage processes of an earlier run still hold {run_dir / WORKERS_LOCK} "
+                        f"after {timeout_s:.0f}s; stop them and rerun"
+                    ) from None
+                time.sleep(0.1)
 
 
 def _code_paths(graph: Graph) -> list[str]:
@@ -144,6 +163,7 @@ def _submit(graph: Graph, decisions, track: Tracking | None) -> dict:
     import ray
 
     remote = ray.remote(execute)
+    driver = Driver.this()
     refs: dict = {}
     for key, node in graph.nodes.items():
         if not decisions[key].run:
@@ -151,7 +171,7 @@ def _submit(graph: Graph, decisions, track: Tracking | None) -> dict:
         parents = [refs[d] for d in node.deps if d in refs]
         refs[key] = remote.options(
             num_cpus=node.num_cpus, name=f"stage:{key}", max_retries=0, retry_exceptions=False
-        ).remote(node, track, *parents)
+        ).remote(node, track, driver, *parents)
     return refs
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import signal
+import socket
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -24,6 +28,39 @@ class StageFailed(Exception):
 
     def __str__(self) -> str:
         return f"stage {self.key} failed: {self.message} (log: {self.log_path})"
+
+
+@dataclass
+class Driver:
+    """The driver process; a stage task on the same host dies with it (see _watch_driver)."""
+
+    pid: int
+    host: str
+
+    @classmethod
+    def this(cls) -> Driver:
+        return cls(os.getpid(), socket.gethostname())
+
+
+def _watch_driver(driver: Driver | None) -> None:
+    """If the driver is killed, kill this worker's process group at once (Ray notices only
+    after a second or more, while the stage keeps writing into the run directory)."""
+    if driver is None or driver.host != socket.gethostname() or driver.pid == os.getpid():
+        return
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(driver.pid, 0)
+            except ProcessLookupError:
+                if os.getpgid(0) == os.getpid():
+                    os.killpg(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), signal.SIGKILL)
+            except PermissionError:  # a different process took the pid: the driver is gone
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.1)
+
+    threading.Thread(target=watch, name="driver-watchdog", daemon=True).start()
 
 
 @dataclass
@@ -65,10 +102,22 @@ def _artifacts(node: Node, ctx: StageContext, config_file: Path) -> list[Path]:
     return found + [p for p in ctx.artifacts if p not in found]
 
 
-def execute(node: Node, track: Tracking | None, *upstream: dict) -> dict:
+WORKERS_LOCK = ".workers.lock"
+
+
+@contextlib.contextmanager
+def _hold_workers_lock(run_dir: Path):
+    """Held (shared) while a stage runs, so a new driver can wait for orphans of a killed one."""
+    with open(run_dir / WORKERS_LOCK, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_SH)
+        yield
+
+
+def execute(node: Node, track: Tracking | None, driver: Driver | None, *upstream: dict) -> dict:
     """Run one stage (Ray task body). `upstream` are the parents' results (ordering edges)."""
+    _watch_driver(driver)
     started = time.time()
-    with _output_to(node.log_path) as echo:
+    with _hold_workers_lock(node.run_dir), _output_to(node.log_path) as echo:
         print(f"=== stage {node.key} ({node.kind.name}) started {time.ctime(started)}", flush=True)
         run_id = None
         try:

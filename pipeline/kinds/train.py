@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -70,6 +71,28 @@ def _die_with_parent() -> None:
         pass
 
 
+def _kill_stale_trainer(record: Path) -> None:
+    """Kill the process group of a trainer left by a killed attempt (torchrun's workers do
+    not die with their agent); the group is our own session, so no other process is in it."""
+    try:
+        info = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return
+    if info.get("host") != socket.gethostname():
+        return
+    try:
+        os.killpg(info["pgid"], signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            os.killpg(info["pgid"], 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+
+
 def _stream(proc: subprocess.Popen, ctx: StageContext, tail: deque) -> None:
     prefix = f"({ctx.key}) "
     for raw in proc.stdout:
@@ -91,15 +114,20 @@ def run_local(ctx: StageContext, opts: TrainOptions, overrides: list[str]) -> No
     cmd = command(opts, overrides)
     print("launch:", " ".join(cmd), flush=True)
     tail: deque = deque(maxlen=20)
+    _kill_stale_trainer(ctx.output / ".trainer.json")
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        preexec_fn=_die_with_parent, start_new_session=True,
+    )  # fmt: skip
+    (ctx.output / ".trainer.json").write_text(
+        json.dumps({"pgid": proc.pid, "host": socket.gethostname()})
     )
     try:
         _stream(proc, ctx, tail)
         code = proc.wait()
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
     if code != 0:
         last = "\n".join(list(tail)[-5:])
         raise RuntimeError(f"trainer exited with code {code}; last lines:\n{last}")

@@ -16,7 +16,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def pythonpath() -> str:
-    return os.pathsep.join([str(REPO), str(HERE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return os.pathsep.join([str(REPO), str(HERE), os.environ.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +27,9 @@ def ray_session():
     import ray
 
     os.environ["PYTHONPATH"] = pythonpath()
-    ray.init(include_dashboard=False, num_cpus=2, object_store_memory=80 * 2**20, configure_logging=False)
+    ray.init(
+        include_dashboard=False, num_cpus=2, object_store_memory=80 * 2**20, configure_logging=False
+    )
     yield
     ray.shutdown()
 
@@ -54,7 +58,9 @@ def cli_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=pythonpath(), RAY_AUTH_MODE="disabled")
 
 
-def run_cli(run_dir: Path, *overrides: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+def run_cli(
+    run_dir: Path, *overrides: str, cwd: Path, timeout: float = 180
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         cli_command(run_dir, *overrides), cwd=cwd, env=cli_env(), capture_output=True, text=True,
         timeout=timeout,
@@ -66,6 +72,10 @@ def output_files(run_dir: Path) -> dict[str, bytes]:
     files = {}
     for path in sorted(run_dir.rglob("*")):
         rel = path.relative_to(run_dir)
-        if path.is_file() and rel.parts[0] != "logs" and not any(p.startswith(".") for p in rel.parts):
+        if (
+            path.is_file()
+            and rel.parts[0] != "logs"
+            and not any(p.startswith(".") for p in rel.parts)
+        ):
             files[str(rel)] = path.read_bytes()
     return files

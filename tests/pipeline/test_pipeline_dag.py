@@ -60,7 +60,9 @@ def test_bad_dag_config_is_a_clear_error(tmp_path, override, message):
 def test_change_one_option_reruns_only_that_subgraph(tmp_path):
     _complete_all(build_graph(compose(tmp_path / "run")))
     assert not any(d.run for d in plan(build_graph(compose(tmp_path / "run"))).values())
-    changed = build_graph(compose(tmp_path / "run", "+domains.en.stage_overrides.clean=['sleep_s=0']"))
+    changed = build_graph(
+        compose(tmp_path / "run", "+domains.en.stage_overrides.clean=['sleep_s=0']")
+    )
     decisions = plan(changed)
     assert sorted(k for k, d in decisions.items() if d.run) == ["clean/en", "join", "train"]
     assert "config changed (overrides)" in decisions["clean/en"].reason

@@ -44,7 +44,10 @@ def test_run_noop_rerun_and_subgraph_rerun(ray_session, tmp_path):
     clean = stages["clean/en"]
     assert clean.info.status == "FINISHED"
     assert clean.data.metrics["documents_in"] == 20 and clean.data.params["kind"] == "fake_map"
-    assert {a.path for a in client.list_artifacts(clean.info.run_id)} >= {"stats.json", "clean.en.log"}
+    assert {a.path for a in client.list_artifacts(clean.info.run_id)} >= {
+        "stats.json",
+        "clean.en.log",
+    }
     lineage = {(i.dataset.name, i.tags[0].value) for i in clean.inputs.dataset_inputs}
     assert lineage == {("source/en", "input"), ("clean/en", "output")}
     losses = client.get_metric_history(stages["train"].info.run_id, "loss")
@@ -55,7 +58,9 @@ def test_run_noop_rerun_and_subgraph_rerun(ray_session, tmp_path):
 
 def test_failing_stage_fails_run_lets_other_branch_finish(ray_session, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = compose(tmp_path / "run", f"tracking.uri={uri}", "+domains.zh.stage_overrides.clean=['fail=true']")
+    cfg = compose(
+        tmp_path / "run", f"tracking.uri={uri}", "+domains.zh.stage_overrides.clean=['fail=true']"
+    )
     with pytest.raises(PipelineError) as info:
         run_pipeline(cfg)
     message = str(info.value)
@@ -64,7 +69,9 @@ def test_failing_stage_fails_run_lets_other_branch_finish(ray_session, tmp_path)
     assert str(log) in message and "join" not in message  # only the root cause is reported
     assert "Traceback" in log.read_text() and "planted failure" in log.read_text()
     assert (tmp_path / "run/clean/en" / MARKER).exists()  # the unrelated branch finished
-    assert not (tmp_path / "run/join").exists() and not (tmp_path / "run/clean/zh" / MARKER).exists()
+    assert (
+        not (tmp_path / "run/join").exists() and not (tmp_path / "run/clean/zh" / MARKER).exists()
+    )
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("fake").experiment_id
