@@ -11,7 +11,7 @@ Conventions (the ones DeepSeek's published figures follow within their rounding)
   are separate tensors, DeepSeek models do not tie them).
 - activated: parameters used to process one token: everything except the routed experts a
   token is not sent to (num_experts - top_k per MoE layer) and except the input-embedding
-  table (a row lookup, not a matmul). The output head is counted.
+  table (a row lookup, not a matmul). The output head is counted (a tied table once).
 
 `flops_per_token` is the training cost of one token (forward + backward = 3x forward): 6 FLOPs
 per activated matmul weight plus the attention score/value products (causal: half the
@@ -258,7 +258,9 @@ def count_parameters(cfg: ModelConfig) -> ParamCounts:
     total = sum(breakdown.values())
     mtp = sum(s.numel for s in specs if s.in_mtp)
     inactive_main, inactive_mtp = _inactive_expert_params(cfg, specs)
-    activated = total - breakdown["embedding"] - inactive_main - inactive_mtp
+    # The input embedding is a lookup; a tied table is counted once, as the output head.
+    lookup = breakdown["embedding"] if cfg.untie_embeddings_and_output_weights else 0
+    activated = total - lookup - inactive_main - inactive_mtp
     return ParamCounts(
         total=total,
         activated=activated,
@@ -278,8 +280,6 @@ def _matmul_params_per_token(cfg: ModelConfig, include_mtp: bool) -> int:
     norms = sum(s.numel for s in specs if len(s.shape) == 1 and (include_mtp or not s.in_mtp))
     activated = counts.activated if include_mtp else counts.activated_without_mtp
     head = counts.output if cfg.untie_embeddings_and_output_weights else counts.embedding
-    if not cfg.untie_embeddings_and_output_weights:
-        activated += head  # the tied table is also the output projection
     if include_mtp:
         activated += cfg.mtp_num_layers * head  # every MTP depth runs the shared output head
     return activated - norms

@@ -117,6 +117,15 @@ def test_counts_are_consistent() -> None:
         assert (c.activated == c.total - c.embedding) == dense
 
 
+def test_tied_embeddings_count_the_table_once() -> None:
+    untied = load("tiny_dense")
+    tied = ModelConfig(**{**vars(untied), "untie_embeddings_and_output_weights": False})
+    a, b = count_parameters(untied), count_parameters(tied)
+    assert b.total == a.total - a.output and b.output == 0
+    assert b.activated == a.activated  # the tied table is the output head
+    assert flops_per_token(tied, 64) == flops_per_token(untied, 64)
+
+
 def test_flops_per_token() -> None:
     cfg = load("deepseek_llm_7b")
     counts = count_parameters(cfg)
