@@ -99,7 +99,8 @@ def rank_params(
     model_cfg: ModelConfig, parallel_cfg: ParallelConfig, pp_rank: int, chunk: int
 ) -> list[LocalParam]:
     """Parameters of one model chunk on pipeline rank `pp_rank` (expert-parallel rank 0),
-    in megatron's named_parameters order."""
+    in megatron's named_parameters order. The last stage keeps a copy of the embedding table
+    when it needs one (MTP, or a tied output head), marked `shared_embedding` like megatron."""
     pp, vpp = parallel_cfg.pipeline_parallel, parallel_cfg.virtual_pipeline_parallel
     tp, ep = parallel_cfg.tensor_parallel, parallel_cfg.expert_parallel
     first = pp_rank == 0 and chunk == 0
@@ -117,11 +118,16 @@ def rank_params(
             mtp_copy = last and model_cfg.mtp_num_layers > 0
             if not (first or mtp_copy):
                 continue
-            shared = model_cfg.mtp_num_layers > 0 and pp > 1
+            tied = not model_cfg.untie_embeddings_and_output_weights
+            shared = pp > 1 and (model_cfg.mtp_num_layers > 0 or tied)
         if spec.expert and _expert_index(spec) >= experts_per_rank:
             continue  # this EP rank holds experts [0, E/EP)
         numel = _local_numel(spec, tp)
         out.append(LocalParam(spec.name, numel, spec.expert and ep > 1, shared))
+    if last and not first and not model_cfg.untie_embeddings_and_output_weights:
+        if not model_cfg.mtp_num_layers:  # (with MTP the embedding copy is the output head)
+            vocab = model_cfg.vocab_size // tp * model_cfg.hidden_size
+            out.append(LocalParam("output_layer.weight", vocab, False, shared_embedding=True))
     return out
 
 

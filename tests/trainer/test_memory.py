@@ -98,6 +98,11 @@ def test_rank_params_split_the_model() -> None:
         assert stage[0].name == "embedding.word_embeddings.weight" and stage[0].shared_embedding
     no_mtp = load_model("tiny_dense")
     assert not rank_params(no_mtp, pp, 0, 0)[0].shared_embedding
+    tied = ModelConfig(**{**vars(no_mtp), "untie_embeddings_and_output_weights": False})
+    assert rank_params(tied, pp, 0, 0)[0].shared_embedding
+    table = tied.vocab_size * tied.hidden_size
+    assert rank_params(tied, pp, 1, 0)[-1] == LocalParam("output_layer.weight", table, False, True)
+    assert "output_layer.weight" not in [p.name for p in rank_params(tied, ParallelConfig(), 0, 0)]
     emb = cfg.vocab_size * cfg.hidden_size
     assert sum(p.numel for p in first + last) == total + emb
     ep = rank_params(cfg, ParallelConfig(expert_parallel=2), 0, 0)
