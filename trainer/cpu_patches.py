@@ -372,27 +372,30 @@ for _module in ("megatron.core.optimizer.clip_grads", "megatron.core.optimizer.o
 
 # Modules that call torch factories with device="cuda" (or torch.cuda.synchronize) in code
 # paths a CPU training run takes: their module-level `torch` becomes a CpuTorch.
-_CUDA_FACTORY_MODULES = {
-    "megatron.core.utils": "local_multi_tensor_l2_norm (grad norm without apex/TE)",
-    "megatron.core.optimizer.optimizer": "FP32Optimizer/_scale, get_grad_norm buffers",
-    "megatron.core.optimizer.clip_grads": "clip_grad_by_total_norm_fp32/get_grad_norm_fp32",
-    "megatron.core.optimizer.distrib_optimizer": "DistributedOptimizer buffers",
-    "megatron.core.distributed.param_and_grad_buffer": "grad buffers, bucket all-reduce",
-    "megatron.core.distributed.finalize_model_grads": "embedding/bias grad all-reduces",
-    "megatron.core.pipeline_parallel.schedules": "loss/num_tokens tensors of the schedules",
-    "megatron.core.pipeline_parallel.p2p_communication": "receive buffers of PP send/recv",
-    "megatron.core.transformer.moe.moe_utils": "aux-loss/tracker tensors",
-    "megatron.core.transformer.moe.router": "expert-bias update buffers",
-    "megatron.core.dist_checkpointing.strategies.filesystem_async": "torch.cuda.synchronize",
-    "megatron.core.dist_checkpointing.exchange_utils": "exchange buffers on load",
+_CUDA_FACTORY_MODULES = {  # module: (where upstream needs it, marker in its source)
+    "megatron.core.utils": ("local_multi_tensor_l2_norm (grad norm)", 'device="cuda"'),
+    "megatron.core.optimizer.optimizer": ("FP32Optimizer._scale", "device='cuda'"),
+    "megatron.core.optimizer.clip_grads": ("get_grad_norm_fp32", "device='cuda'"),
+    "megatron.core.distributed.param_and_grad_buffer": ("bucket warm-up", 'device="cuda"'),
+    "megatron.core.pipeline_parallel.schedules": ("total_num_tokens", 'device="cuda"'),
+    "megatron.core.transformer.moe.moe_utils": ("aux-loss tracker", 'device="cuda"'),
+    "megatron.core.pipeline_parallel.p2p_communication": (
+        "P2PCommunicator._communicate",
+        "torch.cuda.synchronize()",
+    ),
+    "megatron.core.dist_checkpointing.strategies.filesystem_async": (
+        "FileSystemWriterAsync",
+        "torch.cuda.synchronize()",
+    ),
+    "megatron.core.dist_checkpointing.exchange_utils": ("load exchange", 'device="cuda"'),
 }
-for _module, _where in _CUDA_FACTORY_MODULES.items():
+for _module, (_where, _marker) in _CUDA_FACTORY_MODULES.items():
     PATCHES.append(
         Patch(
             _module,
             "torch",
             f"device='cuda' tensor factories / torch.cuda calls ({_where})",
-            "cuda",
+            _marker,
             _cpu_torch,
             marker_in=_module,
         )

@@ -111,6 +111,10 @@ def _parallel_kwargs(p: ParallelConfig, use_te: bool) -> dict[str, Any]:
         masked_softmax_fusion=use_te,
         apply_rope_fusion=False,
         deallocate_pipeline_outputs=True,
+        # gloo: batched isend/irecv between the same two ranks (PP2 with virtual stages sends
+        # both activations and gradients to the same peer) can pair messages in the wrong
+        # order; megatron's unbatched, parity-ordered p2p is exact. NCCL keeps batching.
+        batch_p2p_comm=torch.cuda.is_available(),
         calculate_per_token_loss=False,
     )
 
