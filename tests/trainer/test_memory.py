@@ -161,7 +161,8 @@ def test_activations_grow_with_batch_and_pipeline_depth() -> None:
 # Exactness: estimated weights/grads/optimizer bytes == what megatron allocates on CPU
 
 
-def _allocated(cases: list[tuple[str, str, bool]]) -> list[tuple]:
+def _allocated(cases: list[tuple]) -> list[tuple]:
+    """(name, dtype, distopt[, ep]) cases -> (name, dtype, distopt, world, bytes or error)."""
     import torch.distributed as dist
 
     from trainer.batches import SyntheticDataset
@@ -172,9 +173,9 @@ def _allocated(cases: list[tuple[str, str, bool]]) -> list[tuple]:
     from trainer.parallel import destroy_parallel, initialize_parallel
 
     out = []
-    for name, dtype, distopt in cases:
+    for name, dtype, distopt, *ep in cases:
         model = load_model(name)
-        par = ParallelConfig(use_distributed_optimizer=distopt)
+        par = ParallelConfig(use_distributed_optimizer=distopt, expert_parallel=ep[0] if ep else 1)
         cfg = TrainerConfig(
             model=model, parallel=par, precision=precision(dtype), data=DataConfig(seq_length=16)
         )
@@ -226,18 +227,27 @@ def test_static_bytes_equal_megatron_allocations(allocated: list[tuple], index: 
     assert got == (est.weights, est.grads, est.optimizer)
 
 
-def test_static_bytes_exact_under_dp2_distributed_optimizer() -> None:
-    """Two ranks: padding to lcm(DP, 128) and the 1/DP optimizer shard are exact too."""
-    results = run_distributed(_allocated, 2, [("tiny_v3", "bf16", True)])
-    est = estimate_memory(
+def test_static_bytes_exact_on_two_ranks() -> None:
+    """DP2 with the distributed optimizer (padding to lcm(DP, 128), 1/DP optimizer shard) and
+    EP2 (routed experts split, own DDP buffer) are exact on rank 0 too."""
+    cases = [("tiny_v3", "bf16", True, 1), ("tiny_v3", "bf16", True, 2)]
+    rank0 = run_distributed(_allocated, 2, cases)[0]
+    for (name, dtype, distopt, ep), result in zip(cases, rank0, strict=True):
+        _, got = _check_ran(result)
+        est = estimate_memory(
+            load_model(name), ParallelConfig(expert_parallel=ep), precision(dtype), 1, 16, 1,
+            use_distributed_optimizer=distopt, data_parallel_size=2,
+        )  # fmt: skip
+        assert got == (est.weights, est.grads, est.optimizer), (name, dtype, distopt, ep)
+    single = estimate_memory(
+        load_model("tiny_v3"), ParallelConfig(), precision("bf16"), 1, 16, 2,
+        use_distributed_optimizer=True,
+    )  # fmt: skip
+    dp2 = estimate_memory(
         load_model("tiny_v3"), ParallelConfig(), precision("bf16"), 1, 16, 1,
         use_distributed_optimizer=True, data_parallel_size=2,
     )  # fmt: skip
-    _, rank0 = _check_ran(results[0][0])
-    assert rank0 == (est.weights, est.grads, est.optimizer)
-    single = estimate_memory(load_model("tiny_v3"), ParallelConfig(), precision("bf16"), 1, 16, 2,
-                             use_distributed_optimizer=True)  # fmt: skip
-    assert est.optimizer < 0.6 * single.optimizer
+    assert dp2.optimizer < 0.6 * single.optimizer
 
 
 # ------------------------------------------------------------------------------------------
