@@ -67,9 +67,11 @@ class ParentRun:
         self.uri = resolve_uri(cfg.uri)
         self.client = _client(self.uri)
         exp = self.client.get_experiment_by_name(cfg.experiment)
-        self.experiment_id = (
-            exp.experiment_id if exp else self.client.create_experiment(cfg.experiment)
-        )
+        if exp is None:  # the UI then opens on its "model training" runs view
+            tags = {"mlflow.experimentKind": "custom_model_development"}
+            self.experiment_id = self.client.create_experiment(cfg.experiment, tags=tags)
+        else:
+            self.experiment_id = exp.experiment_id
         self.run_dir = run_dir
         self.run_name = cfg.run_name or run_dir.name
         self.run_id: str | None = None
