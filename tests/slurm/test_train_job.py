@@ -1,5 +1,5 @@
 """A 2-process CPU training job of a few steps through the renderer on the real dev cluster.
-Skipped without the cluster or before the trainer entry point (`python -m trainer`) exists."""
+Skipped without the cluster (or without the trainer entry point `python -m trainer`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.usefixtures("dev_cluster"),
     pytest.mark.skipif(
-        not (REPO / "trainer" / "__main__.py").is_file(), reason="no trainer entry point yet"
+        not (REPO / "trainer" / "__main__.py").is_file(), reason="no trainer entry point (trainer/__main__.py)"
     ),
 ]
 VOCAB, EOD = 512, 0
@@ -59,3 +59,4 @@ def test_two_process_cpu_training_completes(tmp_path):
     assert np.isfinite(summary["train_loss"])
     log = result.log_path.read_text()
     assert f"[slurm] job {result.job_id}: 1 node(s) x 2 proc(s)" in log
+    assert "layout: world 2 = DP2" in log  # the trainer saw both torchrun workers
