@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.usefixtures("dev_cluster"),
     pytest.mark.skipif(
-        not (REPO / "trainer" / "__main__.py").is_file(), reason="no trainer entry point (trainer/__main__.py)"
+        not (REPO / "trainer" / "__main__.py").is_file(),
+        reason="no trainer entry point (trainer/__main__.py)",
     ),
 ]
 VOCAB, EOD = 512, 0
