@@ -1,6 +1,7 @@
 """Render or submit a training job for a cluster in conf/cluster/.
 
-    python -m slurm render cluster=slurm_h100 -- model=deepseek_v3 parallel=v3_1024
+    python -m slurm render cluster=slurm_h100 cluster.nodes=128 -- \
+        model=deepseek_v3 parallel=v3_h100_1024 precision=fp8_blockwise
     python -m slurm submit cluster=slurm_dev run_dir=runs/try1 -- train.max_steps=5
     python -m slurm submit cluster=slurm_dev --cfg job        # print the resolved config
 
@@ -75,6 +76,10 @@ def _app(dcfg: DictConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code. Bad input and failed jobs print one clear message."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
+    saved_argv = sys.argv
     try:
         action, hydra_args, trainer_args = _split_argv(argv)
         _state.update(action=action, trainer_overrides=trainer_args, rc=0)
@@ -85,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, SlurmError, TimeoutError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    finally:
+        sys.argv = saved_argv
     return int(_state.get("rc", 0))  # type: ignore[arg-type]
 
 
