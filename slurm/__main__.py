@@ -1,8 +1,8 @@
 """Render or submit a training job for a cluster in conf/cluster/.
 
-    python -m slurm render cluster=slurm_h100 cluster.nodes=128 -- \
+    python -m slurm render cluster=slurm_h100 cluster.nodes=128 -- \\
         model=deepseek_v3 parallel=v3_h100_1024 precision=fp8_blockwise
-    python -m slurm submit cluster=slurm_dev run_dir=runs/try1 -- train.max_steps=5
+    python -m slurm submit cluster=slurm_dev run_dir=runs/try1 -- train.steps=5 data.manifest=...
     python -m slurm submit cluster=slurm_dev --cfg job        # print the resolved config
 
 Arguments before `--` are Hydra overrides of conf/slurm.yaml (cluster=..., cluster.nodes=4,
