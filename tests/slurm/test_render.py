@@ -16,7 +16,7 @@ GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"  # regenerate golden files
 CLUSTERS = sorted(p.stem for p in (CONF_DIR / "cluster").glob("*.yaml"))
 GOLDEN_TRAIN = TrainJob(
-    overrides=["model=tiny_v3", "train.max_steps=10", "data.manifest=/data/tok/manifest.json"],
+    overrides=["model=tiny_v3", "train.steps=10", "data.manifest=/data/tok/manifest.json"],
     run_dir="/runs/example",
     workdir="/work/project",
     python="/opt/venv/bin/python",
