@@ -221,6 +221,22 @@ def _mtp_specs(cfg: ModelConfig, depth: int) -> list[ParamSpec]:
 
 def param_specs(cfg: ModelConfig) -> list[ParamSpec]:
     """Every parameter of the GPTModel built from `cfg`, in megatron's named_parameters order."""
+    return list(_cached_specs(repr(cfg), cfg))
+
+
+_SPEC_CACHE: dict[str, tuple[ParamSpec, ...]] = {}
+
+
+def _cached_specs(key: str, cfg: ModelConfig) -> tuple[ParamSpec, ...]:
+    """Full-size MoE models have ~30k parameter tensors; memory planning asks many times."""
+    if key not in _SPEC_CACHE:
+        if len(_SPEC_CACHE) > 32:
+            _SPEC_CACHE.clear()
+        _SPEC_CACHE[key] = tuple(_build_specs(cfg))
+    return _SPEC_CACHE[key]
+
+
+def _build_specs(cfg: ModelConfig) -> list[ParamSpec]:
     h, v = cfg.hidden_size, cfg.vocab_size
     specs = [
         ParamSpec("embedding.word_embeddings.weight", (v, h), "embedding", "embedding", None, 0)

@@ -16,6 +16,7 @@ micro-batches a pipeline schedule keeps in flight); see `activation_bytes_per_la
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 from trainer.accounting import ParamSpec, param_specs
@@ -72,14 +73,90 @@ class MemoryEstimate:
 # Which parameters a rank holds
 
 
+@dataclass(frozen=True)
+class Stage:
+    """What one model chunk (virtual pipeline stage) of one pipeline rank builds."""
+
+    layers: tuple[int, ...]
+    """Decoder layer indices."""
+    embedding: bool
+    """Holds the input embedding (first stage)."""
+    mtp: bool
+    """Holds the MTP modules (and, when it is not the first stage, a copy of the embedding)."""
+    last: bool
+    """Holds the final norm, output head and loss."""
+    first: bool
+    """Is the first virtual stage of pipeline rank 0."""
+
+
+def pipeline_stages(model_cfg: ModelConfig, parallel_cfg: ParallelConfig) -> list[list[Stage]]:
+    """stages[pp_rank][chunk]: an even split (megatron's offsets), or megatron's uneven
+    `pipeline_layout` string (E embedding, t decoder layer, m MTP, L loss, | between stages)."""
+    pp, vpp = parallel_cfg.pipeline_parallel, parallel_cfg.virtual_pipeline_parallel or 1
+    layout = getattr(parallel_cfg, "pipeline_layout", None)
+    if layout:
+        flat = parse_pipeline_layout(layout)
+        if len(flat) % pp:
+            raise ValueError(f"pipeline_layout has {len(flat)} stages, not a multiple of PP {pp}")
+        chunks = len(flat) // pp
+        kinds = [[flat[c * pp + r] for c in range(chunks)] for r in range(pp)]
+    else:
+        stages = pp * vpp
+        if model_cfg.num_layers % stages:
+            raise ValueError(
+                f"num_layers {model_cfg.num_layers} is not divisible by PP x VPP = {stages} "
+                f"(set parallel.pipeline_layout for an uneven split)"
+            )
+        per = model_cfg.num_layers // stages
+        kinds = [[["decoder"] * per for _ in range(vpp)] for _ in range(pp)]
+        kinds[0][0].insert(0, "embedding")
+        kinds[-1][-1] += ["mtp"] * bool(model_cfg.mtp_num_layers) + ["loss"]
+    return _number_layers(kinds, pp, len(kinds[0]))
+
+
+_LAYOUT_CHARS = {"E": "embedding", "t": "decoder", "m": "mtp", "L": "loss"}
+
+
+def parse_pipeline_layout(layout: str) -> list[list[str]]:
+    """Megatron's layout string as a list of virtual stages (same rules as megatron-core's
+    PipelineParallelLayerLayout.parse_str_to_list: "(...)*n" and "x*n" repeat, "," is cosmetic)."""
+    text = layout.replace(",", "")
+    for pattern in (r"\(([^)]+)\)\*(\d+)", r"(.)\*(\d+)"):
+        text = re.sub(pattern, lambda m: m.group(1) * int(m.group(2)), text)
+    stages = []
+    for stage in text.split("|"):
+        unknown = set(stage) - set(_LAYOUT_CHARS)
+        if unknown:
+            raise ValueError(f"pipeline_layout {layout!r}: unknown characters {sorted(unknown)}")
+        stages.append([_LAYOUT_CHARS[ch] for ch in stage])
+    return stages
+
+
+def _number_layers(kinds: list[list[list[str]]], pp: int, vpp: int) -> list[list[Stage]]:
+    """Decoder layer ids follow megatron's order: chunk-major, then pipeline rank."""
+    stages: list[list[Stage | None]] = [[None] * vpp for _ in range(pp)]
+    next_layer = 0
+    for chunk in range(vpp):
+        for rank in range(pp):
+            k = kinds[rank][chunk]
+            n = k.count("decoder")
+            stages[rank][chunk] = Stage(
+                layers=tuple(range(next_layer, next_layer + n)),
+                embedding="embedding" in k,
+                mtp="mtp" in k,
+                last=rank == pp - 1 and chunk == vpp - 1,
+                first=rank == 0 and chunk == 0,
+            )
+            next_layer += n
+    return stages  # type: ignore[return-value]
+
+
 def chunk_layers(num_layers: int, pp: int, vpp: int | None, pp_rank: int, chunk: int) -> range:
-    """Decoder layers of model chunk `chunk` on pipeline rank `pp_rank` (megatron's offsets)."""
-    stages = pp * (vpp or 1)
-    if num_layers % stages:
-        raise ValueError(f"num_layers {num_layers} is not divisible by PP x VPP = {stages}")
-    per_chunk = num_layers // stages
-    start = (chunk * pp + pp_rank) * per_chunk
-    return range(start, start + per_chunk)
+    """Decoder layers of model chunk `chunk` on pipeline rank `pp_rank` (even split)."""
+    cfg = ModelConfig(num_layers=num_layers, num_experts=None, router_enable_expert_bias=False)
+    par = ParallelConfig(pipeline_parallel=pp, virtual_pipeline_parallel=vpp)
+    layers = pipeline_stages(cfg, par)[pp_rank][chunk].layers
+    return range(layers[0], layers[-1] + 1) if layers else range(0)
 
 
 def _local_numel(spec: ParamSpec, tp: int) -> int:
@@ -99,35 +176,32 @@ def rank_params(
     model_cfg: ModelConfig, parallel_cfg: ParallelConfig, pp_rank: int, chunk: int
 ) -> list[LocalParam]:
     """Parameters of one model chunk on pipeline rank `pp_rank` (expert-parallel rank 0),
-    in megatron's named_parameters order. The last stage keeps a copy of the embedding table
-    when it needs one (MTP, or a tied output head), marked `shared_embedding` like megatron."""
-    pp, vpp = parallel_cfg.pipeline_parallel, parallel_cfg.virtual_pipeline_parallel
-    tp, ep = parallel_cfg.tensor_parallel, parallel_cfg.expert_parallel
-    first = pp_rank == 0 and chunk == 0
-    last = pp_rank == pp - 1 and chunk == (vpp or 1) - 1
-    layers = set(chunk_layers(model_cfg.num_layers, pp, vpp, pp_rank, chunk))
+    in megatron's named_parameters order. The MTP stage keeps a copy of the embedding table
+    (and a tied model's last stage one of the output head), marked `shared_embedding` like
+    megatron."""
+    stage = pipeline_stages(model_cfg, parallel_cfg)[pp_rank][chunk]
+    pp, tp, ep = (
+        parallel_cfg.pipeline_parallel,
+        parallel_cfg.tensor_parallel,
+        parallel_cfg.expert_parallel,
+    )
+    tied = not model_cfg.untie_embeddings_and_output_weights
     experts_per_rank = (model_cfg.num_experts or 0) // ep
     out = []
     for spec in param_specs(model_cfg):
-        if spec.location == "layer" and spec.layer not in layers:
-            continue
-        if spec.location in ("final", "mtp") and not last:
-            continue
-        shared = False
-        if spec.location == "embedding":
-            mtp_copy = last and model_cfg.mtp_num_layers > 0
-            if not (first or mtp_copy):
-                continue
-            tied = not model_cfg.untie_embeddings_and_output_weights
-            shared = pp > 1 and (model_cfg.mtp_num_layers > 0 or tied)
-        if spec.expert and _expert_index(spec) >= experts_per_rank:
+        keep = {
+            "layer": spec.layer in stage.layers,
+            "final": stage.last,
+            "mtp": stage.mtp,
+            "embedding": stage.embedding or stage.mtp,
+        }[spec.location]
+        if not keep or (spec.expert and _expert_index(spec) >= experts_per_rank):
             continue  # this EP rank holds experts [0, E/EP)
-        numel = _local_numel(spec, tp)
-        out.append(LocalParam(spec.name, numel, spec.expert and ep > 1, shared))
-    if last and not first and not model_cfg.untie_embeddings_and_output_weights:
-        if not model_cfg.mtp_num_layers:  # (with MTP the embedding copy is the output head)
-            vocab = model_cfg.vocab_size // tp * model_cfg.hidden_size
-            out.append(LocalParam("output_layer.weight", vocab, False, shared_embedding=True))
+        shared = spec.location == "embedding" and pp > 1 and (model_cfg.mtp_num_layers > 0 or tied)
+        out.append(LocalParam(spec.name, _local_numel(spec, tp), spec.expert and ep > 1, shared))
+    if stage.last and not stage.embedding and not stage.mtp and tied:
+        vocab = model_cfg.vocab_size // tp * model_cfg.hidden_size
+        out.append(LocalParam("output_layer.weight", vocab, False, shared_embedding=True))
     return out
 
 
@@ -263,7 +337,7 @@ def static_bytes(
 ) -> tuple[BufferBytes, int]:
     """Weights/grads/optimizer bytes of one pipeline rank (all its chunks), and its param count."""
     w = g = o = n = 0
-    for chunk in range(parallel_cfg.virtual_pipeline_parallel or 1):
+    for chunk in range(len(pipeline_stages(model_cfg, parallel_cfg)[pp_rank])):
         params = rank_params(model_cfg, parallel_cfg, pp_rank, chunk)
         n += sum(p.numel for p in params)
         for group, dp in _ddp_groups(params, parallel_cfg, data_parallel_size):
@@ -348,41 +422,30 @@ def activation_bytes(
     pp, vpp = parallel_cfg.pipeline_parallel, parallel_cfg.virtual_pipeline_parallel
     tp, sp = parallel_cfg.tensor_parallel, parallel_cfg.sequence_parallel
     cp = parallel_cfg.context_parallel
+    if getattr(parallel_cfg, "pipeline_layout", None):
+        vpp = len(pipeline_stages(model_cfg, parallel_cfg)[0])
+        vpp = vpp if vpp > 1 else None
     seq = seq_length // cp
     dbytes = precision_cfg.param_bytes
     pattern = model_cfg.moe_layer_pattern
     per_stage = 0.0
-    for chunk in range(vpp or 1):
-        for layer in chunk_layers(model_cfg.num_layers, pp, vpp, pp_rank, chunk):
-            per_stage += activation_bytes_per_layer(
-                model_cfg,
-                seq,
-                micro_batch_size,
-                tp,
-                sp,
-                dbytes,
-                bool(pattern[layer]),
-                flash_attention,
-            )
-    if pp_rank == pp - 1:
-        tokens = seq * micro_batch_size
+    tokens = seq * micro_batch_size
+
+    def layer_bytes(moe: bool) -> float:
+        return activation_bytes_per_layer(
+            model_cfg, seq, micro_batch_size, tp, sp, dbytes, moe, flash_attention
+        )
+
+    for stage in pipeline_stages(model_cfg, parallel_cfg)[pp_rank]:
+        per_stage += sum(layer_bytes(bool(pattern[i])) for i in stage.layers)
+        heads = int(stage.last) + (model_cfg.mtp_num_layers if stage.mtp else 0)
         # per prediction head: its input, and the fp32 logits the cross entropy keeps
-        head = tokens * (model_cfg.vocab_size / tp * 4 + model_cfg.hidden_size * dbytes)
-        per_stage += head * (1 + model_cfg.mtp_num_layers)
-        for _ in range(model_cfg.mtp_num_layers):
-            per_stage += (
-                activation_bytes_per_layer(
-                    model_cfg,
-                    seq,
-                    micro_batch_size,
-                    tp,
-                    sp,
-                    dbytes,
-                    bool(pattern[-1]),
-                    flash_attention,
-                )
-                + tokens * 3 * model_cfg.hidden_size * dbytes
-            )
+        per_stage += (
+            heads * tokens * (model_cfg.vocab_size / tp * 4 + model_cfg.hidden_size * dbytes)
+        )
+        if stage.mtp:  # each depth: its layer plus the two normed inputs and their concat
+            mtp_layer = layer_bytes(bool(pattern[-1])) + tokens * 3 * model_cfg.hidden_size * dbytes
+            per_stage += model_cfg.mtp_num_layers * mtp_layer
     inflight = _inflight_microbatches(pp, vpp, pp_rank, num_microbatches)
     return int(per_stage * inflight)
 

@@ -16,10 +16,13 @@ from trainer.config.parallel import ParallelConfig
 from trainer.config.precision import PrecisionConfig
 from trainer.memory import (
     LocalParam,
+    Stage,
     buffer_bytes,
     buffer_layout,
     chunk_layers,
     estimate_memory,
+    parse_pipeline_layout,
+    pipeline_stages,
     rank_params,
 )
 
@@ -82,6 +85,46 @@ def test_chunk_layers_match_megatron_interleaving() -> None:
     assert list(chunk_layers(8, 2, 2, 0, 1)) == [4, 5]
     with pytest.raises(ValueError, match="not divisible by PP x VPP = 6"):
         chunk_layers(8, 3, 2, 0, 0)
+
+
+def test_uneven_pipeline_layout_of_the_v3_recipe() -> None:
+    """Megatron's layout syntax: 61 layers on PP8 x VPP4, embedding + 2 layers first, MTP and
+    loss alone on the last virtual stage."""
+    v3 = load_model("deepseek_v3")
+    par = ParallelConfig(
+        pipeline_parallel=8, virtual_pipeline_parallel=4, pipeline_layout="Ett|(tt|)*29t|mL"
+    )
+    stages = pipeline_stages(v3, par)
+    flat = [stages[r][c] for c in range(4) for r in range(8)]  # megatron's stage order
+    assert [i for st in flat for i in st.layers] == list(range(61))
+    assert flat[0].embedding and flat[0].layers == (0, 1) and flat[30].layers == (60,)
+    assert flat[31] == Stage(layers=(), embedding=False, mtp=True, last=True, first=False)
+    held = [p for r in range(8) for c in range(4) for p in rank_params(v3, par, r, c)]
+    routed = count_parameters(v3).breakdown["routed_experts"]
+    table = v3.vocab_size * v3.hidden_size
+    assert sum(p.numel for p in held) == count_parameters(v3).total + table  # + MTP's copy
+    assert routed > 0
+    last = rank_params(v3, par, 7, 3)
+    assert [p.name for p in last][:2] == [
+        "embedding.word_embeddings.weight",
+        "decoder.final_layernorm.weight",
+    ]
+    est = estimate_memory(v3, par, precision("bf16"), 1, 4096, 32, data_parallel_size=64)
+    assert len(est.per_pipeline_rank) == 8 and est.total == max(est.per_pipeline_rank)
+    with pytest.raises(ValueError, match="pipeline_layout"):
+        estimate_memory(v3, ParallelConfig(pipeline_parallel=8), precision("bf16"), 1, 4096, 32)
+
+
+@pytest.mark.parametrize("layout", ["Ett|(tt|)*29t|mL", "E,t*3|(tt|)*2,m|L", "Et|t|t|tmL"])
+def test_layout_parser_matches_megatron(layout: str) -> None:
+    from megatron.core.transformer.pipeline_parallel_layer_layout import (
+        PipelineParallelLayerLayout,
+    )
+
+    theirs = PipelineParallelLayerLayout.parse_str_to_list(layout)
+    assert parse_pipeline_layout(layout) == [[t.name for t in stage] for stage in theirs]
+    with pytest.raises(ValueError, match="unknown characters"):
+        parse_pipeline_layout("Etx|L")
 
 
 def test_rank_params_split_the_model() -> None:
