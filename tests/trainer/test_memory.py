@@ -14,17 +14,8 @@ from trainer.accounting import count_parameters
 from trainer.config.model import ModelConfig
 from trainer.config.parallel import ParallelConfig
 from trainer.config.precision import PrecisionConfig
-from trainer.memory import (
-    LocalParam,
-    Stage,
-    buffer_bytes,
-    buffer_layout,
-    chunk_layers,
-    estimate_memory,
-    parse_pipeline_layout,
-    pipeline_stages,
-    rank_params,
-)
+from trainer.memory import LocalParam, buffer_bytes, buffer_layout, estimate_memory, rank_params
+from trainer.stages import Stage, chunk_layers, parse_pipeline_layout, pipeline_stages
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GiB = 2**30
