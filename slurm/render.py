@@ -3,7 +3,7 @@
 Launch method: one Slurm task per node (`srun --ntasks-per-node=1`), and on each node
 `torchrun` (`python -m torch.distributed.run`) starts `nproc_per_node` training processes that
 meet through torch's c10d rendezvous on the allocation's first node
-(`scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1`), port 20000 + job id % 20000 unless
+(the first of `scontrol show hostnames $SLURM_JOB_NODELIST`), port 20000 + job id % 20000 unless
 `cluster.master_port` is set. torchrun sets RANK/LOCAL_RANK/WORLD_SIZE for the trainer, so the
 trainer needs no Slurm-specific code, and a dead worker takes the whole job down
 (`srun --kill-on-bad-exit=1`). With `executor: local` the same script runs under plain bash with

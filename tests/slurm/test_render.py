@@ -73,7 +73,8 @@ def _fake_bin(tmp_path: Path) -> Path:
         "python": 'printf "%s\\n" "$@" > "$REC/python.argv"; env > "$REC/python.env"',
         "srun": 'printf "%s\\n" "$@" > "$REC/srun.argv"\n'
         'while [[ "$1" == --* ]]; do shift; done; exec "$@"',
-        "scontrol": '[ "$1 $2" = "show hostnames" ] && printf "node7\\nnode8\\n"',
+        # a long node list (> a pipe buffer): `| head -n 1` would die of SIGPIPE under pipefail
+        "scontrol": '[ "$1 $2" = "show hostnames" ] && seq -f "node%g" 7 20006',
     }
     for name, body in scripts.items():
         (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
