@@ -109,7 +109,7 @@ def test_slurm_script_rendezvous_on_the_head_node(tmp_path):
     job = TrainJob(overrides=TRICKY, run_dir=str(tmp_path / "run"), workdir=str(tmp_path))
     cluster = ClusterConfig(
         nodes=2, gpus_per_node=4, python="python", env={"NCCL_DEBUG": "WARN"},
-        env_setup=["export FROM_SETUP=yes"], container_image="img:1",
+        env_setup=['export FROM_SETUP="yes$UNSET_IN_SETUP"'], container_image="img:1",
     )  # fmt: skip
     slurm_env = {
         "SLURM_JOB_ID": "12345",
