@@ -103,56 +103,39 @@ class ParamCounts:
 
 
 def _attention_specs(cfg: ModelConfig, prefix: str, loc: str, layer: int | None) -> list[ParamSpec]:
+    """Self-attention weights in megatron's registration order (tp_dim: 0 column-, 1 row-
+    parallel, None replicated; MLA down projections are replicated, as in the TE spec)."""
     h, heads = cfg.hidden_size, cfg.num_attention_heads
 
-    def spec(name: str, shape: tuple[int, ...], part: str, tp_dim: int | None) -> ParamSpec:
-        return ParamSpec(f"{prefix}{name}", shape, part, loc, layer, tp_dim)
+    def spec(name: str, shape: tuple[int, ...], tp_dim: int | None) -> ParamSpec:
+        return ParamSpec(
+            f"{prefix}self_attention.{name}.weight", shape, "attention", loc, layer, tp_dim
+        )
 
     if not cfg.is_mla:
-        groups = cfg.num_query_groups or heads
-        d = cfg.head_dim
+        groups, d = cfg.num_query_groups or heads, cfg.head_dim
         return [
-            spec("self_attention.linear_proj.weight", (h, heads * d), "attention", 1),
-            spec("self_attention.linear_qkv.weight", ((heads + 2 * groups) * d, h), "attention", 0),
+            spec("linear_proj", (h, heads * d), 1),
+            spec("linear_qkv", ((heads + 2 * groups) * d, h), 0),
         ]
-    q_head = cfg.qk_head_dim + cfg.qk_pos_emb_head_dim
-    specs = [spec("self_attention.linear_proj.weight", (h, heads * cfg.v_head_dim), "attention", 1)]
-    if cfg.q_lora_rank is None:
-        specs.append(
-            spec("self_attention.linear_q_proj.weight", (heads * q_head, h), "attention", 0)
-        )
+    q_out = heads * (cfg.qk_head_dim + cfg.qk_pos_emb_head_dim)
+    kv_out = heads * (cfg.qk_head_dim + cfg.v_head_dim)
+    q_rank, kv_rank = cfg.q_lora_rank, cfg.kv_lora_rank
+    specs = [spec("linear_proj", (h, heads * cfg.v_head_dim), 1)]
+    if q_rank is None:
+        specs.append(spec("linear_q_proj", (q_out, h), 0))
     else:
-        # Down projections are replicated across TP ranks (TE spec: parallel_mode="duplicated").
         specs += [
-            spec(
-                "self_attention.linear_q_down_proj.weight", (cfg.q_lora_rank, h), "attention", None
-            ),
-            spec(
-                "self_attention.linear_q_up_proj.weight",
-                (heads * q_head, cfg.q_lora_rank),
-                "attention",
-                0,
-            ),
+            spec("linear_q_down_proj", (q_rank, h), None),
+            spec("linear_q_up_proj", (q_out, q_rank), 0),
         ]
     specs += [
-        spec(
-            "self_attention.linear_kv_down_proj.weight",
-            (cfg.kv_lora_rank + cfg.qk_pos_emb_head_dim, h),
-            "attention",
-            None,
-        ),
-        spec(
-            "self_attention.linear_kv_up_proj.weight",
-            (heads * (cfg.qk_head_dim + cfg.v_head_dim), cfg.kv_lora_rank),
-            "attention",
-            0,
-        ),
+        spec("linear_kv_down_proj", (kv_rank + cfg.qk_pos_emb_head_dim, h), None),
+        spec("linear_kv_up_proj", (kv_out, kv_rank), 0),
     ]
-    if cfg.q_lora_rank is not None:
-        specs.append(
-            spec("self_attention.q_layernorm.weight", (cfg.q_lora_rank,), "attention", None)
-        )
-    specs.append(spec("self_attention.kv_layernorm.weight", (cfg.kv_lora_rank,), "attention", None))
+    if q_rank is not None:
+        specs.append(spec("q_layernorm", (q_rank,), None))
+    specs.append(spec("kv_layernorm", (kv_rank,), None))
     return specs
 
 
