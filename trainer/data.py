@@ -224,10 +224,13 @@ def dataset_sizes(
     global_batch_size: int, train_steps: int, eval_steps: int, eval_interval: int
 ) -> list[int]:
     """Samples needed per split (train, valid, test), megatron's convention for validation:
-    `eval_steps` batches at every `eval_interval` steps and once at the end."""
-    if min(global_batch_size, train_steps) < 1 or eval_steps < 0 or eval_interval < 1:
-        raise ValueError("dataset sizes: batch size, steps and eval_interval must be positive")
-    num_evals = train_steps // eval_interval + 1
+    `eval_steps` batches every `eval_interval` steps and once at the end (0 = no validation)."""
+    if min(global_batch_size, train_steps) < 1 or min(eval_steps, eval_interval) < 0:
+        raise ValueError(
+            "dataset sizes: global_batch_size and train steps must be positive, "
+            "eval steps and eval_interval >= 0"
+        )
+    num_evals = train_steps // eval_interval + 1 if eval_interval else 0
     return [global_batch_size * train_steps, global_batch_size * eval_steps * num_evals, 0]
 
 

@@ -133,6 +133,7 @@ def test_seq_length_above_rope_limit(corpus: Path) -> None:
 
 def test_dataset_sizes() -> None:
     assert dataset_sizes(8, 100, 2, 50) == [800, 8 * 2 * 3, 0]
+    assert dataset_sizes(8, 100, 2, 0) == [800, 0, 0]  # eval_interval 0: never validate
     with pytest.raises(ValueError):
         dataset_sizes(0, 10, 1, 1)
 
