@@ -19,7 +19,7 @@ def _cluster_problem() -> str | None:
         return "sbatch is not on PATH (run `bash slurm/dev_cluster.sh start` to install a cluster)"
     try:
         proc = subprocess.run(
-            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20
+            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=5
         )
     except subprocess.TimeoutExpired:
         return "sinfo timed out: slurmctld does not answer"
