@@ -42,7 +42,10 @@ class ExecutorConfig:
     tasks: int = 1
     """Number of datatrove tasks (input files are sharded over them)."""
     workers: int = -1
-    """local: tasks run at once (-1 = all)."""
+    """local: tasks run at once (-1 = min(tasks, CPUs))."""
+    start_method: str = "fork"
+    """local: multiprocessing start method for parallel tasks. 'fork' needs no
+    `if __name__ == "__main__"` guard in the calling script; 'forkserver'/'spawn' do."""
     cpus_per_task: int = 1
     """ray/slurm: CPUs reserved per task."""
     mem_per_cpu_gb: float = 2.0
@@ -58,6 +61,10 @@ class ExecutorConfig:
 
     def __post_init__(self) -> None:
         _check(self.kind in EXECUTORS, f"executor.kind={self.kind!r}: expected one of {EXECUTORS}")
+        _check(
+            self.start_method in ("fork", "forkserver", "spawn"),
+            "executor.start_method: fork|forkserver|spawn",
+        )
         _check(self.tasks >= 1, f"executor.tasks={self.tasks}: must be >= 1")
         _check(
             self.kind != "slurm" or bool(self.partition), "executor=slurm needs executor.partition"
@@ -138,7 +145,12 @@ def _zh_quality() -> QualityLangConfig:
         word_tokenizer="cmn",
         gopher_repetition={},
         # jieba words are 1-2 characters; Chinese has no English stop words.
-        gopher_quality={"min_avg_word_length": 1, "max_avg_word_length": 8, "min_stop_words": 0},
+        gopher_quality={
+            "min_avg_word_length": 1,
+            "max_avg_word_length": 8,
+            "min_stop_words": 0,
+            "max_non_alpha_words_ratio": 0.6,  # full-width punctuation is ~1 token in 4
+        },
         # Chinese lines have no spaces: count sentences, not whitespace words.
         c4={"min_words_per_line": -1, "min_num_sentences": 1, "filter_no_terminal_punct": False},
         fineweb={"short_line_length": 10},
@@ -162,6 +174,9 @@ class QualityConfig:
     """Settings for Chinese."""
     fallback: str = "en"
     """Settings used for documents whose language is neither en nor zh."""
+    fast_words: bool = True
+    """Segment words with jieba (zh) / a regex (others) instead of datatrove's spaCy pipelines
+    (same segmentation for Chinese, several times faster); each document is tokenized once."""
 
     def __post_init__(self) -> None:
         _check(self.fallback in ("en", "zh"), "quality.fallback must be 'en' or 'zh'")
@@ -201,17 +216,27 @@ class MinhashDedupConfig:
 class RemixConfig:
     """Seeded deterministic down/up-sampling to a target domain mixture (in tokens)."""
 
-    weights: dict[str, float] = field(default_factory=dict)
-    """Target share of tokens per domain (normalised to sum 1); empty: keep the input mix."""
+    weights: Any = None
+    """Target share of tokens per domain (normalised to sum 1); None: keep the input mix.
+    Override on the command line as `remix.weights={zh_man:0.3,en_docs:0.7}`."""
     total_tokens: int | None = None
     """Size of the remixed corpus in (approximate) tokens; None: same as the input."""
     seed: int = 0
     """Seed of the document order used for sampling."""
 
     def __post_init__(self) -> None:
-        bad = {k: v for k, v in self.weights.items() if v < 0}
+        weights = self.weights or {}
+        _check(
+            isinstance(weights, dict),
+            f"remix.weights must be a mapping domain -> weight, got {weights!r}",
+        )
+        _check(
+            all(isinstance(v, (int, float)) for v in weights.values()),
+            f"remix.weights values must be numbers, got {weights!r}",
+        )
+        bad = {k: v for k, v in weights.items() if v < 0}
         _check(not bad, f"remix.weights must be >= 0, got {bad}")
-        _check(not self.weights or sum(self.weights.values()) > 0, "remix.weights sum to 0")
+        _check(not weights or sum(weights.values()) > 0, "remix.weights sum to 0")
         _check(self.total_tokens is None or self.total_tokens > 0, "remix.total_tokens must be > 0")
 
 

@@ -7,7 +7,6 @@ Bad records never crash a stage and are never dropped silently: each goes to
 from __future__ import annotations
 
 import glob as globlib
-import gzip
 import json
 import os
 import zlib
@@ -71,6 +70,27 @@ def write_paths_file(files: list[str], dest: Path) -> str:
     return str(dest)
 
 
+def gzip_lines(raw, chunk_size: int = 1 << 16) -> Iterator[bytes]:
+    """Lines of a (multi-member) gzip stream, yielded as soon as they are complete.
+
+    A truncated or corrupt stream raises EOFError / zlib.error only after every complete line
+    before the damage was yielded (gzip.GzipFile loses the lines it had buffered)."""
+    dec, in_member, buf = zlib.decompressobj(16 + zlib.MAX_WBITS), False, b""
+    while chunk := raw.read(chunk_size):
+        while chunk:
+            buf += dec.decompress(chunk)
+            in_member, chunk = True, b""
+            if dec.eof:  # member finished; the rest belongs to the next member
+                chunk, in_member = dec.unused_data, False
+                dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        *lines, buf = buf.split(b"\n")
+        yield from lines
+    if in_member:
+        raise EOFError("compressed file ended before the end-of-stream marker was reached")
+    if buf:
+        yield buf
+
+
 class RecordReader(BaseDiskReader):
     """Reads JSONL(.gz)/Parquet records into Documents, rejecting bad ones with a reason."""
 
@@ -117,14 +137,14 @@ class RecordReader(BaseDiskReader):
     def _read_jsonl(self, filepath: str) -> Iterator[Document]:
         lineno = 0
         with self.data_folder.open(filepath, "rb") as raw:
-            fh = gzip.GzipFile(fileobj=raw) if filepath.endswith(".gz") else raw
+            lines = gzip_lines(raw) if filepath.endswith(".gz") else raw
             try:
-                for lineno, line in enumerate(fh, 1):  # noqa: B007 - lineno used after the loop
+                for lineno, line in enumerate(lines, 1):  # noqa: B007 - lineno used below
                     if line.strip():
                         doc = self._parse_line(filepath, lineno, line)
                         if doc is not None:
                             yield doc
-            except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+            except (EOFError, zlib.error) as e:
                 self._reject(filepath, lineno + 1, "truncated_gzip", str(e))
 
     def _parse_line(self, filepath: str, lineno: int, line: bytes) -> Document | None:

@@ -102,7 +102,7 @@ def plan_remix(cfg: RemixConfig, counts_folder: str) -> dict:
     counts = _load_counts(counts_folder)
     if not counts:
         raise ValueError("remix: no documents in input")
-    weights = dict(cfg.weights) or {d: float(t.sum()) for d, (_, t) in counts.items()}
+    weights = dict(cfg.weights or {}) or {d: float(t.sum()) for d, (_, t) in counts.items()}
     missing = sorted(set(weights) - set(counts))
     if missing:
         raise ValueError(

@@ -24,6 +24,17 @@ from data_prep.stages import Phase, StageContext, build_phases
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DONE = "done.json"
+STAGE_SECTION = {  # the config section each stage reads (others do not affect its fingerprint)
+    "read": "read",
+    "normalize": "normalize",
+    "langid": "langid",
+    "quality": "quality",
+    "exact_dedup": "exact_dedup",
+    "minhash_dedup": "minhash",
+    "remix": "remix",
+    "train_tokenizer": "train_tokenizer",
+    "tokenize": "tokenize",
+}
 _OUTPUT_GLOBS = (
     "*.jsonl.gz",
     "*.bin",
@@ -82,8 +93,16 @@ def run_stage(stage: str, overrides: list[str]) -> dict:
 def fingerprint(cfg: DataPrepConfig, files: list[str]) -> str:
     """Hash of the resolved config (minus run-only flags) and the input files' size/mtime."""
     conf = asdict(cfg)
-    for k in ("force", "progress"):
-        conf.pop(k)
+    keep = {
+        "stage",
+        "input",
+        "output",
+        "removed_samples",
+        "executor",
+        "read",
+        STAGE_SECTION[cfg.stage],
+    }
+    conf = {k: v for k, v in conf.items() if k in keep}
     h = hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode())
     for f in files:
         st = os.stat(f)

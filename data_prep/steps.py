@@ -120,10 +120,17 @@ _FILTERS = {
 }
 
 
-def build_quality_filters(cfg: QualityLangConfig) -> list[tuple[str, BaseFilter]]:
-    """Instantiate the enabled datatrove quality filters for one language, in order."""
+def build_quality_filters(
+    cfg: QualityLangConfig, fast_words: bool = True
+) -> list[tuple[str, BaseFilter]]:
+    """Instantiate the enabled datatrove quality filters for one language, in order.
+
+    They share one memoising word tokenizer (passed as datatrove's `language=`)."""
     import importlib
 
+    from data_prep.wordtok import word_tokenizer
+
+    words = word_tokenizer(cfg.word_tokenizer, fast_words)
     filters = []
     for key, target in _FILTERS.items():
         kwargs = getattr(cfg, key)
@@ -131,9 +138,7 @@ def build_quality_filters(cfg: QualityLangConfig) -> list[tuple[str, BaseFilter]
             continue
         module, cls = target.split(":")
         try:
-            filt = getattr(importlib.import_module(module), cls)(
-                **dict(kwargs), language=cfg.word_tokenizer
-            )
+            filt = getattr(importlib.import_module(module), cls)(**dict(kwargs), language=words)
         except TypeError as e:
             raise ValueError(f"quality.*.{key}: bad option for {cls}: {e}") from None
         filters.append((key, filt))
@@ -150,7 +155,10 @@ class QualityFilters(PipelineStep):
         super().__init__()
         self.ledger = ledger
         self.fallback = cfg.fallback
-        self.chains = {"en": build_quality_filters(cfg.en), "zh": build_quality_filters(cfg.zh)}
+        self.chains = {
+            "en": build_quality_filters(cfg.en, cfg.fast_words),
+            "zh": build_quality_filters(cfg.zh, cfg.fast_words),
+        }
 
     def _passes(self, doc: Document) -> bool:
         lang = doc_language(doc)
