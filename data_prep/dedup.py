@@ -14,7 +14,7 @@ import xxhash
 from datatrove.data import Document
 from datatrove.pipeline.dedup import exact_dedup as dt_exact
 from datatrove.pipeline.dedup import minhash as dt_minhash
-from datatrove.utils.text import simplify_text
+from datatrove.utils.text import TextNormConfig, simplify_text
 
 from data_prep.config import MinhashDedupConfig
 from data_prep.steps import is_chinese
@@ -25,9 +25,13 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
+_EXACT_NORM = TextNormConfig(norm_numbers=False, norm_weekdays=False, norm_monthnames=False)
+
+
 def normalized_content(doc: Document) -> str:
-    """Content hashed by exact dedup: lowercased, punctuation-free, whitespace-collapsed text."""
-    return simplify_text(doc.text)
+    """Content hashed by exact dedup: lowercased, punctuation-free, whitespace-collapsed text
+    (numbers, weekdays and months are kept: documents differing only there are distinct)."""
+    return simplify_text(doc.text, _EXACT_NORM)
 
 
 def raw_content(doc: Document) -> str:

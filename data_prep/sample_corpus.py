@@ -67,24 +67,36 @@ def fetch_packages(cache: Path = CACHE) -> Path:
     return root
 
 
+LITERAL = "\x00"  # marks reST literal-block lines so unwrap() leaves them alone
 _CJK_END = re.compile(r"[\u3000-\u30ff\u3400-\u9fff\uff00-\uffef]$")
 _CJK_START = re.compile(r"^[\u3000-\u30ff\u3400-\u9fff\uff00-\uffef]")
 
 
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
 def unwrap(text: str) -> str:
-    """Join hard-wrapped lines of a paragraph (no space between CJK); keep indented blocks."""
+    """Join hard-wrapped lines of a paragraph (same indentation; no space between CJK).
+
+    Lines starting with LITERAL (code blocks, marked by strip_rest) are kept as they are."""
     out: list[str] = []
     for line in text.split("\n"):
         prev = out[-1] if out else ""
         joinable = (
-            prev.strip() and line.strip() and not line[:1].isspace() and not prev[:1].isspace()
+            prev.strip()
+            and line.strip()
+            and _indent(prev) == _indent(line)
+            and not (prev + line).startswith(LITERAL)
+            and LITERAL not in line
+            and not line.lstrip().startswith(("-", "*", ">>>", "%", "|"))
         )
-        if joinable and not line.lstrip().startswith(("-", "*", ">>>", "%")):
-            sep = "" if _CJK_END.search(prev) and _CJK_START.search(line) else " "
+        if joinable:
+            sep = "" if _CJK_END.search(prev) and _CJK_START.search(line.lstrip()) else " "
             out[-1] = prev.rstrip() + sep + line.strip()
         else:
             out.append(line)
-    return "\n".join(out)
+    return "\n".join(out).replace(LITERAL, "")
 
 
 def strip_roff(src: str) -> str:
@@ -120,16 +132,25 @@ def strip_roff(src: str) -> str:
 
 
 def strip_rest(src: str) -> str:
-    """Plain text of reST: drop directives/options/headings underlines, unwrap roles and literals."""
-    out = []
+    """Plain text of reST: drop directives/options/heading underlines, unwrap roles and literals.
+
+    Lines of literal blocks (after a line ending in '::') are marked with LITERAL."""
+    out, literal_indent = [], None
     for line in src.splitlines():
         s = line.strip()
+        if literal_indent is not None and s and _indent(line) <= literal_indent:
+            literal_indent = None
+        if literal_indent is not None:
+            out.append(LITERAL + line.rstrip() if s else "")
+            continue
         if s.startswith(".. ") or (
             s.startswith(":") and s.count(":") >= 2 and not s.startswith(":mod:")
         ):
             continue
         if _HEADING.match(line):
             continue
+        if s.endswith("::"):
+            literal_indent = _indent(line)
         line = _REST_ROLE.sub(r"\1", line)
         line = _REST_LINK.sub(r"\1", line)
         line = line.replace("``", "").replace("**", "").replace("::", ":")

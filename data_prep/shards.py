@@ -104,7 +104,7 @@ class MegatronShards(PipelineStep):
         info: dict[str, dict] = {}
         for batch in batched(data, self.cfg.batch_size):
             encoded = tok.encode_batch([d.text for d in batch], add_special_tokens=False)
-            for doc, enc in zip(batch, encoded):
+            for doc, enc in zip(batch, encoded, strict=True):
                 domain = doc.metadata.get("domain", "unknown")
                 prefix = f"{_slug(domain)}_{rank:05d}"
                 if prefix not in files:

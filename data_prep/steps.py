@@ -12,6 +12,7 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
 from datatrove.utils.lid import FT176LID
+from datatrove.utils.text import TERMINAL_PUNCTUATION
 
 from data_prep.accounting import Ledger, reason_key
 from data_prep.config import LangIdConfig, NormalizeConfig, QualityConfig, QualityLangConfig
@@ -39,7 +40,7 @@ def clean_whitespace(text: str, max_newlines: int) -> str:
     text = _CONTROL.sub("", text)
     text = _SPACES.sub(" ", text)
     text = _TRAILING.sub("\n", text)
-    text = re.sub("\n{%d,}" % (max_newlines + 1), "\n" * max_newlines, text)
+    text = re.sub(f"\n{{{max_newlines + 1},}}", "\n" * max_newlines, text)
     return text.strip()
 
 
@@ -120,6 +121,20 @@ _FILTERS = {
 }
 
 
+# FineWeb's line-punctuation rule: a line ending in terminal punctuation followed by a closing
+# quote or bracket ('... it.)', '……。」') also ends a sentence.
+_CLOSERS = ('"', "'", ")", "]", "”", "’", "」", "』", "）", "》")
+STOP_CHARS = tuple(TERMINAL_PUNCTUATION) + tuple(p + c for p in ".!?。！？…" for c in _CLOSERS)
+
+
+def _filter_kwargs(key: str, kwargs: dict) -> dict:
+    """YAML lists -> tuples (datatrove uses str.endswith / tuple params); FineWeb stop chars."""
+    out = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    if key == "fineweb":
+        out.setdefault("stop_chars", STOP_CHARS)
+    return out
+
+
 def build_quality_filters(
     cfg: QualityLangConfig, fast_words: bool = True
 ) -> list[tuple[str, BaseFilter]]:
@@ -138,7 +153,9 @@ def build_quality_filters(
             continue
         module, cls = target.split(":")
         try:
-            filt = getattr(importlib.import_module(module), cls)(**dict(kwargs), language=words)
+            filt = getattr(importlib.import_module(module), cls)(
+                **_filter_kwargs(key, dict(kwargs)), language=words
+            )
         except TypeError as e:
             raise ValueError(f"quality.*.{key}: bad option for {cls}: {e}") from None
         filters.append((key, filt))
