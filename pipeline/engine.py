@@ -134,6 +134,8 @@ def init_ray(cfg: RayConfig, graph: Graph) -> bool:
         ":"
     )
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray runs workers at nice 15 by default; stages are the job's main work, not background.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(
         include_dashboard=False,
         num_cpus=cfg.num_cpus,
@@ -237,13 +239,16 @@ def _execute(cfg, graph: Graph, decisions, result: RunResult, console: Console) 
     started_ray = False
     since = time.time()
     view = DagView(list(graph.nodes), live=cfg.live, console=console)
+    if not view.live:
+        print_plan(graph, decisions, console)
     results: dict = {}
     remove_orphans(graph)
     try:
         started_ray = any(d.run for d in decisions.values()) and init_ray(cfg.ray, graph)
         with view:
-            for key, d in decisions.items():
-                view.set(key, "pending" if d.run else "skipped", note="" if d.run else d.reason)
+            for key, d in decisions.items():  # initial states (the plan was printed above)
+                view.states[key].state = "pending" if d.run else "skipped"
+                view.states[key].note = "" if d.run else d.reason
             refs = _submit(graph, decisions, track)
             results, failures = _collect(graph, refs, view, since)
     except BaseException as err:

@@ -129,6 +129,7 @@ def start_stage_run(uri: str, experiment_id: str, parent_id: str, node) -> str:
         "pipeline.kind": node.kind.name,
         "pipeline.fingerprint": node.fingerprint,
         "pipeline.code_version": node.code_version,
+        "pipeline.run_dir": str(node.run_dir),
     }
     if node.domain:
         tags["pipeline.domain"] = node.domain

@@ -109,6 +109,7 @@ def _stream(proc: subprocess.Popen, ctx: StageContext, tail: deque) -> None:
 
 def run_local(ctx: StageContext, opts: TrainOptions, overrides: list[str]) -> None:
     env = dict(os.environ, **opts.env, PYTHONUNBUFFERED="1")
+    env.setdefault("COLUMNS", "200")  # rich-based consoles wrap at 80 columns without a TTY
     if ctx.mlflow_run_id:
         env.update(MLFLOW_RUN_ID=ctx.mlflow_run_id, MLFLOW_TRACKING_URI=ctx.tracking_uri or "")
     cmd = command(opts, overrides)
