@@ -44,7 +44,6 @@ def baseline(cfg) -> float:
     """The same stage calls, in topological order, without the pipeline."""
     from data_prep import run_stage
     from data_prep.sample_corpus import build
-
     from pipeline.dag import build_graph
 
     graph = build_graph(cfg)
