@@ -46,6 +46,8 @@ class StageContext:
     """Absolute MLflow tracking URI, when tracking is on."""
     artifacts: list[Path] = field(default_factory=list)
     """Extra files or folders the kind wants logged as MLflow artifacts."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Extra MLflow params the kind resolved (e.g. the stage's fully composed config)."""
     echo: Callable[[str], Any] = print
     """Writes text to the console (the stage's stdout/stderr go to its log file)."""
 

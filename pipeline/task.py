@@ -151,6 +151,7 @@ def _run_kind(node: Node, track: Tracking | None, run_id: str | None, echo) -> d
         config_file = node.output / ".stage_config.json"
         state.write_json_atomic(config_file, {"config": node.config, "overrides": node.overrides})
         tracking.finish_stage_run(
-            track.uri, run_id, stats, _artifacts(node, ctx, config_file), track.max_artifact_mb
-        )
+            track.uri, run_id, stats, _artifacts(node, ctx, config_file), track.max_artifact_mb,
+            ctx.params,
+        )  # fmt: skip
     return stats

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from pipeline.registry import StageContext, register_kind
@@ -18,7 +19,20 @@ def data_prep_stage(ctx: StageContext) -> dict:
     """Run the stage in this Ray task; its files land in ctx.output; returns its stats."""
     from data_prep import run_stage
 
-    stats = run_stage(ctx.options.stage or ctx.name, list(ctx.overrides))
+    stage = ctx.options.stage or ctx.name
+    stats = run_stage(stage, list(ctx.overrides))
     for name in ("manifest.json", "tokenizer.json", "removed_samples", "rejects"):
         ctx.artifacts.append(ctx.output / name)
+    resolved = _resolved_config(stage, ctx.overrides)
+    if resolved:
+        ctx.params.update({"resolved": resolved})
     return stats
+
+
+def _resolved_config(stage: str, overrides: list[str]) -> dict | None:
+    """The stage's composed data_prep config (what `python -m data_prep ... --cfg job` shows)."""
+    try:
+        from data_prep.runner import compose_config
+    except ImportError:  # a data_prep without it: params stay the pipeline's view of the stage
+        return None
+    return dataclasses.asdict(compose_config([f"stage={stage}", *overrides]))
