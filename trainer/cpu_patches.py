@@ -59,7 +59,8 @@ class Patch:
 
     def upstream_source(self) -> str:
         if self.marker_in is None:
-            return inspect.getsource(self.original())
+            original = self.original()
+            return inspect.getsource(getattr(original, "__func__", original))
         mod, _, attr = self.marker_in.partition(":")
         obj: Any = importlib.import_module(mod)
         for part in attr.split(".") if attr else []:
@@ -240,6 +241,36 @@ def _torch_norm_new(original: Any) -> Callable[..., Any]:
     return __new__
 
 
+@contextlib.contextmanager
+def _cuda_type_names() -> Any:
+    """Make Tensor.type() report CPU tensors as torch.cuda.* for the duration of a call."""
+    original = torch.Tensor.type
+
+    def type_(self: torch.Tensor, dtype: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if dtype is not None:
+            return original(self, dtype, *args, **kwargs)
+        name = original(self)
+        return name.replace("torch.", "torch.cuda.", 1) if self.device.type == "cpu" else name
+
+    torch.Tensor.type = type_  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.Tensor.type = original  # type: ignore[method-assign]
+
+
+def _with_cuda_type_names(original: Any) -> Any:
+    kind = type(original) if isinstance(original, (staticmethod, classmethod)) else None
+    func = original.__func__ if kind else original
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _cuda_type_names():
+            return func(*args, **kwargs)
+
+    return kind(wrapper) if kind else wrapper
+
+
 def _noop(_original: Any) -> Callable[..., None]:
     return lambda *_args, **_kwargs: None
 
@@ -355,6 +386,26 @@ PATCHES.append(
         _torch_norm_new,
     )
 )
+
+# The distributed optimizer and the fp16/bf16 optimizer sort parameters by
+# param.type() in ('torch.cuda.FloatTensor', 'torch.cuda.HalfTensor', ...) and raise TypeError
+# for CPU tensors; during those calls CPU tensors report the CUDA type names.
+PATCHES += [
+    Patch(
+        "megatron.core.optimizer.distrib_optimizer",
+        "DistributedOptimizer._build_model_and_main_param_groups",
+        "raises TypeError unless param.type() is a torch.cuda.* tensor type",
+        "elif model_param.type() == 'torch.cuda.FloatTensor'",
+        _with_cuda_type_names,
+    ),
+    Patch(
+        "megatron.core.optimizer.optimizer",
+        "Float16OptimizerWithFloat16Params.__init__",
+        "raises TypeError unless param.type() is a torch.cuda.* tensor type",
+        "elif param.type() == 'torch.cuda.FloatTensor'",
+        _with_cuda_type_names,
+    ),
+]
 
 # clip_grads asserts param.grad.type() == 'torch.cuda.FloatTensor' (CPU grads are
 # torch.FloatTensor); optimizer.py imports the function by name.

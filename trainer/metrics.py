@@ -44,6 +44,7 @@ class MetricsCollector:
             ps.get_tensor_model_parallel_rank() == 0 and ps.get_context_parallel_rank() == 0
         )
         self.last_stage = ps.is_pipeline_last_stage(ignore_virtual=True)
+        self._flops: dict[int, float] = {}
 
     def _count_hook(self, module: TopKRouter, _inputs: Any, outputs: Any) -> None:
         if module.training:
@@ -117,6 +118,9 @@ class MetricsCollector:
     def throughput(self, seconds: float, cfg: Any) -> dict[str, float]:
         tokens = cfg.train.global_batch_size * cfg.data.seq_length
         tokens_per_s = tokens / max(seconds, 1e-9)
-        flops = flops_per_token(self.model_cfg, cfg.data.seq_length) * tokens_per_s
+        seq = cfg.data.seq_length
+        if seq not in self._flops:  # analytical count walks every parameter spec: cache it
+            self._flops[seq] = flops_per_token(self.model_cfg, seq)
+        flops = self._flops[seq] * tokens_per_s
         mfu = flops / (cfg.logging.peak_flops_per_device * self.world)
         return {"tokens_per_s": tokens_per_s, "mfu": mfu, "step_time_s": seconds}

@@ -26,6 +26,7 @@ TWO_RANK_LAYOUTS = {
     "pp2": {"pipeline_parallel": 2},
     "ep2": {"expert_parallel": 2},
     "dp2": {},
+    "dp2_distributed_optimizer": {"use_distributed_optimizer": True},
     "pp2_vpp2": {"pipeline_parallel": 2, "virtual_pipeline_parallel": 2},
 }
 FOUR_RANK_LAYOUTS = {
