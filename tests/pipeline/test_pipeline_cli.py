@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import cli_command, cli_env
+from pipeline_testlib import cli_command, cli_env
 
 
 def _cli(tmp_path, *args: str) -> subprocess.CompletedProcess:

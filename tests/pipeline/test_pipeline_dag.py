@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import compose
+from pipeline_testlib import compose
 
 from pipeline import state
 from pipeline.dag import build_graph

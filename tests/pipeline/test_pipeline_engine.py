@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import compose, output_files
 from mlflow import MlflowClient
+from pipeline_testlib import compose, output_files
 
 from pipeline import PipelineError, run_pipeline
 from pipeline.state import MARKER

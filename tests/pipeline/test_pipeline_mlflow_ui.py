@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import compose
+from pipeline_testlib import compose
 
 from pipeline import run_pipeline
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, cli_env, output_files
+from pipeline_testlib import REPO, cli_env, output_files
 
 pytestmark = pytest.mark.slow
 

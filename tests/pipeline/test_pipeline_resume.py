@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import cli_command, cli_env, output_files, run_cli
+from pipeline_testlib import cli_command, cli_env, output_files, run_cli
 
 from pipeline.state import MARKER
 

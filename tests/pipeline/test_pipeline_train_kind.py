@@ -6,7 +6,7 @@ import json
 import sys
 
 import pytest
-from conftest import pythonpath
+from pipeline_testlib import pythonpath
 
 from pipeline.kinds.train import TrainOptions, command, train
 from pipeline.registry import StageContext
