@@ -80,7 +80,11 @@ class MLflowCallback(Callback):
 
     def on_train_start(self, cfg: TrainerConfig, info: dict[str, Any]) -> None:
         params = _flatten("", asdict(cfg), {})
-        self.mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        try:
+            self.mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        except self.mlflow.exceptions.MlflowException as err:
+            # A resumed run (or the pipeline's stage run) may already hold other values.
+            print(f"warning: MLflow params not logged: {str(err).splitlines()[0]}")
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k.replace("/", "."): float(v) for k, v in metrics.items()}
