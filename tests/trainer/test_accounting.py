@@ -187,7 +187,7 @@ def _built(instantiated: dict, name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def instantiated() -> dict[str, dict]:
-    return run_distributed(_instantiated, 1, TINY, 64)[0]
+    return run_distributed(_instantiated, 1, TINY, 64, timeout_s=180)[0]
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -247,7 +247,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def allocated() -> list[tuple]:
-    return run_distributed(_allocated, 1, CASES)[0]
+    return run_distributed(_allocated, 1, CASES, timeout_s=180)[0]
 
 
 @pytest.mark.parametrize("index", range(len(CASES)))
@@ -265,7 +265,7 @@ def test_static_bytes_exact_on_two_ranks() -> None:
     """DP2 with the distributed optimizer (padding to lcm(DP, 128), 1/DP optimizer shard) and
     EP2 (routed experts split, own DDP buffer) are exact on rank 0 too."""
     cases = [("tiny_v3", "bf16", True, 1), ("tiny_v3", "bf16", True, 2)]
-    rank0 = run_distributed(_allocated, 2, cases)[0]
+    rank0 = run_distributed(_allocated, 2, cases, timeout_s=90)[0]
     for (name, dtype, distopt, ep), result in zip(cases, rank0, strict=True):
         _, got = _check_ran(result)
         est = estimate_memory(
@@ -313,7 +313,7 @@ def _saved(cases: list[tuple[str, int, int]]) -> list[tuple]:
 def test_activation_estimate_matches_saved_tensors() -> None:
     """Within 15% of what autograd saves for backward (fp32, one micro-batch, one stage)."""
     cases = [("tiny_v3", 64, 1), ("tiny_v3", 128, 2), ("tiny_dense", 128, 2)]
-    for name, seq, batch, saved in run_distributed(_saved, 1, cases)[0]:
+    for name, seq, batch, saved in run_distributed(_saved, 1, cases, timeout_s=120)[0]:
         est = estimate_memory(
             load_model(name),
             ParallelConfig(),
