@@ -173,12 +173,14 @@ def _log_lineage(client, run_id: str, node) -> None:
 
 
 def finish_stage_run(
-    uri: str, run_id: str, stats: dict, artifacts: list[Path], max_mb: float
+    uri: str, run_id: str, stats: dict, artifacts: list[Path], max_mb: float, params: dict
 ) -> None:
-    """Log the stage's stats as metrics and its artifacts, then end the run as FINISHED."""
+    """Log the stage's stats as metrics, extra params and artifacts; end the run FINISHED."""
     from mlflow.entities import Metric
 
     client = _client(uri)
+    if params:
+        log_params(client, run_id, flatten(params))
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in numeric_metrics(stats).items()]
     for i in range(0, len(metrics), 500):
