@@ -49,3 +49,11 @@ def test_uneven_pipeline_layout_skips_the_even_split_check() -> None:
     v3ish = ModelConfig(num_layers=5, num_experts=None)
     p = ParallelConfig(pipeline_parallel=2, pipeline_layout="Ett|ttt|L")
     assert validate_layout(v3ish, p, 2).pipeline == 2
+
+
+def test_callbacks_only_on_rank_zero() -> None:
+    from trainer.callbacks import ConsoleCallback, build_callbacks
+    from trainer.config.trainer import LoggingConfig
+
+    assert build_callbacks(LoggingConfig(), rank=1) == []
+    assert [type(c) for c in build_callbacks(LoggingConfig(), rank=0)] == [ConsoleCallback]
