@@ -98,7 +98,8 @@ class NormalizeConfig:
     """Unicode repair and whitespace/control-character cleanup."""
 
     fix_unicode: bool = True
-    """Run ftfy.fix_text (mojibake, HTML entities, width)."""
+    """Repair mojibake/bad encodings with ftfy (datatrove FTFYFormatter settings: no width
+    folding, so Chinese full-width punctuation is kept)."""
     max_newlines: int = 2
     """Collapse longer runs of newlines to this many."""
 

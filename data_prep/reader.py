@@ -6,6 +6,7 @@ Bad records never crash a stage and are never dropped silently: each goes to
 
 from __future__ import annotations
 
+import functools
 import glob as globlib
 import json
 import os
@@ -61,6 +62,11 @@ def resolve_inputs(spec: str, pattern: str | None = None) -> list[str]:
     if not files:
         raise InputError(f"input has no .jsonl/.jsonl.gz/.parquet files: {spec}")
     return files
+
+
+@functools.lru_cache(maxsize=1024)
+def _stem(filepath: str) -> str:
+    return os.path.basename(filepath).split(".")[0]
 
 
 def write_paths_file(files: list[str], dest: Path) -> str:
@@ -181,7 +187,7 @@ class RecordReader(BaseDiskReader):
         if len(text) > cfg.max_doc_bytes:  # parquet rows are not size-checked as raw lines
             self._reject(filepath, lineno, "doc_too_large", f"{len(text)} chars")
             return None
-        stem = Path(filepath).name.split(".")[0]
+        stem = _stem(filepath)
         doc_id = record.pop(cfg.id_field, None)
         meta = record.pop("metadata", None)
         metadata = dict(meta) if isinstance(meta, dict) else {}

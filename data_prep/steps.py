@@ -18,8 +18,9 @@ from data_prep.accounting import Ledger, reason_key
 from data_prep.config import LangIdConfig, NormalizeConfig, QualityConfig, QualityLangConfig
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\ufeff]")
-_SPACES = re.compile(r"[ \t\u00a0\u3000]+")  # collapse runs; a single full-width space stays ' '
-_TRAILING = re.compile(r" *\n *")
+# runs of blanks -> one space (matching only where something changes keeps this fast)
+_SPACES = re.compile(r"[ \t\u00a0\u3000]{2,}|[\t\u00a0\u3000]")
+_TRAILING = re.compile(r" +\n *|\n +")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
@@ -35,17 +36,23 @@ def doc_language(doc: Document) -> str:
 
 
 def clean_whitespace(text: str, max_newlines: int) -> str:
-    """Drop control characters, unify newlines, collapse spaces and blank-line runs."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    """Drop control characters, unify newlines, collapse spaces and blank-line runs.
+
+    Each regex runs only when a cheap substring test says it can change something."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
-    text = _SPACES.sub(" ", text)
-    text = _TRAILING.sub("\n", text)
-    text = re.sub(f"\n{{{max_newlines + 1},}}", "\n" * max_newlines, text)
+    if "  " in text or "\t" in text or "\u00a0" in text or "\u3000" in text:
+        text = _SPACES.sub(" ", text)
+    if " \n" in text or "\n " in text:
+        text = _TRAILING.sub("\n", text)
+    if "\n" * (max_newlines + 1) in text:
+        text = re.sub(f"\n{{{max_newlines + 1},}}", "\n" * max_newlines, text)
     return text.strip()
 
 
 class TextNormalize(PipelineStep):
-    """ftfy unicode repair plus whitespace/control-character cleanup."""
+    """ftfy unicode repair (datatrove's FTFYFormatter settings) plus whitespace cleanup."""
 
     name = "TextNormalize"
     type = "FORMATTER"
@@ -56,10 +63,13 @@ class TextNormalize(PipelineStep):
         self.ledger = ledger
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        import ftfy
+        from datatrove.pipeline.formatters import FTFYFormatter
 
+        # datatrove's ftfy settings: repair encodings, but no width folding (it would turn
+        # Chinese full-width punctuation into ASCII), no quote uncurling, no NFC/NFKC.
+        ftfy = FTFYFormatter()
         for doc in data:
-            text = ftfy.fix_text(doc.text) if self.cfg.fix_unicode else doc.text
+            text = ftfy.format(doc.text) if self.cfg.fix_unicode else doc.text
             text = clean_whitespace(text, self.cfg.max_newlines)
             if not text:
                 self.ledger.remove(reason_key(self.name, "empty_after_cleanup"), doc)

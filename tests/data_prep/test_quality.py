@@ -79,12 +79,14 @@ def test_clean_whitespace_and_control_characters():
     assert clean_whitespace(text, 2) == "a\nbc d\n\ne f"
 
 
-def test_normalize_stage_repairs_mojibake(tmp_path, docs_of):
+def test_normalize_stage_repairs_mojibake_and_keeps_full_width_punctuation(tmp_path, docs_of):
     raw = tmp_path / "raw"
     raw.mkdir()
-    (raw / "x.jsonl").write_text(
-        json.dumps({"text": "The cafÃ© isnâ€™t open.\x07  Really."}) + "\n"
-    )
+    docs = ["The cafÃ© isnâ€™t open.\x07  Really.", "中文标点，全角保留。"]
+    (raw / "x.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
     stats = run_stage("normalize", [f"input={raw}", f"output={tmp_path / 'out'}", "progress=false"])
-    assert [d["text"] for d in docs_of(tmp_path / "out")] == ["The café isn't open. Really."]
-    assert stats["documents_kept"] == 1
+    assert [d["text"] for d in docs_of(tmp_path / "out")] == [
+        "The café isn’t open. Really.",
+        docs[1],
+    ]
+    assert stats["documents_kept"] == 2
