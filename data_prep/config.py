@@ -219,7 +219,7 @@ class RemixConfig:
 
     weights: Any = None
     """Target share of tokens per domain (normalised to sum 1); None: keep the input mix.
-    Override on the command line as `remix.weights={zh_man:0.3,en_docs:0.7}`."""
+    Set as `remix.weights={zh_man:0.3,en_docs:0.7}` or key by key `+remix.weights.zh_man=0.3`."""
     total_tokens: int | None = None
     """Size of the remixed corpus in (approximate) tokens; None: same as the input."""
     seed: int = 0
