@@ -105,3 +105,35 @@ def test_real_dag_resumes_after_sigkill_in_data_stage_and_training(tmp_path):
     assert summary["final_step"] == 4
     assert summary["valid_loss_last"] == pytest.approx(ref_summary["valid_loss_last"], rel=1e-5)
     assert "Open the MLflow UI" in reference.stdout
+    _check_mlflow(tmp_path, tmp_path / "reference")
+
+
+def _check_mlflow(tmp: Path, run_dir: Path) -> None:
+    """The reference run's lineage: stats as metrics, composed configs, artifacts, loss curve."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    exp = client.get_experiment_by_name("pipeline").experiment_id
+    runs = client.search_runs([exp], filter_string=f"tags.`pipeline.run_dir` = '{run_dir}'")
+    by_name = {r.info.run_name: r for r in runs}
+    assert len(by_name) == 18 and {r.info.status for r in runs} == {"FINISHED"}
+
+    def artifacts(name: str) -> set[str]:
+        return {a.path for a in client.list_artifacts(by_name[name].info.run_id)}
+
+    quality = by_name["quality/zh"].data
+    assert quality.metrics["documents_in"] == quality.metrics["documents_kept"] + sum(
+        v for k, v in quality.metrics.items() if k.startswith("removed.")
+    )
+    assert (
+        quality.params["resolved.stage"] == "quality"
+        and "resolved.quality.zh.word_tokenizer" in quality.params
+    )
+    assert {"stats.json", "removed_samples"} <= artifacts("quality/zh")
+    assert "manifest.json" in artifacts("tokenize") and "tokenizer.json" in artifacts(
+        "train_tokenizer"
+    )
+    inputs = {i.dataset.name for i in by_name["tokenize"].inputs.dataset_inputs}
+    assert inputs == {"remix", "train_tokenizer", "tokenize"}
+    loss = client.get_metric_history(by_name["train"].info.run_id, "loss")
+    assert [m.step for m in loss] == [1, 2, 3, 4]

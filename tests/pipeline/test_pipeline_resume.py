@@ -16,6 +16,8 @@ from pipeline_testlib import cli_command, cli_env, output_files, run_cli
 
 from pipeline.state import MARKER
 
+pytestmark = pytest.mark.slow
+
 SLOW = ("stages.clean.options.sleep_s=0.3",
         "stages.train.overrides=['checkpoint.dir={output}/checkpoints','train.steps=6','data={deps[join]}','sleep_s=0.4']")  # fmt: skip
 
