@@ -104,3 +104,27 @@ def test_dry_run_lists_run_and_skip_with_reasons(tmp_path):
     assert "SKIP join [fake_map] <- clean/en, clean/zh: up to date" in text
     assert "RUN  train [train] <- join: config changed (overrides)" in text
     assert "1 to run, 5 up to date" in text
+
+
+def test_removed_domain_folders_are_deleted_so_globs_see_current_domains(tmp_path):
+    from pipeline.engine import remove_orphans
+
+    graph = build_graph(compose(tmp_path / "run"))
+    stale = tmp_path / "run/clean/fr"
+    stale.mkdir(parents=True)
+    (stale / state.MARKER).write_text("{}")
+    foreign = tmp_path / "run/clean/notes"  # not a stage folder of ours: left alone
+    foreign.mkdir()
+    assert remove_orphans(graph) == [stale]
+    assert not stale.exists() and foreign.exists()
+
+
+def test_one_driver_per_run_dir(tmp_path):
+    from pipeline.engine import run_lock
+
+    with run_lock(tmp_path / "run"):
+        with pytest.raises(ValueError, match="another pipeline run is using"):
+            with run_lock(tmp_path / "run"):
+                pass
+    with run_lock(tmp_path / "run"):  # released again
+        pass
