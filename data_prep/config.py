@@ -56,6 +56,9 @@ class ExecutorConfig:
     """slurm: time limit per job."""
     sbatch_args: dict[str, Any] = field(default_factory=dict)
     """slurm: extra #SBATCH options."""
+    env_command: str | None = None
+    """slurm: shell line that activates the Python environment in the job (default: source the
+    running interpreter's venv, if any)."""
     poll_s: float = 10.0
     """slurm: seconds between completion checks while waiting for the jobs."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 
 from datatrove.executor.base import PipelineExecutor
@@ -46,17 +47,20 @@ def make_executor(
         )
     from datatrove.executor.slurm import SlurmPipelineExecutor
 
+    venv = f"source {sys.prefix}/bin/activate" if sys.prefix != sys.base_prefix else None
+    # The runner waits for each phase before submitting the next (a driver hook may need its
+    # output), so Slurm jobs are not chained with afterok dependencies on finished jobs.
     return SlurmPipelineExecutor(
         pipeline,
         tasks=tasks,
         time=ex.time,
         partition=ex.partition,
         cpus_per_task=ex.cpus_per_task,
-        mem_per_cpu_gb=ex.mem_per_cpu_gb,
+        mem_per_cpu_gb=max(1, round(ex.mem_per_cpu_gb)),  # sbatch wants whole GB here
         job_name=job_name,
         logging_dir=logging_dir,
-        depends=depends,
         sbatch_args=dict(ex.sbatch_args),
+        env_command=ex.env_command or venv,
         qos=None,
         mail_type="NONE",
     )
