@@ -48,7 +48,6 @@ def _common_kwargs(m: ModelConfig) -> dict[str, Any]:
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=m.init_method_std,
-        rotary_base=int(m.rope_theta),
     )
 
 
@@ -56,6 +55,9 @@ def _attention_kwargs(m: ModelConfig) -> dict[str, Any]:
     if not m.is_mla:
         return dict(num_query_groups=m.num_query_groups, kv_channels=m.head_dim)
     return dict(
+        rotary_base=int(m.rope_theta),
+        # DeepSeek's MLA normalises the compressed q and kv latents (q_a/kv_a_layernorm).
+        qk_layernorm=True,
         q_lora_rank=m.q_lora_rank,
         kv_lora_rank=m.kv_lora_rank,
         qk_head_dim=m.qk_head_dim,
