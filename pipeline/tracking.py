@@ -176,21 +176,28 @@ def finish_stage_run(
     uri: str, run_id: str, stats: dict, artifacts: list[Path], max_mb: float, params: dict
 ) -> None:
     """Log the stage's stats as metrics, extra params and artifacts; end the run FINISHED."""
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, Param
 
     client = _client(uri)
-    if params:
-        log_params(client, run_id, flatten(params))
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in numeric_metrics(stats).items()]
-    for i in range(0, len(metrics), 500):
-        client.log_batch(run_id, metrics=metrics[i : i + 500])
+    items = [Param(clean_key(k), str(v)[:_MAX_PARAM_VALUE]) for k, v in flatten(params).items()]
+    while metrics or items:  # few round trips: MLflow takes <= 1000 metrics, 100 params a batch
+        client.log_batch(run_id, metrics=metrics[:900], params=items[:100])
+        metrics, items = metrics[900:], items[100:]
+    repo = _artifact_repo(client, run_id)
     for path in artifacts:
-        _log_artifact(client, run_id, path, max_mb)
+        _log_artifact(client, repo, run_id, path, max_mb)
     client.set_terminated(run_id, status="FINISHED")
 
 
-def _log_artifact(client, run_id: str, path: Path, max_mb: float) -> None:
+def _artifact_repo(client, run_id: str):
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+
+
+def _log_artifact(client, repo, run_id: str, path: Path, max_mb: float) -> None:
     if not path.exists():
         return
     if path.is_dir():
@@ -198,14 +205,14 @@ def _log_artifact(client, run_id: str, path: Path, max_mb: float) -> None:
         if size > max_mb * 2**20:
             client.set_tag(run_id, clean_key(f"artifact_skipped.{path.name}"), f"{size} bytes")
             return
-        client.log_artifacts(run_id, str(path), artifact_path=path.name)
+        repo.log_artifacts(str(path), artifact_path=path.name)
     else:
-        client.log_artifact(run_id, str(path))
+        repo.log_artifact(str(path))
 
 
 def fail_stage_run(uri: str, run_id: str, error: str, log_path: Path) -> None:
     """End the stage's run as FAILED with the error as a tag and the log as an artifact."""
     client = _client(uri)
     client.set_tag(run_id, "error", error[:5000])
-    _log_artifact(client, run_id, log_path, 100)
+    _log_artifact(client, _artifact_repo(client, run_id), run_id, log_path, 100)
     client.set_terminated(run_id, status="FAILED")
