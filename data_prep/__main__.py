@@ -38,5 +38,19 @@ def main(cfg: DictConfig) -> None:
     print(json.dumps(summary, ensure_ascii=False))
 
 
+def precheck(argv: list[str]) -> None:
+    """Report bad overrides (unknown key, bad syntax) in one line instead of Hydra's block."""
+    if any(a.startswith("-") for a in argv):  # --cfg, --help, ...: leave them to Hydra
+        return
+    from data_prep.runner import compose_config
+
+    try:
+        compose_config(argv, validate=False)
+    except DataPrepError as e:
+        print(f"data_prep: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    precheck(sys.argv[1:])
     main()

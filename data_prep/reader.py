@@ -59,6 +59,10 @@ def resolve_inputs(spec: str, pattern: str | None = None) -> list[str]:
         )
     else:
         raise InputError(f"input path does not exist: {spec}")
+    if not files and path.is_dir() and (path / "stats.json").exists():
+        raise InputError(
+            f"input is a stage output with no documents left (see {path / 'stats.json'})"
+        )
     if not files:
         raise InputError(f"input has no .jsonl/.jsonl.gz/.parquet files: {spec}")
     return files

@@ -46,8 +46,10 @@ _OUTPUT_GLOBS = (
 )
 
 
-def compose_config(overrides: list[str]) -> DataPrepConfig:
-    """Compose `conf/data_prep.yaml` with overrides (as the CLI does) and validate it."""
+def compose_config(overrides: list[str], validate: bool = True) -> DataPrepConfig:
+    """Compose `conf/data_prep.yaml` with overrides (as the CLI does) and validate it.
+
+    With validate=False only the composition is checked (unknown keys, bad override syntax)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -58,11 +60,12 @@ def compose_config(overrides: list[str]) -> DataPrepConfig:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="data_prep", overrides=list(overrides))
-        return to_config(cfg)
+        return to_config(cfg) if validate else cfg
     except DataPrepError:
         raise
     except Exception as e:  # hydra/omegaconf errors: unknown key, bad override syntax
-        raise InputError(one_line(e)) from None
+        cause = f" ({one_line(e.__cause__).split(' full_key:')[0]})" if e.__cause__ else ""
+        raise InputError(one_line(e) + cause) from None
     finally:
         gh.clear()
         if saved is not None:

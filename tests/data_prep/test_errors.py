@@ -39,6 +39,10 @@ def test_input_without_valid_records(tmp_path):
     (tmp_path / "bad.jsonl").write_text("not json\n")
     stats = run_stage("read", _args(tmp_path, tmp_path / "bad.jsonl"))
     assert stats["documents_in"] == 0 and stats["rejected"] == {"bad_json": 1}
+    with pytest.raises(InputError, match="stage output with no documents left"):
+        run_stage(
+            "normalize", [f"input={tmp_path / 'out'}", f"output={tmp_path / 'n'}", "progress=false"]
+        )
 
 
 @pytest.mark.parametrize(
