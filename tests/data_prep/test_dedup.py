@@ -93,3 +93,17 @@ def test_ngram_hashes_are_order_sensitive_and_deterministic():
     assert ngram_hashes(units, 2).shape == (3, 1)
     assert set(ngram_hashes(units, 2).ravel()) != set(ngram_hashes(units[::-1].copy(), 2).ravel())
     assert np.array_equal(ngram_hashes(units, 3), ngram_hashes(units.copy(), 3))
+
+
+def test_multi_task_run_matches_single_task(dedup, planted, corpus_dir, tmp_path, docs_of):
+    """Sharding the input files over 2 tasks (forked workers) finds the same exact duplicates."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for f in [*corpus_dir.glob("*.jsonl"), planted.raw / "planted_copies.jsonl"]:
+        (raw / f.name).write_bytes(f.read_bytes())
+    args = [f"input={raw}", f"output={tmp_path / 'out'}", "progress=false", "executor.tasks=2"]
+    stats = run_stage("exact_dedup", args)
+    kept = {d["id"] for d in docs_of(tmp_path / "out")}
+    assert len(list((tmp_path / "out").glob("*.jsonl.gz"))) == 2
+    assert stats["documents_kept"] == dedup["exact"]["documents_kept"] == len(kept)
+    assert stats["removed"] == dedup["exact"]["removed"]

@@ -90,3 +90,21 @@ def test_normalize_stage_repairs_mojibake_and_keeps_full_width_punctuation(tmp_p
         docs[1],
     ]
     assert stats["documents_kept"] == 2
+
+
+def test_langid_per_language_thresholds(tmp_path, docs_of):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    docs = [
+        "今天天气很好，我们一起去公园散步，然后回家吃饭。晚上大家一起看书学习，直到很晚才睡觉。",
+        "The weather is fine today, so we walk in the park and then go home for dinner together.",
+    ]
+    (raw / "x.jsonl").write_text(
+        "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs)
+    )
+    out = tmp_path / "out"
+    stats = run_stage(
+        "langid", [f"input={raw}", f"output={out}", "progress=false", "langid.thresholds={zh:1.01}"]
+    )
+    assert stats["removed"] == {"langid:low_score_zh": 1}
+    assert [d["metadata"]["language"] for d in docs_of(out)] == ["en"]
