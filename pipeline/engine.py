@@ -22,6 +22,7 @@ from pipeline.config import PipelineConfig, RayConfig
 from pipeline.dag import Graph, build_graph
 from pipeline.fingerprint import REPO_ROOT
 from pipeline.task import WORKERS_LOCK, Driver, StageFailed, Tracking, execute
+from pipeline.tracking import log_failed_stage, log_finished_stage
 from pipeline.view import DagView, throughput_from
 
 
@@ -181,7 +182,7 @@ def _cause(err: BaseException) -> BaseException:
     return getattr(err, "cause", None) or err
 
 
-def _collect(graph: Graph, refs: dict, view: DagView, since: float) -> tuple[dict, list]:
+def _collect(graph: Graph, refs: dict, view: DagView, since: float, parent) -> tuple[dict, list]:
     """Wait for every task; returns results and the root failures (StageFailed or other)."""
     import ray
 
@@ -204,9 +205,13 @@ def _collect(graph: Graph, refs: dict, view: DagView, since: float) -> tuple[dic
                         key, str(graph.nodes[key].log_path), f"{type(cause).__name__}: {cause}"
                     )
                 failures.append(cause)
+                if parent and not graph.nodes[key].kind.live_run:
+                    parent.log_async(log_failed_stage, graph.nodes[key], cause.message)
                 view.set(key, "failed", finished=time.time(), note=cause.message[:80])
                 continue
             results[key] = res
+            if parent and not res["logged"]:
+                parent.log_async(log_finished_stage, graph.nodes[key], res)
             tp = throughput_from(res["stats"])
             view.set(key, "done", started=res["started"], finished=res["finished"], throughput=tp)
         view.poll_running(outputs, since)
@@ -250,9 +255,10 @@ def _execute(cfg, graph: Graph, decisions, result: RunResult, console: Console) 
                 view.states[key].state = "pending" if d.run else "skipped"
                 view.states[key].note = "" if d.run else d.reason
             refs = _submit(graph, decisions, track)
-            results, failures = _collect(graph, refs, view, since)
+            results, failures = _collect(graph, refs, view, since, parent)
     except BaseException as err:
         if parent:
+            parent.drain()
             parent.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", repr(err))
         raise
     finally:
@@ -260,6 +266,8 @@ def _execute(cfg, graph: Graph, decisions, result: RunResult, console: Console) 
             ray.shutdown()
     result.results = results
     result.states = {k: s.state for k, s in view.states.items()}
+    for error in parent.drain() if parent else []:
+        console.print(f"warning: a stage could not be recorded in MLflow: {error}", highlight=False)
     if failures:
         message = "; ".join(str(f) for f in failures)
         if parent:
@@ -281,7 +289,7 @@ def _start_parent(cfg: PipelineConfig, graph: Graph, decisions):
     parent.start(
         resolved, {k: ("run: " if d.run else "skip: ") + d.reason for k, d in decisions.items()}
     )
-    for key, d in decisions.items():
-        if not d.run:
-            parent.note_skipped(key, state.read_json(graph.nodes[key].output / state.MARKER))
+    skipped = {k: graph.nodes[k].fingerprint for k, d in decisions.items() if not d.run}
+    if skipped:
+        parent.note_skipped(skipped)
     return parent

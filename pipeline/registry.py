@@ -74,6 +74,12 @@ class StageKind:
     """Globs under the conf/ tree the kind composes (part of its code version)."""
     resumable: bool = False
     """Keep the output folder of an interrupted attempt (the kind resumes, e.g. training)."""
+    live_run: bool = False
+    """Open the stage's MLflow run before it starts (it logs into it while running, e.g. the
+    trainer's curves); other kinds are recorded by the driver when they end."""
+    describe: Callable[[Any], dict] | None = None
+    """`describe(node)` -> the stage's fully resolved config (pipeline.dag.Node in), logged as
+    MLflow params by the driver, off the stage's critical path."""
 
     def code_modules(self, options: Any) -> tuple[str, ...]:
         return tuple(self.code(options)) if callable(self.code) else self.code
@@ -101,12 +107,16 @@ def register_kind(
     code: tuple[str, ...] | Callable[[Any], tuple[str, ...]] = (),
     conf: tuple[str, ...] = (),
     resumable: bool = False,
+    live_run: bool = False,
+    describe: Callable[[Any], dict] | None = None,
 ) -> Callable[[Callable[[StageContext], dict]], Callable[[StageContext], dict]]:
     """Decorator: register `fn(ctx) -> stats` as stage kind `name`."""
 
     def wrap(fn: Callable[[StageContext], dict]) -> Callable[[StageContext], dict]:
         code_spec = code if callable(code) else tuple(code)
-        _KINDS[name] = StageKind(name, fn, options, code_spec, tuple(conf), resumable)
+        _KINDS[name] = StageKind(
+            name, fn, options, code_spec, tuple(conf), resumable, live_run, describe
+        )
         return fn
 
     return wrap

@@ -97,8 +97,11 @@ def _output_to(log_path: Path):
             os.close(saved[1])
 
 
-def _artifacts(node: Node, ctx: StageContext, config_file: Path) -> list[Path]:
-    found = [node.output / "stats.json", config_file, node.log_path]
+CONFIG_FILE = ".stage_config.json"
+
+
+def _artifacts(node: Node, ctx: StageContext) -> list[Path]:
+    found = [node.output / "stats.json", node.output / CONFIG_FILE, node.log_path]
     return found + [p for p in ctx.artifacts if p not in found]
 
 
@@ -122,20 +125,26 @@ def execute(node: Node, track: Tracking | None, driver: Driver | None, *upstream
         run_id = None
         try:
             state.prepare_output(node)
-            if track:
+            live = track if track and node.kind.live_run else None
+            if live:
                 run_id = tracking.start_stage_run(
-                    track.uri, track.experiment_id, track.parent_run_id, node
+                    live.uri, live.experiment_id, live.parent_run_id, node
                 )
-            stats = _run_kind(node, track, run_id, echo)
+            stats, ctx = _run_kind(node, live, run_id, echo)
             marker = state.write_marker(node, stats, started, run_id)
         except BaseException as err:  # noqa: BLE001 - reported to the driver as StageFailed
             traceback.print_exc()
             message = f"{type(err).__name__}: {err}".strip()
-            if track and run_id:
+            if run_id:
                 tracking.fail_stage_run(track.uri, run_id, message, node.log_path)
             raise StageFailed(node.key, str(node.log_path), message) from None
         print(f"=== stage {node.key} done in {marker['finished_at'] - started:.1f}s", flush=True)
-    return {"key": node.key, "stats": stats, "started": started, "finished": marker["finished_at"]}
+    return {
+        "key": node.key, "stats": stats, "started": started, "finished": marker["finished_at"],
+        "logged": run_id is not None, "params": ctx.params,
+        "artifacts": [str(p) for p in _artifacts(node, ctx)],
+        "max_mb": track.max_artifact_mb if track else 0,
+    }  # fmt: skip
 
 
 def _run_kind(node: Node, track: Tracking | None, run_id: str | None, echo) -> dict:
@@ -147,11 +156,11 @@ def _run_kind(node: Node, track: Tracking | None, run_id: str | None, echo) -> d
         echo=echo,
     )  # fmt: skip
     stats = node.kind.run(ctx) or {}
+    state.write_json_atomic(
+        node.output / CONFIG_FILE, {"config": node.config, "overrides": node.overrides}
+    )
     if track and run_id:
-        config_file = node.output / ".stage_config.json"
-        state.write_json_atomic(config_file, {"config": node.config, "overrides": node.overrides})
         tracking.finish_stage_run(
-            track.uri, run_id, stats, _artifacts(node, ctx, config_file), track.max_artifact_mb,
-            ctx.params,
-        )  # fmt: skip
-    return stats
+            track.uri, run_id, stats, _artifacts(node, ctx), track.max_artifact_mb, ctx.params
+        )
+    return stats, ctx

@@ -100,11 +100,45 @@ class ParentRun:
             self.client.log_artifact(self.run_id, str(path))
         return self.run_id
 
-    def note_skipped(self, key: str, marker: dict | None) -> None:
-        reused = (marker or {}).get("mlflow_run_id") or "unknown"
-        self.client.set_tag(
-            self.run_id, clean_key(f"skipped.{key}"), f"reused output of run {reused}"
+    def note_skipped(self, skipped: dict[str, str]) -> None:
+        """Tag the parent with the run that produced each reused stage output."""
+        from mlflow.entities import RunTag
+
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`pipeline.run_dir` = '{self.run_dir}' and attributes.status = 'FINISHED'",
         )
+        producer = {r.data.tags.get("pipeline.fingerprint"): r.info.run_id for r in runs}
+        tags = [
+            RunTag(
+                clean_key(f"skipped.{key}"), f"reused output of run {producer.get(fp, 'unknown')}"
+            )
+            for key, fp in skipped.items()
+        ]
+        for i in range(0, len(tags), 100):
+            self.client.log_batch(self.run_id, tags=tags[i : i + 100])
+
+    def log_async(self, fn, *args) -> None:
+        """Queue a stage record (one writer thread: SQLite stores take one writer at a time)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not hasattr(self, "_pool"):
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")
+            self._futures = []
+        self._futures.append(
+            self._pool.submit(fn, self.uri, self.experiment_id, self.run_id, *args)
+        )
+
+    def drain(self) -> list[str]:
+        """Wait for queued records; returns the errors of records that could not be written."""
+        errors = []
+        for future in getattr(self, "_futures", []):
+            try:
+                future.result()
+            except Exception as err:  # noqa: BLE001 - tracking must not hide the run's outcome
+                errors.append(f"{type(err).__name__}: {err}")
+        self._futures = []
+        return errors
 
     def finish(self, status: str, error: str | None = None) -> None:
         if error:
@@ -120,7 +154,9 @@ def log_params(client, run_id: str, params: dict[str, Any]) -> None:
         client.log_batch(run_id, params=items[i : i + 100])
 
 
-def start_stage_run(uri: str, experiment_id: str, parent_id: str, node) -> str:
+def start_stage_run(
+    uri: str, experiment_id: str, parent_id: str, node, start_time: float | None = None
+) -> str:
     """Open the stage's nested run and log its params and dataset inputs."""
     client = _client(uri)
     tags = {
@@ -133,11 +169,36 @@ def start_stage_run(uri: str, experiment_id: str, parent_id: str, node) -> str:
     }
     if node.domain:
         tags["pipeline.domain"] = node.domain
-    run_id = client.create_run(experiment_id, run_name=node.key, tags=tags).info.run_id
+    start_ms = int(start_time * 1000) if start_time else None
+    run_id = client.create_run(
+        experiment_id, run_name=node.key, tags=tags, start_time=start_ms
+    ).info.run_id
     params = flatten({k: v for k, v in node.config.items() if k != "overrides"})
     params.update({f"override.{o.split('=', 1)[0]}": o.split("=", 1)[-1] for o in node.overrides})
     log_params(client, run_id, params)
     _log_lineage(client, run_id, node)
+    return run_id
+
+
+def log_finished_stage(uri: str, experiment_id: str, parent_id: str, node, result: dict) -> str:
+    """Record a stage that ran without a live run (data stages): the driver logs it after the
+    fact, with the stage's real start and end times, off the stages' critical path."""
+    run_id = start_stage_run(uri, experiment_id, parent_id, node, result["started"])
+    artifacts = [Path(p) for p in result.get("artifacts", [])]
+    params = dict(result.get("params", {}))
+    if node.kind.describe:
+        params.update(node.kind.describe(node))
+    finish_stage_run(uri, run_id, result["stats"], artifacts, result["max_mb"], params,
+                     end_time=result["finished"])  # fmt: skip
+    return run_id
+
+
+def log_failed_stage(uri: str, experiment_id: str, parent_id: str, node, error: str) -> str:
+    """Record a failed stage that had no live run, as a FAILED run with the error."""
+    attempt = node.output / ".attempt.json"
+    started = json.loads(attempt.read_text())["started_at"] if attempt.exists() else None
+    run_id = start_stage_run(uri, experiment_id, parent_id, node, started)
+    fail_stage_run(uri, run_id, error, node.log_path)
     return run_id
 
 
@@ -173,7 +234,13 @@ def _log_lineage(client, run_id: str, node) -> None:
 
 
 def finish_stage_run(
-    uri: str, run_id: str, stats: dict, artifacts: list[Path], max_mb: float, params: dict
+    uri: str,
+    run_id: str,
+    stats: dict,
+    artifacts: list[Path],
+    max_mb: float,
+    params: dict,
+    end_time: float | None = None,
 ) -> None:
     """Log the stage's stats as metrics, extra params and artifacts; end the run FINISHED."""
     from mlflow.entities import Metric, Param
@@ -188,7 +255,8 @@ def finish_stage_run(
     repo = _artifact_repo(client, run_id)
     for path in artifacts:
         _log_artifact(client, repo, run_id, path, max_mb)
-    client.set_terminated(run_id, status="FINISHED")
+    end_ms = int(end_time * 1000) if end_time else None
+    client.set_terminated(run_id, status="FINISHED", end_time=end_ms)
 
 
 def _artifact_repo(client, run_id: str):

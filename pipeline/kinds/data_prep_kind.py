@@ -14,25 +14,22 @@ class DataPrepOptions:
     """data_prep stage to run (read, normalize, ...); null = the pipeline stage's own name."""
 
 
-@register_kind("data_prep", options=DataPrepOptions, code=("data_prep",), conf=("data_prep/**", "data_prep.yaml"))  # fmt: skip
-def data_prep_stage(ctx: StageContext) -> dict:
-    """Run the stage in this Ray task; its files land in ctx.output; returns its stats."""
-    from data_prep import run_stage
-
-    stage = ctx.options.stage or ctx.name
-    stats = run_stage(stage, list(ctx.overrides))
-    for name in ("manifest.json", "tokenizer.json", "removed_samples", "rejects"):
-        ctx.artifacts.append(ctx.output / name)
-    resolved = _resolved_config(stage, ctx.overrides)
-    if resolved:
-        ctx.params.update({"resolved": resolved})
-    return stats
-
-
-def _resolved_config(stage: str, overrides: list[str]) -> dict | None:
+def describe(node) -> dict:
     """The stage's composed data_prep config (what `python -m data_prep ... --cfg job` shows)."""
     try:
         from data_prep.runner import compose_config
     except ImportError:  # a data_prep without it: params stay the pipeline's view of the stage
-        return None
-    return dataclasses.asdict(compose_config([f"stage={stage}", *overrides]))
+        return {}
+    stage = node.options.stage or node.name
+    return {"resolved": dataclasses.asdict(compose_config([f"stage={stage}", *node.overrides]))}
+
+
+@register_kind("data_prep", options=DataPrepOptions, code=("data_prep",), conf=("data_prep/**", "data_prep.yaml", "executor/**"), describe=describe)  # fmt: skip
+def data_prep_stage(ctx: StageContext) -> dict:
+    """Run the stage in this Ray task; its files land in ctx.output; returns its stats."""
+    from data_prep import run_stage
+
+    stats = run_stage(ctx.options.stage or ctx.name, list(ctx.overrides))
+    for name in ("manifest.json", "tokenizer.json", "removed_samples", "rejects"):
+        ctx.artifacts.append(ctx.output / name)
+    return stats

@@ -155,7 +155,7 @@ def run_slurm(ctx: StageContext, opts: TrainOptions, overrides: list[str]) -> No
     )
 
 
-@register_kind("train", options=TrainOptions, code=lambda o: (o.module,), conf=("model/**", "parallel/**", "precision/**", "train/**", "trainer.yaml"), resumable=True)  # fmt: skip
+@register_kind("train", options=TrainOptions, code=lambda o: (o.module,), conf=("model/**", "parallel/**", "precision/**", "train/**", "trainer.yaml"), resumable=True, live_run=True)  # fmt: skip
 def train(ctx: StageContext) -> dict:
     """Train (or resume training) the model; returns the trainer's summary.json as stats."""
     opts: TrainOptions = ctx.options
