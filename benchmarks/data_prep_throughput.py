@@ -7,6 +7,7 @@ Corpus: the bilingual Debian sample corpus (data_prep.sample_corpus) plus plante
 (executor.workers=1) so CPU seconds are comparable even on a shared machine. Columns:
   plain   = datatrove JsonlReader -> the step with default settings -> JsonlWriter
   same    = our stage with datatrove's algorithms (quality.fast_words=false, minhash.fast=false,
+            minhash.verify_threshold=0,
             exact_dedup.normalize=false):
             what the chain machinery (tolerant reader, rejects, accounting, stats) costs
   ours    = our stage with its defaults
@@ -140,7 +141,7 @@ def run_plain(stage: str, inp: str, out: Path) -> None:
 SAME_OPTS = {  # our stage configured to do exactly what plain datatrove does
     "quality": ["quality.fast_words=false"],
     "exact_dedup": ["exact_dedup.normalize=false"],
-    "minhash_dedup": ["minhash.fast=false"],
+    "minhash_dedup": ["minhash.fast=false", "minhash.verify_threshold=0"],
 }
 
 

@@ -211,8 +211,12 @@ class MinhashDedupConfig:
     """Seed of the permutation parameters."""
     fast: bool = True
     """Use the vectorised shingler (False: datatrove's own spaCy-based signature step)."""
+    verify_threshold: float = 0.6
+    """Keep an LSH candidate pair only if its full signatures agree on at least this share of
+    hashes (estimated Jaccard); 0 disables the check (datatrove's behaviour)."""
 
     def __post_init__(self) -> None:
+        _check(0 <= self.verify_threshold <= 1, "minhash.verify_threshold must be in [0, 1]")
         for k in ("n_grams", "char_n_grams", "num_buckets", "hashes_per_bucket"):
             _check(getattr(self, k) >= 1, f"minhash.{k} must be >= 1")
 

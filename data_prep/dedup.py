@@ -7,7 +7,9 @@ the MinHash chain (buckets, cluster, filter) is datatrove's own.
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 import xxhash
@@ -87,6 +89,58 @@ class FastMinhashSignature(dt_minhash.MinhashDedupSignature):
         return text_shingles(text, self.config.n_grams, self.char_n_grams)
 
 
+class MinhashVerifyPairs(dt_minhash.PipelineStep):
+    """Between buckets and cluster: keep a candidate pair only if its full signature agrees.
+
+    LSH buckets admit pairs that collide in one band (a pair with Jaccard 0.4 does so ~1% of the
+    time at 14x8). The share of equal hashes over all bands estimates Jaccard (+-0.05 with 112
+    hashes); pairs below `threshold` are dropped. Loads every signature (8 bytes x hashes per doc)."""
+
+    name = "MinhashVerifyPairs"
+    type = "DEDUP"
+
+    def __init__(
+        self, sigs: str, dups: str, output: str, config: dt_minhash.MinhashConfig, threshold: float
+    ):
+        super().__init__()
+        self.sigs, self.dups, self.output = sigs, dups, output
+        self.config = config
+        self.threshold = threshold
+
+    def _load_signatures(self) -> dict[int, np.ndarray]:
+        """rank -> array (docs, num_buckets * hashes_per_bucket) of full signatures."""
+        cfg, hpb = self.config, self.config.hashes_per_bucket
+        rec = np.dtype([("h", cfg.hash_config.np_dtype, (hpb,)), ("doc", "<u4")])
+        parts: dict[int, dict[int, np.ndarray]] = {}
+        for bucket in range(cfg.num_buckets):
+            for path in Path(self.sigs, f"bucket_{bucket:03d}").glob("*.minhash.sig"):
+                rank = int(path.name.split(".")[0])
+                parts.setdefault(rank, {})[bucket] = np.fromfile(path, dtype=rec)
+        full = {}
+        for rank, by_bucket in parts.items():
+            n = max((int(r["doc"].max()) + 1 for r in by_bucket.values() if len(r)), default=0)
+            arr = np.zeros((n, cfg.num_buckets * hpb), dtype=cfg.hash_config.np_dtype)
+            for bucket, r in by_bucket.items():
+                arr[r["doc"], bucket * hpb : (bucket + 1) * hpb] = r["h"]
+            full[rank] = arr
+        return full
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        full = self._load_signatures()
+        os.makedirs(self.output, exist_ok=True)
+        for path in sorted(Path(self.dups).glob("*.dups")):
+            pairs = np.fromfile(path, dtype="<u4").reshape(-1, 4)
+            keep = np.ones(len(pairs), dtype=bool)
+            for i, (f1, d1, f2, d2) in enumerate(pairs.tolist()):
+                if f1 in full and f2 in full:  # index matches (SENTINEL) are kept as they are
+                    keep[i] = np.mean(full[f1][d1] == full[f2][d2]) >= self.threshold
+            self.stat_update("candidate_pairs", value=len(pairs))
+            self.stat_update("verified_pairs", value=int(keep.sum()))
+            pairs[keep].tofile(Path(self.output, path.name))
+        return
+        yield
+
+
 def minhash_config(cfg: MinhashDedupConfig) -> dt_minhash.MinhashConfig:
     return dt_minhash.MinhashConfig(
         n_grams=cfg.n_grams,
@@ -97,7 +151,7 @@ def minhash_config(cfg: MinhashDedupConfig) -> dt_minhash.MinhashConfig:
 
 
 def minhash_phases(cfg: MinhashDedupConfig, work: str, read, finish_tail, tasks: int) -> list:
-    """(name, pipeline factory, tasks) for signature -> buckets -> cluster -> filter.
+    """(name, pipeline factory, tasks) for signature -> buckets -> [verify] -> cluster -> filter.
 
     `read()` returns fresh reader steps; `finish_tail(filter_step_factory)` wraps the filter
     with the accounting/writer steps."""
@@ -113,6 +167,16 @@ def minhash_phases(cfg: MinhashDedupConfig, work: str, read, finish_tail, tasks:
             return [*read(), FastMinhashSignature(sigs, mh, cfg.char_n_grams)]
         return [*read(), dt_minhash.MinhashDedupSignature(sigs, config=mh)]
 
+    verified = f"{work}/minhash/verified"
+    verify = cfg.verify_threshold > 0
+
+    def verify_step():
+        return [MinhashVerifyPairs(sigs, buckets, verified, mh, cfg.verify_threshold)]
+
+    def filter_step():
+        return finish_tail(lambda w: dt_minhash.MinhashDedupFilter(remove, exclusion_writer=w))
+
+    pairs = verified if verify else buckets
     return [
         ("signature", signature, tasks),
         (
@@ -120,14 +184,9 @@ def minhash_phases(cfg: MinhashDedupConfig, work: str, read, finish_tail, tasks:
             lambda: [dt_minhash.MinhashDedupBuckets(sigs, buckets, config=mh)],
             mh.num_buckets,
         ),
-        ("cluster", lambda: [dt_minhash.MinhashDedupCluster(buckets, remove, config=mh)], 1),
-        (
-            "filter",
-            lambda: finish_tail(
-                lambda w: dt_minhash.MinhashDedupFilter(remove, exclusion_writer=w)
-            ),
-            tasks,
-        ),
+        *([("verify", verify_step, 1)] if verify else []),
+        ("cluster", lambda: [dt_minhash.MinhashDedupCluster(pairs, remove, config=mh)], 1),
+        ("filter", filter_step, tasks),
     ]
 
 

@@ -22,14 +22,27 @@ def test_parquet_with_custom_fields_and_domain(tmp_path, docs_of):
     )
     pq.write_table(table, tmp_path / "part.parquet")
     out = tmp_path / "out"
-    args = ["read.text_field=content", "read.id_field=uid", "read.metadata_fields=[lang]", "read.domain=web"]
-    stats = run_stage("read", [f"input={tmp_path}/*.parquet", f"output={out}", "progress=false", *args])
+    args = [
+        "read.text_field=content",
+        "read.id_field=uid",
+        "read.metadata_fields=[lang]",
+        "read.domain=web",
+    ]
+    stats = run_stage(
+        "read", [f"input={tmp_path}/*.parquet", f"output={out}", "progress=false", *args]
+    )
     docs = docs_of(out)
-    assert [(d["id"], d["text"]) for d in docs] == [("a", "第一篇文档。"), ("b", "Second document.")]
+    assert [(d["id"], d["text"]) for d in docs] == [
+        ("a", "第一篇文档。"),
+        ("b", "Second document."),
+    ]
     assert docs[0]["metadata"] == {"lang": "zh", "domain": "web"}
     assert stats["rejected"] == {"non_string_text": 1, "empty_text": 1}
     rejects = [json.loads(line) for line in open(out / "rejects" / "00000.jsonl")]
-    assert [(r["line"], r["reason"]) for r in rejects] == [(3, "non_string_text"), (4, "empty_text")]
+    assert [(r["line"], r["reason"]) for r in rejects] == [
+        (3, "non_string_text"),
+        (4, "empty_text"),
+    ]
 
 
 def test_jsonl_gz_keeps_metadata_and_takes_domain_from_record_or_file(tmp_path, docs_of):
@@ -40,7 +53,12 @@ def test_jsonl_gz_keeps_metadata_and_takes_domain_from_record_or_file(tmp_path, 
     with gzip.open(tmp_path / "forum_posts.jsonl.gz", "wt") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     out = tmp_path / "out"
-    run_stage("read", [f"input={tmp_path / 'forum_posts.jsonl.gz'}", f"output={out}", "progress=false"])
+    run_stage(
+        "read", [f"input={tmp_path / 'forum_posts.jsonl.gz'}", f"output={out}", "progress=false"]
+    )
     docs = docs_of(out)
     assert docs[0]["id"] == "1" and docs[0]["metadata"] == {"url": "u1", "domain": "forum_posts"}
-    assert docs[1]["id"] == "forum_posts/2" and docs[1]["metadata"] == {"domain": "news", "score": 0.5}
+    assert docs[1]["id"] == "forum_posts/2" and docs[1]["metadata"] == {
+        "domain": "news",
+        "score": 0.5,
+    }
