@@ -281,6 +281,9 @@ class TokenizeConfig:
     """Token appended after every document."""
     batch_size: int = 1000
     """Documents per encode_batch call."""
+    weights: Any = None
+    """Blend weight per domain written to the manifest (normalised; split over a domain's shards
+    by tokens), e.g. the remix targets. None: each shard's share of all tokens."""
 
 
 @dataclass

@@ -129,7 +129,33 @@ class MegatronShards(PipelineStep):
         (Path(self.info_folder) / f"{rank:05d}.json").write_text(json.dumps(shard_info))
 
 
-def write_manifest(info_folder: str, out_dir: str, tokenizer_path: str) -> dict:
+def _set_weights(shards: list[dict], weights: dict | None) -> None:
+    """Shard blend weights: token shares, or per-domain weights split over shards by tokens."""
+    total = sum(s["tokens"] for s in shards)
+    if not weights:
+        for s in shards:
+            s["weight"] = s["tokens"] / total
+        return
+    domain_tokens: dict[str, int] = {}
+    for s in shards:
+        domain_tokens[s["domain"]] = domain_tokens.get(s["domain"], 0) + s["tokens"]
+    unknown = sorted(set(weights) - set(domain_tokens))
+    if unknown:
+        raise ValueError(
+            f"tokenize.weights names domains without shards: {unknown}; present: {sorted(domain_tokens)}"
+        )
+    wsum = sum(weights.get(d, 0.0) for d in domain_tokens)
+    if wsum <= 0:
+        raise ValueError("tokenize.weights give every present domain weight 0")
+    for s in shards:
+        s["weight"] = (
+            weights.get(s["domain"], 0.0) / wsum * s["tokens"] / domain_tokens[s["domain"]]
+        )
+
+
+def write_manifest(
+    info_folder: str, out_dir: str, tokenizer_path: str, weights: dict | None = None
+) -> dict:
     """Merge the per-task shard records into `manifest.json` (weights = token shares)."""
     shards, meta = [], {}
     for path in sorted(Path(info_folder).glob("*.json")):
@@ -141,10 +167,8 @@ def write_manifest(info_folder: str, out_dir: str, tokenizer_path: str) -> dict:
     local_tok = Path(out_dir) / "tokenizer.json"
     if Path(tokenizer_path).resolve() != local_tok.resolve():
         shutil.copyfile(tokenizer_path, local_tok)
-    total = sum(s["tokens"] for s in shards)
     shards = sorted(shards, key=lambda s: s["prefix"])
-    for s in shards:
-        s["weight"] = s["tokens"] / total
+    _set_weights(shards, weights)
     manifest = {
         "format_version": MANIFEST_VERSION,
         "tokenizer": "tokenizer.json",

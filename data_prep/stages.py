@@ -124,7 +124,7 @@ def _tokenize(ctx: StageContext, tasks: int) -> list[Phase]:
         return [*ctx.read(led), step, *ctx.tail(led, False)]
 
     def manifest() -> dict:
-        m = shards.write_manifest(info, str(ctx.out), tok_path)
+        m = shards.write_manifest(info, str(ctx.out), tok_path, dict(cfg.weights or {}))
         return {"tokens": sum(s["tokens"] for s in m["shards"]), "shards": len(m["shards"])}
 
     return [Phase("shards", build, tasks, manifest)]

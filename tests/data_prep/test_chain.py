@@ -164,3 +164,19 @@ def test_config_change_reruns_the_stage(chain, tmp_path):
     first = run_stage("minhash_dedup", args)
     second = run_stage("minhash_dedup", [*args, "minhash.seed=3"])
     assert first["skipped"] is False and second["skipped"] is False
+
+
+def test_tokenize_weights_override_blend(chain, tmp_path):
+    args = [
+        f"input={chain['remix'][1]}",
+        f"output={tmp_path}",
+        "progress=false",
+        f"tokenize.tokenizer={chain['train_tokenizer'][1]}/tokenizer.json",
+        "tokenize.weights={zh_man:0.4,zh_poems:0.1,en_docs:0.4,en_fortunes:0.1}",
+    ]
+    run_stage("tokenize", args)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    by_domain = {s["domain"]: s["weight"] for s in manifest["shards"]}
+    assert by_domain == pytest.approx(
+        {"zh_man": 0.4, "zh_poems": 0.1, "en_docs": 0.4, "en_fortunes": 0.1}
+    )
