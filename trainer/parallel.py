@@ -139,4 +139,5 @@ def destroy_parallel() -> None:
     """Destroy megatron's groups and the default process group (safe to call twice)."""
     ps.destroy_model_parallel()
     if dist.is_initialized():
+        dist.barrier()  # no rank may leave (and free its store/port) while others still talk
         dist.destroy_process_group()
