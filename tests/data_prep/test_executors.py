@@ -1,0 +1,37 @@
+"""Executors chosen by config: Ray gives the same result as local."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from data_prep import run_stage
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(include_dashboard=False, num_cpus=2, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def test_ray_executor_matches_local(ray_cluster, planted, tmp_path, docs_of):
+    args = [f"input={planted.raw}/planted_copies.jsonl", "progress=false"]
+    local = run_stage("minhash_dedup", [*args, f"output={tmp_path / 'local'}"])
+    on_ray = run_stage(
+        "minhash_dedup", [*args, f"output={tmp_path / 'ray'}", "executor=ray", "executor.tasks=1"]
+    )
+    assert (
+        on_ray["removed"] == local["removed"]
+        and on_ray["documents_kept"] == local["documents_kept"]
+    )
+    assert {d["id"] for d in docs_of(tmp_path / "ray")} == {
+        d["id"] for d in docs_of(tmp_path / "local")
+    }
