@@ -135,6 +135,7 @@ def load_checkpoint(
         raise ValueError(f"checkpoint {path} was saved with layout {common['layout']}")
     state = _model_state(model)
     if optimizer is not None:
+        _ensure_optimizer_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(
             state, is_loading=True, metadata=_metadata()
         )
@@ -145,9 +146,40 @@ def load_checkpoint(
     if optimizer is not None:
         with torch.no_grad():
             optimizer.load_state_dict(loaded["optimizer"])
+        _sync_adam_steps(optimizer)
     if same_layout:
         _restore_rng(loaded["rng_state"])
     return common
+
+
+def _ensure_optimizer_state(optimizer: Any) -> None:
+    """A fresh DistributedOptimizer has no Adam state; without Apex/TE its state_dict() asserts
+    one common 'step' across states, so loading into it fails. Give it placeholder states (the
+    load overwrites them; the model weights are loaded after this dummy step)."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if isinstance(opt, DistributedOptimizer) and not opt.optimizer.state:
+            opt._init_optimizer_states_with_dummy_values()
+
+
+def _sync_adam_steps(optimizer: Any) -> None:
+    """Without Apex/TE (torch Adam), DistributedOptimizer.load_state_dict restores the step
+    into param_groups but leaves each parameter's state['step'] (which torch Adam uses for
+    bias correction) at its placeholder value; copy the group step into the states."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if not isinstance(opt, DistributedOptimizer):
+            continue
+        inner = opt.optimizer
+        for group in inner.param_groups:
+            if group.get("step") is None:
+                continue
+            for param in group["params"]:
+                state = inner.state.get(param)
+                if state and "step" in state:
+                    state["step"] = torch.tensor(float(group["step"]), dtype=state["step"].dtype)
 
 
 def _restore_model(model: list, loaded: dict[str, Any]) -> None:

@@ -29,6 +29,10 @@ TWO_RANK_LAYOUTS = {
     "dp2_distributed_optimizer": {"use_distributed_optimizer": True},
     "pp2_vpp2": {"pipeline_parallel": 2, "virtual_pipeline_parallel": 2},
 }
+RESUME_LAYOUTS = {
+    "pp2": {"pipeline_parallel": 2},
+    "dp2_distributed_optimizer": {"use_distributed_optimizer": True},
+}
 FOUR_RANK_LAYOUTS = {
     "tp2_pp2": {"tensor_parallel": 2, "sequence_parallel": True, "pipeline_parallel": 2},
     "dp2_ep2": {"expert_parallel": 2},
@@ -109,13 +113,14 @@ def _two_ranks(root: str) -> dict[str, Any]:
         n: _losses(_trainer(p, init), STEPS) for n, p in TWO_RANK_LAYOUTS.items()
     }
     # Exact resume: 4 uninterrupted steps vs 2 + checkpoint + fresh trainer + 2.
-    full = _losses(_trainer({"pipeline_parallel": 2}, init), 4)
-    first = _trainer({"pipeline_parallel": 2}, init)
-    _losses(first, 2)
-    first.save(f"{root}/resume", keep_last=2)
-    second = _trainer({"pipeline_parallel": 2})
-    second.load(f"{root}/resume/iter_0000002")
-    out["resume"] = {"full": full, "resumed": _losses(second, 2), "step": second.step}
+    for name, layout in RESUME_LAYOUTS.items():
+        full = _losses(_trainer(layout, init), 4)
+        first = _trainer(layout, init)
+        _losses(first, 2)
+        first.save(f"{root}/resume_{name}", keep_last=2)
+        second = _trainer(layout)
+        second.load(f"{root}/resume_{name}/iter_0000002")
+        out[f"resume_{name}"] = {"full": full, "resumed": _losses(second, 2), "step": second.step}
     # Resharding: save under TP2 / PP2 after 2 steps, load under TP1 x PP1 (DP2).
     for name, layout in (("tp2", TWO_RANK_LAYOUTS["tp2"]), ("pp2", TWO_RANK_LAYOUTS["pp2"])):
         src = _trainer(layout, init)
@@ -155,8 +160,9 @@ def test_layout_matches_single_process(runs: dict, layout: str) -> None:
     _assert_close(group[layout], runs["one"]["reference"])
 
 
-def test_resume_is_exact(runs: dict) -> None:
-    resume = runs["two"]["resume"]
+@pytest.mark.parametrize("layout", list(RESUME_LAYOUTS))
+def test_resume_is_exact(runs: dict, layout: str) -> None:
+    resume = runs["two"][f"resume_{layout}"]
     assert resume["step"] == 4
     assert resume["resumed"] == resume["full"][2:]
 
@@ -168,7 +174,7 @@ def test_checkpoint_loads_under_other_layout(runs: dict, source: str) -> None:
 
 
 def test_checkpoints_are_atomic_with_latest_pointer(runs: dict) -> None:
-    resume_dir = runs["root"] / "resume"
+    resume_dir = runs["root"] / "resume_pp2"
     assert (resume_dir / "latest").read_text().strip() == "iter_0000002"
     assert not list(resume_dir.glob("*.tmp"))
 
