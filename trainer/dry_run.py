@@ -7,7 +7,6 @@ Prints the parallel layout, parameter counts, FLOPs per token and the memory est
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from typing import Any
 
@@ -16,12 +15,12 @@ from trainer.config.model import ModelConfig
 from trainer.config.parallel import ParallelConfig
 from trainer.config.trainer import TrainerConfig
 from trainer.memory import estimate_memory
-from trainer.parallel import validate_layout
+from trainer.parallel import env_world_size, validate_layout
 
 
 def plan(cfg: TrainerConfig) -> dict[str, Any]:
     """The dry-run report as a dict (the JSON line's content)."""
-    world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    world = cfg.world_size or env_world_size()
     layout = validate_layout(cfg.model, cfg.parallel, world)
     num_mb = cfg.micro_batches(layout.data)
     counts = count_parameters(cfg.model)

@@ -99,13 +99,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_SLURM_ENV = {"RANK": "SLURM_PROCID", "WORLD_SIZE": "SLURM_NTASKS", "LOCAL_RANK": "SLURM_LOCALID"}
+
+
+def env_world_size() -> int:
+    """World size from torchrun's WORLD_SIZE, else srun's SLURM_NTASKS, else 1."""
+    return int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
+
+
 def _init_process_group(timeout_s: int) -> None:
     if dist.is_initialized():
         return
+    if "RANK" not in os.environ and "SLURM_PROCID" in os.environ:  # launched by srun
+        for ours, slurm in _SLURM_ENV.items():
+            os.environ.setdefault(ours, os.environ.get(slurm, "0"))
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
     rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_world_size()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -120,7 +131,7 @@ def initialize_parallel(
     """Validate, create the process groups (env:// rendezvous) and seed the RNG tracker."""
     if not torch.cuda.is_available():
         apply_cpu_patches()
-    world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+    world = dist.get_world_size() if dist.is_initialized() else env_world_size()
     layout = validate_layout(model, parallel, world)
     _init_process_group(timeout_s)
     ps.destroy_model_parallel()
