@@ -7,7 +7,7 @@ therefore just the step number, which makes resume exact and layout-independent.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -43,11 +43,6 @@ def microbatches(
         first = start + m * micro_batch_size
         batches.append(collate([dataset[(first + i) % n] for i in range(micro_batch_size)]))
     return batches
-
-
-def repeat_iter(batches: list[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
-    """An iterator over the micro-batches (one per virtual pipeline chunk)."""
-    return iter(list(batches))
 
 
 class SyntheticDataset:

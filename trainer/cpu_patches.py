@@ -271,10 +271,6 @@ def _with_cuda_type_names(original: Any) -> Any:
     return kind(wrapper) if kind else wrapper
 
 
-def _noop(_original: Any) -> Callable[..., None]:
-    return lambda *_args, **_kwargs: None
-
-
 _DISPATCHER = "megatron.core.transformer.moe.token_dispatcher"
 _RANDOM = "megatron.core.tensor_parallel.random"
 PATCHES: list[Patch] = [

@@ -14,7 +14,6 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core.distributed import (
     DistributedDataParallel,
@@ -209,12 +208,3 @@ class Trainer:
             chunk.train()
         self.metrics.clear_trackers()
         return self.metrics.broadcast_lm_loss(total)
-
-
-def set_train_mode(model: list[torch.nn.Module]) -> None:
-    for chunk in model:
-        chunk.train()
-
-
-def world_rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
