@@ -39,21 +39,14 @@ def main(cfg: DictConfig) -> None:
 
             print_plan(plan(config))
             return
+        from trainer.parallel import destroy_parallel
         from trainer.run import train
 
         train(config)
+        destroy_parallel()  # only after success: a failed rank must exit, not wait in a barrier
     except ValueError as err:  # bad user input: one clear line, no traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    finally:
-        if not config_is_dry(cfg):
-            from trainer.parallel import destroy_parallel
-
-            destroy_parallel()
-
-
-def config_is_dry(cfg: DictConfig) -> bool:
-    return bool(cfg.get("dry_run", False))
 
 
 if __name__ == "__main__":
