@@ -51,6 +51,7 @@ def test_dry_run_of_the_published_v3_recipe(tmp_path: Path) -> None:
         (["parallel=pp2_vpp2", "model.num_layers=6", "dry_run=true", "world_size=2"],
          "divisible by PP x VPP"),
         (["data.seq_length=1024"], "rope limit"),
+        (["precision=fp8_blockwise"], "needs Transformer Engine"),
         (["data.manifest=/nonexistent/manifest.json"], "/nonexistent/manifest.json"),
     ],
 )  # fmt: skip
