@@ -81,6 +81,8 @@ class Trainer:
         self._wire_config()
         self.metrics = MetricsCollector(cfg.model, self.model, self.tconfig)
         self.step = 0
+        self.history: dict[str, Any] = {}
+        """Run-level values that survive resume (e.g. the first validation loss)."""
 
     # ---- construction -------------------------------------------------------------------
     def _build_chunks(self) -> list[DistributedDataParallel]:
@@ -183,6 +185,7 @@ class Trainer:
         extra = {
             "consumed_samples": self.step * self.cfg.train.global_batch_size,
             "scheduler": {"step": self.step, "total_steps": self.cfg.train.steps},
+            "history": dict(self.history),
         }
         return str(save_checkpoint(root, self.step, self.model, self.optimizer, extra, keep_last))
 
@@ -191,6 +194,7 @@ class Trainer:
         common = load_checkpoint(path, self.model, None if weights_only else self.optimizer)
         if not weights_only:
             self.step = int(common["step"])
+            self.history = dict(common.get("history", {}))
 
     @torch.no_grad()
     def evaluate(self) -> float:

@@ -48,6 +48,7 @@ def fit(
                 cb.on_step(trainer.step, metrics)
         if t.eval_interval and (trainer.step % t.eval_interval == 0 or trainer.step == t.steps):
             valid.append(trainer.evaluate())
+            trainer.history.setdefault("valid_loss_first", valid[0])
             for cb in callbacks:
                 cb.on_eval(trainer.step, valid[-1])
         if ck.save_interval and trainer.step % ck.save_interval == 0 and trainer.step < t.steps:
@@ -58,7 +59,7 @@ def fit(
     summary = {
         "final_step": trainer.step,
         "train_loss": metrics.get("loss"),
-        "valid_loss_first": valid[0] if valid else None,
+        "valid_loss_first": trainer.history.get("valid_loss_first"),
         "valid_loss_last": valid[-1] if valid else None,
         "tokens_per_s": sum(warm) / len(warm) if warm else None,
         "mfu": metrics.get("mfu"),
