@@ -128,7 +128,12 @@ def init_ray(cfg: RayConfig, graph: Graph) -> bool:
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if cfg.address:
-        ray.init(address=cfg.address, log_to_driver=True)
+        try:
+            ray.init(address=cfg.address, log_to_driver=True)
+        except (ConnectionError, RuntimeError) as err:
+            raise ValueError(
+                f"cannot join the Ray cluster at ray.address={cfg.address}: {err}"
+            ) from None
         return True
     extra = [p for p in _code_paths(graph) if p not in os.environ.get("PYTHONPATH", "").split(":")]
     os.environ["PYTHONPATH"] = os.pathsep.join(extra + [os.environ.get("PYTHONPATH", "")]).strip(
