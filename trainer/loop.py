@@ -45,6 +45,8 @@ def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor) -> tuple:
 
 def _forward_step(data_iterator: Any, model: torch.nn.Module) -> tuple:
     batch = next(data_iterator)
+    if torch.cuda.is_available():
+        batch = {k: v.cuda(non_blocking=True) for k, v in batch.items()}
     output = model(
         batch["tokens"],
         batch["position_ids"],
@@ -98,6 +100,8 @@ class Trainer:
                 vp_stage=vp,
             )
             module.model_type = ModelType.encoder_or_decoder
+            if torch.cuda.is_available():  # local-spec norms are built on CPU (as in megatron)
+                module.cuda(torch.cuda.current_device())
             if self.tconfig.bf16 or self.tconfig.fp16:
                 module = Float16Module(self.tconfig, module)
             chunks.append(module)

@@ -186,3 +186,15 @@ def test_expert_bias_moves_toward_balance(runs: dict) -> None:
     assert end[0] < start[0] and end[1] < start[1], "overloaded experts' bias must fall"
     assert all(e > s for e, s in zip(end[2:], start[2:], strict=True)), "idle experts' must rise"
     assert min(imbalance[1:]) < 0.6 * imbalance[0], imbalance
+
+
+def _gpu_steps() -> list[tuple[float, float]]:
+    trainer = _trainer({})
+    return _losses(trainer, 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_tiny_v3_trains_on_gpu() -> None:
+    losses = run_distributed(_gpu_steps, 1)[0]
+    assert all(math.isfinite(lm) for lm, _ in losses)
