@@ -211,7 +211,7 @@ class Trainer:
         for i in range(self.cfg.train.eval_iters):
             losses = self._run_schedule(self._batches(self.valid_data, i), True)
             for item in losses:
-                total += item["lm loss"].float()
+                total += item["lm loss"].float().cpu()
         for chunk in self.model:
             chunk.train()
         self.metrics.clear_trackers()

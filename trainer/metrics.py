@@ -80,7 +80,7 @@ class MetricsCollector:
     def reduce(self, losses: list[dict], num_microbatches: int) -> dict[str, float]:
         """Metrics of the step just run (call on every rank)."""
         vec = torch.cat([self._local_vector(losses, num_microbatches), self.counts.flatten()])
-        dist.all_reduce(vec)
+        vec = _all_reduce(vec)
         lm_sum, lm_count, mtp, aux = vec[:4].tolist()
         lm_loss = lm_sum / max(lm_count, 1.0)
         moe_layers = max(sum(self.model_cfg.moe_layer_pattern), 1)
@@ -112,7 +112,7 @@ class MetricsCollector:
     def broadcast_lm_loss(self, total: torch.Tensor) -> float:
         """Per-token LM loss from (sum, count) of this rank's last-stage micro-batches."""
         vec = total.clone() if self.contributes and self.last_stage else torch.zeros(2)
-        dist.all_reduce(vec)
+        vec = _all_reduce(vec)
         return float(vec[0] / vec[1].clamp(min=1))
 
     def throughput(self, seconds: float, cfg: Any) -> dict[str, float]:
@@ -124,3 +124,11 @@ class MetricsCollector:
         flops = self._flops[seq] * tokens_per_s
         mfu = flops / (cfg.logging.peak_flops_per_device * self.world)
         return {"tokens_per_s": tokens_per_s, "mfu": mfu, "step_time_s": seconds}
+
+
+def _all_reduce(vec: torch.Tensor) -> torch.Tensor:
+    """Sum over all ranks (through the GPU when the backend is NCCL); returns a CPU tensor."""
+    if torch.cuda.is_available():
+        vec = vec.cuda()
+    dist.all_reduce(vec)
+    return vec.cpu()
