@@ -57,3 +57,27 @@ def test_callbacks_only_on_rank_zero() -> None:
 
     assert build_callbacks(LoggingConfig(), rank=1) == []
     assert [type(c) for c in build_callbacks(LoggingConfig(), rank=0)] == [ConsoleCallback]
+
+
+PARALLEL_WORLDS = {
+    "single": 1, "dp2": 2, "tp2": 2, "pp2": 2, "ep2": 2, "pp2_vpp2": 2, "tp2_pp2": 4,
+    "dp2_ep2": 4, "v3_h100_1024": 1024,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "world"), PARALLEL_WORLDS.items())
+def test_parallel_confs_compose_and_validate(name: str, world: int) -> None:
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import trainer.__main__  # noqa: F401  (registers the schema)
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    model = "deepseek_v3" if name.startswith("v3") else "tiny_v3"
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        cfg = compose("trainer", overrides=[f"parallel={name}", f"model={model}"])
+    obj = OmegaConf.to_object(cfg)
+    layout = validate_layout(obj.model, obj.parallel, world)
+    assert layout.world_size == world
