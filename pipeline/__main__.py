@@ -11,6 +11,7 @@ Rerunning with the same run_dir skips finished stages and resumes interrupted on
 
 from __future__ import annotations
 
+import json
 import sys
 
 import hydra
@@ -36,7 +37,10 @@ def print_outcome(result: RunResult) -> None:
         print(f"  {key:28s} {result.run_dir / key}")
     summary = result.run_dir / "train" / "checkpoints" / "summary.json"
     if summary.exists():
-        print(f"Training summary: {summary.read_text().strip()}")
+        info = json.loads(summary.read_text())
+        print(f"Training summary ({summary}):")
+        print(f"  steps {info.get('final_step')}, validation loss {info.get('valid_loss_first', float('nan')):.3f}"
+              f" -> {info.get('valid_loss_last', float('nan')):.3f}, {info.get('tokens_per_s', 0):,.0f} tokens/s")  # fmt: skip
     if result.tracking_uri:
         print(f"MLflow parent run: {result.parent_run_id}")
         if result.tracking_uri.startswith(("sqlite:", "/")):
