@@ -142,7 +142,10 @@ def init_ray(cfg: RayConfig, graph: Graph) -> bool:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Ray runs workers at nice 15 by default; stages are the job's main work, not background.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    # address="local" always starts a private instance: with None, Ray joins whatever
+    # /tmp/ray/ray_current_cluster names (a stale file from an old `ray start` breaks the run).
     ray.init(
+        address="local",
         include_dashboard=False,
         num_cpus=cfg.num_cpus,
         object_store_memory=cfg.object_store_mb * 2**20,

@@ -16,7 +16,7 @@ def ray_cluster():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = not ray.is_initialized()
     if started:
-        ray.init(include_dashboard=False, num_cpus=2, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, num_cpus=2, log_to_driver=False)
     yield ray
     if started:
         ray.shutdown()

@@ -15,7 +15,11 @@ def ray_session():
 
     os.environ["PYTHONPATH"] = pythonpath()
     ray.init(
-        include_dashboard=False, num_cpus=2, object_store_memory=80 * 2**20, configure_logging=False
+        address="local",
+        include_dashboard=False,
+        num_cpus=2,
+        object_store_memory=80 * 2**20,
+        configure_logging=False,
     )
     yield
     ray.shutdown()
