@@ -7,10 +7,12 @@ returns extra stats fields (remix plan, tokenizer info, manifest summary).
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import fsspec.compression
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 
 from data_prep import dedup, remix, shards
@@ -18,6 +20,16 @@ from data_prep.accounting import CountIn, Finish, Ledger, LedgerExclusionWriter
 from data_prep.config import DataPrepConfig
 from data_prep.reader import RecordReader
 from data_prep.steps import LangIdFilter, QualityFilters, TextNormalize
+
+
+def _reproducible_gzip(fileobj, mode="rb", **kwargs):
+    """fsspec's gzip codec, but writing mtime 0 in the header (fsspec and datatrove pass no
+    mtime, so every rerun wrote different bytes); identical input now gives identical files."""
+    kwargs.setdefault("mtime", 0)
+    return gzip.GzipFile(fileobj=fileobj, mode=mode, **kwargs)
+
+
+fsspec.compression.register_compression("gzip", _reproducible_gzip, "gz", force=True)
 
 
 @dataclass

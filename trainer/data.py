@@ -257,6 +257,29 @@ def gpt_dataset_config(data_cfg: DataConfig, manifest: Manifest) -> Any:
     )
 
 
+def check_splits_nonempty(manifest: Manifest, split: str) -> None:
+    """Every shard must give each split with a nonzero share at least one document: megatron
+    builds every such split (even one no step asks samples of) and its GPTDataset loops
+    forever (`_get_num_epochs`) on a split with no tokens."""
+    from megatron.core.datasets.blended_megatron_dataset_config import (
+        convert_split_vector_to_split_matrix,
+        parse_and_normalize_split,
+    )
+
+    matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
+    for name, bounds in zip(("train", "valid", "test"), matrix, strict=True):
+        if bounds is None:
+            continue
+        for shard in manifest.shards:
+            beg, end = (int(round(b * float(shard.documents))) for b in bounds)
+            if end - beg < 1:
+                raise ManifestError(
+                    f"{manifest.path}: shard {shard.prefix} ({shard.documents} documents) gets no "
+                    f"{name} documents under data.split={split}; give that split a larger share "
+                    f"or add data"
+                )
+
+
 def build_datasets(
     data_cfg: DataConfig,
     model_cfg: ModelConfig,
@@ -276,6 +299,7 @@ def build_datasets(
         raise ValueError("data.manifest is not set: pass data.manifest=PATH/manifest.json")
     manifest = load_manifest(data_cfg.manifest, model_cfg, data_cfg.seq_length)
     sizes = dataset_sizes(global_batch_size, train_steps, eval_steps, eval_interval)
+    check_splits_nonempty(manifest, data_cfg.split)
     builder = BlendedMegatronDatasetBuilder(
         GPTDataset,
         sizes,

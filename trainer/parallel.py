@@ -8,10 +8,12 @@ and seeds megatron's RNG tracker; `destroy_parallel` tears everything down.
 from __future__ import annotations
 
 import os
+import random
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
@@ -142,8 +144,19 @@ def initialize_parallel(
         context_parallel_size=parallel.context_parallel,
         expert_model_parallel_size=parallel.expert_parallel,
     )
+    seed_everything(seed)
     model_parallel_cuda_manual_seed(seed)
     return layout
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch's default generator. megatron's tracker seeds only the
+    tensor-parallel states; parameters it initialises outside them (norms, router, MTP
+    projections) and CPU runs draw from the default generator, so without this two identical
+    runs start from different weights."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def destroy_parallel() -> None:

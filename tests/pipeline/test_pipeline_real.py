@@ -4,7 +4,6 @@ compare with an uninterrupted run."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import signal
@@ -64,16 +63,9 @@ def _kill_when(tmp: Path, ready, what: str) -> None:
             pass
 
 
-def _same_modulo_gzip_mtime(a: bytes, b: bytes) -> bool:
-    """gzip members carry a timestamp (bytes 4-8); everything else must match."""
-    return a[:4] + a[8:] == b[:4] + b[8:] and gzip.decompress(a) == gzip.decompress(b)
-
-
 def _same_output(name: str, got: bytes, want: bytes) -> bool:
     if name.endswith("stats.json"):  # stats carry wall-clock timings (elapsed_s, docs_per_s)
         return _untimed(got) == _untimed(want)
-    if name.endswith(".gz"):
-        return got == want or _same_modulo_gzip_mtime(got, want)
     return got == want
 
 
@@ -118,7 +110,9 @@ def test_real_dag_resumes_after_sigkill_in_data_stage_and_training(tmp_path):
     summary = json.loads((ckpt / "summary.json").read_text())
     ref_summary = json.loads((tmp_path / "reference/train/checkpoints/summary.json").read_text())
     assert summary["final_step"] == ref_summary["final_step"] == 4
-    # (valid losses are not compared: two uninterrupted CPU trainer runs already differ slightly)
+    # training is seeded end to end: the resumed run ends exactly where the uninterrupted one does
+    for key in ("train_loss", "valid_loss_first", "valid_loss_last"):
+        assert summary[key] == ref_summary[key], key
     assert "Open the MLflow UI" in reference.stdout
     _check_mlflow(tmp_path, tmp_path / "reference")
     _check_resumed_curve(tmp_path, run)

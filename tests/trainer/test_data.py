@@ -169,3 +169,15 @@ def test_blend_realises_weights_and_is_deterministic(tmp_path: Path) -> None:
 def test_build_datasets_needs_manifest() -> None:
     with pytest.raises(ValueError, match="data.manifest is not set"):
         build_datasets(DataConfig(), ModelConfig(), 8, 10, 1, 5)
+
+
+def test_split_without_documents_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    """A shard too small to give the valid split one document: megatron would loop forever."""
+    manifest = _make_corpus(tmp_path, {"web": 0.5, "tiny": 0.5}, num_docs=20)
+    data_cfg = DataConfig(manifest=str(manifest), seq_length=32, split="98,2,0")
+    with pytest.raises(ManifestError, match=r"gets no valid documents under data.split=98,2,0"):
+        build_datasets(data_cfg, ModelConfig(vocab_size=4096), 8, 10, 1, 5)
+    # A split that gives every shard a document builds.
+    data_cfg = DataConfig(manifest=str(manifest), seq_length=32, split="90,10,0")
+    train, valid = build_datasets(data_cfg, ModelConfig(vocab_size=4096), 8, 10, 1, 5)
+    assert len(train) >= 80 and len(valid) >= 8

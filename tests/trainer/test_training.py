@@ -86,7 +86,8 @@ def _one_rank(root: str) -> dict[str, Any]:
     trainer = _trainer({})
     trainer.save(f"{root}/init", keep_last=1)
     reference = _losses(trainer, STEPS)
-    return {"reference": reference, "bias": _expert_bias_experiment()}
+    fresh_again = _losses(_trainer({}), STEPS)  # same seed, built from scratch again
+    return {"reference": reference, "fresh_again": fresh_again, "bias": _expert_bias_experiment()}
 
 
 def _expert_bias_experiment() -> dict[str, Any]:
@@ -158,6 +159,11 @@ def _assert_close(got: list, want: list, rel: float = 2e-5) -> None:
 def test_layout_matches_single_process(runs: dict, layout: str) -> None:
     group = runs["two"] if layout in TWO_RANK_LAYOUTS else runs["four"]
     _assert_close(group[layout], runs["one"]["reference"])
+
+
+def test_same_seed_gives_identical_runs(runs: dict) -> None:
+    """Initialisation and data are seeded end to end: two fresh runs match bit for bit."""
+    assert runs["one"]["fresh_again"] == runs["one"]["reference"]
 
 
 @pytest.mark.parametrize("layout", list(RESUME_LAYOUTS))
