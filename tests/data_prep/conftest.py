@@ -159,6 +159,7 @@ def docs_of():
 def chain(planted, tmp_path_factory) -> dict:
     """Every stage in order on the planted corpus; returns {stage: (stats, output folder)}."""
     from data_prep import run_stage
+    from data_prep.config import STAGES
 
     base = tmp_path_factory.mktemp("chain")
     extra = {
@@ -166,15 +167,7 @@ def chain(planted, tmp_path_factory) -> dict:
         "tokenize": [f"tokenize.tokenizer={base}/train_tokenizer/tokenizer.json"],
     }
     results, prev = {}, str(planted.raw)
-    for stage in (
-        "read",
-        "normalize",
-        "langid",
-        "quality",
-        "exact_dedup",
-        "minhash_dedup",
-        "remix",
-    ):
+    for stage in STAGES[: STAGES.index("remix") + 1]:
         out = base / stage
         results[stage] = (
             run_stage(

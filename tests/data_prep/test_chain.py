@@ -9,19 +9,8 @@ import numpy as np
 import pytest
 
 from data_prep import run_stage
+from data_prep.config import STAGES
 from data_prep.remix import approx_tokens
-
-STAGES = (
-    "read",
-    "normalize",
-    "langid",
-    "quality",
-    "exact_dedup",
-    "minhash_dedup",
-    "remix",
-    "train_tokenizer",
-    "tokenize",
-)
 
 
 @pytest.mark.parametrize("stage", STAGES)
