@@ -40,6 +40,11 @@ def fit(
     valid: list[float] = []
     metrics: dict[str, float] = {}
     speeds: list[float] = []
+    if t.eval_interval and trainer.step == 0:  # the starting value every later loss is read against
+        valid.append(trainer.evaluate())
+        trainer.history["valid_loss_first"] = valid[0]
+        for cb in callbacks:
+            cb.on_eval(0, valid[0])
     while trainer.step < t.steps:
         metrics = trainer.train_step()
         speeds.append(metrics["tokens_per_s"])
