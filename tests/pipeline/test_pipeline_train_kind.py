@@ -1,8 +1,7 @@
-"""The train stage kind: command lines, the Slurm hand-off, failures (no Ray needed)."""
+"""The train stage kind: command lines, the Slurm hand-off on the dev cluster, failures (no Ray needed)."""
 
 from __future__ import annotations
 
-import json
 import sys
 
 import pytest
@@ -10,6 +9,7 @@ from pipeline_testlib import pythonpath
 
 from pipeline.kinds.train import TrainOptions, command, train
 from pipeline.registry import StageContext
+from tests.tiny_corpus import write_tiny_manifest
 
 
 def _ctx(tmp_path, **options) -> StageContext:
@@ -35,23 +35,27 @@ def test_bad_options_are_clear_errors():
         TrainOptions(launcher="k8s")
 
 
-def test_slurm_launcher_hands_job_and_mlflow_run_to_slurm(tmp_path, monkeypatch):
-    import slurm
+@pytest.mark.usefixtures("dev_cluster")
+def test_slurm_launcher_trains_on_the_dev_cluster_into_the_stage_run(tmp_path):
+    """launcher=slurm: the real trainer runs as a job on the real dev cluster, the stage returns
+    its summary, and the job logs its curve into the stage's MLflow run."""
+    from mlflow import MlflowClient
 
-    calls = {}
-
-    def fake_launch(overrides, cluster, run_dir, *, env=None, timeout_s=None, poll_s=2.0):
-        calls.update(overrides=overrides, cluster=cluster, run_dir=run_dir, env=env)
-        (tmp_path / "checkpoints").mkdir()
-        (tmp_path / "checkpoints/summary.json").write_text(json.dumps({"final_step": 3}))
-        return slurm.JobResult("42", "COMPLETED", "0:0", None, 1.0)
-
-    monkeypatch.setattr(slurm, "launch_training", fake_launch)
-    stats = train(_ctx(tmp_path, launcher="slurm", cluster="slurm_dev"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("train-kind")).info.run_id
+    (tmp_path / "train").mkdir()
+    ctx = _ctx(tmp_path / "train", launcher="slurm", cluster="slurm_dev")
+    ctx.mlflow_run_id, ctx.tracking_uri = run_id, uri
+    ctx.overrides = [
+        f"data.manifest={write_tiny_manifest(tmp_path)}", "data.seq_length=64",
+        "train.steps=3", "train.global_batch_size=4", "train.micro_batch_size=1",
+        "train.eval_interval=3", "train.eval_iters=1", "logging.mlflow=true",
+    ]  # fmt: skip
+    stats = train(ctx)
     assert stats["final_step"] == 3
-    assert calls["overrides"] == ["train.steps=3", f"checkpoint.dir={tmp_path}/checkpoints"]
-    assert calls["cluster"] == "slurm_dev" and calls["run_dir"] == tmp_path / "slurm"
-    assert calls["env"] == {"MLFLOW_RUN_ID": "abc", "MLFLOW_TRACKING_URI": "sqlite:////x.db"}
+    assert (tmp_path / "train/slurm/logs").is_dir()  # the job ran through the slurm package
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]
 
 
 def test_failed_trainer_fails_the_stage_with_its_last_lines(tmp_path, monkeypatch):

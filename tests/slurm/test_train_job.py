@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from slurm import launch_training, load_cluster
+from tests.tiny_corpus import write_tiny_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [
@@ -19,32 +20,10 @@ pytestmark = [
         reason="no trainer entry point (trainer/__main__.py)",
     ),
 ]
-VOCAB, EOD = 512, 0
-
-
-def _tiny_corpus(root: Path) -> Path:
-    """One uint16 Megatron shard of random documents and its manifest (DESIGN contract)."""
-    import torch
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    rng = np.random.default_rng(0)
-    builder = IndexedDatasetBuilder(str(root / "web.bin"), dtype=np.uint16)
-    docs = [
-        list(rng.integers(1, VOCAB, size=int(rng.integers(40, 120)))) + [EOD] for _ in range(200)
-    ]
-    for doc in docs:
-        builder.add_document(torch.tensor(doc, dtype=torch.int64), [len(doc)])
-    builder.finalize(str(root / "web.idx"))
-    shard = {"prefix": "web", "domain": "web", "documents": len(docs),
-             "tokens": sum(map(len, docs)), "weight": 1.0}  # fmt: skip
-    manifest = {"format_version": 1, "tokenizer": "tokenizer.json", "vocab_size": VOCAB,
-                "eod_token_id": EOD, "dtype": "uint16", "shards": [shard]}  # fmt: skip
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    return root / "manifest.json"
 
 
 def test_two_process_cpu_training_completes(tmp_path):
-    manifest = _tiny_corpus(tmp_path)
+    manifest = write_tiny_manifest(tmp_path)
     ckpt = tmp_path / "ckpt"
     overrides = [
         "model=tiny_v3", f"data.manifest={manifest}", "data.seq_length=64",

@@ -1,16 +1,12 @@
-"""Fixtures for the slurm tests: the golden-file switch and the real dev cluster (skipped when
-Slurm is not installed or the cluster does not answer; start it with
-`bash slurm/dev_cluster.sh start`)."""
+"""Project-wide fixtures: the real Slurm dev cluster (tests using it skip when Slurm is not
+installed or the cluster does not answer; start it with `bash slurm/dev_cluster.sh start`)."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _cluster_problem() -> str | None:
