@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+
+import psutil
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -65,3 +70,53 @@ def output_files(run_dir: Path) -> dict[str, bytes]:
         ):
             files[str(rel)] = path.read_bytes()
     return files
+
+
+def sigkill_driver_when(
+    cmd: list[str], cwd: Path, ready, what: str, timeout: float
+) -> list[psutil.Process]:
+    """Start a pipeline driver, SIGKILL it once ready() holds; returns its process tree as it was
+    then. Its output goes to a file (a chatty driver would block on a full pipe)."""
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=cli_env(), stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        try:
+            while not ready():
+                if proc.poll() is not None:
+                    out.seek(0)
+                    raise AssertionError(f"driver ended before {what}: {out.read()[-2000:]!r}")
+                assert time.time() < deadline, f"timed out waiting for {what}"
+                time.sleep(0.05)
+            tree = psutil.Process(proc.pid).children(recursive=True)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        finally:
+            proc.kill()
+    return tree
+
+
+def check_stage_processes_die(tree: list[psutil.Process]) -> None:
+    """Stage workers and the trainer die with the driver; Ray's helper agents are reaped here."""
+    writers, helpers = [], []
+    for p in tree:
+        try:
+            cmd = " ".join(p.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        is_writer = ("ray::" in cmd and "Agent" not in cmd) or "fake_trainer" in cmd
+        (writers if is_writer else helpers).append(p)
+    _, alive = psutil.wait_procs(writers, timeout=3)
+    for p in alive + helpers:  # processes this test started (the killed driver's Ray helpers)
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    alive = [p for p in alive if _status(p) not in (psutil.STATUS_ZOMBIE, None)]
+    assert not alive, f"stage processes outlived the killed driver by 3 s: {alive}"
+
+
+def _status(p: psutil.Process) -> str | None:
+    try:
+        return p.status()
+    except psutil.NoSuchProcess:
+        return None

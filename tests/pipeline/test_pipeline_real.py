@@ -5,16 +5,18 @@ compare with an uninterrupted run."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
-from pipeline_testlib import REPO, cli_env, output_files
+from pipeline_testlib import (
+    REPO,
+    check_stage_processes_die,
+    cli_env,
+    output_files,
+    sigkill_driver_when,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -43,24 +45,7 @@ def _run(tmp: Path, run: str) -> subprocess.CompletedProcess:
 
 
 def _kill_when(tmp: Path, ready, what: str) -> None:
-    proc = subprocess.Popen(_cmd(tmp, "run"), cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 300
-    try:
-        while not ready():
-            assert proc.poll() is None and time.time() < deadline, f"no {what} before the run ended"
-            time.sleep(0.05)
-        tree = psutil.Process(proc.pid).children(recursive=True)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        proc.kill()
-    time.sleep(1.0)
-    for p in tree:  # Ray's helper agents of the killed driver (stage processes die on their own)
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+    check_stage_processes_die(sigkill_driver_when(_cmd(tmp, "run"), REPO, ready, what, 300))
 
 
 def _same_output(name: str, got: bytes, want: bytes) -> bool:

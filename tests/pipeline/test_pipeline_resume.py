@@ -4,15 +4,16 @@ rerun resumes, and the final outputs are byte-identical to an uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
-import psutil
 import pytest
-from pipeline_testlib import cli_command, cli_env, output_files, run_cli
+from pipeline_testlib import (
+    check_stage_processes_die,
+    cli_command,
+    output_files,
+    run_cli,
+    sigkill_driver_when,
+)
 
 from pipeline.state import MARKER
 
@@ -31,49 +32,9 @@ def _lines(path: Path) -> int:
 
 def _kill_when(run_dir: Path, cwd: Path, ready, what: str, timeout: float = 120) -> None:
     """Start the driver, SIGKILL it once ready() holds, check its stage processes die."""
-    proc = subprocess.Popen(cli_command(run_dir, *SLOW), cwd=cwd, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-    deadline = time.time() + timeout
-    try:
-        while not ready():
-            assert proc.poll() is None, (
-                f"driver ended before {what}: {proc.stdout.read().decode()[-2000:]}"
-            )
-            assert time.time() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.05)
-        tree = psutil.Process(proc.pid).children(recursive=True)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        proc.kill()
-    _check_stage_processes_die(tree)
-
-
-def _check_stage_processes_die(tree: list[psutil.Process]) -> None:
-    """Stage workers and the trainer die with the driver; Ray's helper agents are reaped here."""
-    writers, helpers = [], []
-    for p in tree:
-        try:
-            cmd = " ".join(p.cmdline())
-        except psutil.NoSuchProcess:
-            continue
-        is_writer = ("ray::" in cmd and "Agent" not in cmd) or "fake_trainer" in cmd
-        (writers if is_writer else helpers).append(p)
-    _, alive = psutil.wait_procs(writers, timeout=3)
-    for p in alive + helpers:  # processes this test started (the killed driver's Ray helpers)
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    alive = [p for p in alive if _status(p) not in (psutil.STATUS_ZOMBIE, None)]
-    assert not alive, f"stage processes outlived the killed driver by 3 s: {alive}"
-
-
-def _status(p: psutil.Process) -> str | None:
-    try:
-        return p.status()
-    except psutil.NoSuchProcess:
-        return None
+    check_stage_processes_die(
+        sigkill_driver_when(cli_command(run_dir, *SLOW), cwd, ready, what, timeout)
+    )
 
 
 @pytest.fixture(scope="module")
