@@ -7,12 +7,9 @@ Prints the parallel layout, parameter counts, FLOPs per token and the memory est
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any
 
 from trainer.accounting import count_parameters, flops_per_token
-from trainer.config.model import ModelConfig
-from trainer.config.parallel import ParallelConfig
 from trainer.config.trainer import TrainerConfig
 from trainer.memory import estimate_memory
 from trainer.parallel import env_world_size, validate_layout
@@ -24,9 +21,8 @@ def plan(cfg: TrainerConfig) -> dict[str, Any]:
     layout = validate_layout(cfg.model, cfg.parallel, world)
     num_mb = cfg.micro_batches(layout.data)
     counts = count_parameters(cfg.model)
-    model, parallel, note = _even_split(cfg)
     mem = estimate_memory(
-        model, parallel, cfg.precision, cfg.train.micro_batch_size,
+        cfg.model, cfg.parallel, cfg.precision, cfg.train.micro_batch_size,
         cfg.data.seq_length, num_mb, data_parallel_size=layout.data,
     )  # fmt: skip
     return {
@@ -46,20 +42,7 @@ def plan(cfg: TrainerConfig) -> dict[str, Any]:
             "activations": mem.activations,
         },  # fmt: skip
         "params_on_busiest_rank": mem.num_params,
-        "memory_note": note,
     }
-
-
-def _even_split(cfg: TrainerConfig) -> tuple[ModelConfig, ParallelConfig, str]:
-    """The memory estimator assumes an even pipeline split; with an uneven `pipeline_layout`
-    round the layer count up to a multiple of PP x VPP (a conservative estimate)."""
-    p = cfg.parallel
-    if p.pipeline_layout is None:
-        return cfg.model, p, ""
-    stages = p.pipeline_parallel * (p.virtual_pipeline_parallel or 1)
-    layers = -(-cfg.model.num_layers // stages) * stages
-    note = f"memory estimated with {layers} layers split evenly (layout {p.pipeline_layout!r})"
-    return replace(cfg.model, num_layers=layers), replace(p, pipeline_layout=None), note
 
 
 def _gib(n: int) -> str:
@@ -76,6 +59,4 @@ def print_plan(report: dict[str, Any]) -> None:
     print(f"training FLOPs per token: {report['flops_per_token']:.4g}")
     parts = ", ".join(f"{k} {_gib(v)}" for k, v in report["memory_breakdown_bytes"].items())
     print(f"memory per GPU: {_gib(report['memory_per_gpu_bytes'])} ({parts})")
-    if report["memory_note"]:
-        print(f"note: {report['memory_note']}")
     print(json.dumps({k: v for k, v in report.items() if not isinstance(v, dict)}))
