@@ -1,7 +1,7 @@
 """Render, submit and wait for jobs on Slurm (or locally): sbatch templates, a submitter and a
 single-node dev cluster script (`bash slurm/dev_cluster.sh start`). See `python -m slurm`."""
 
-from slurm.config import ClusterConfig, CommandJob, TrainJob, load_cluster
+from slurm.config import ClusterConfig, CommandJob, RayJob, TrainJob, load_cluster
 from slurm.jobs import (
     JobResult,
     SlurmError,
@@ -21,6 +21,7 @@ __all__ = [
     "SlurmError",
     "SlurmJobError",
     "SlurmUnavailableError",
+    "RayJob",
     "TrainJob",
     "launch_training",
     "load_cluster",

@@ -11,8 +11,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 EXECUTORS = ("local", "slurm")
+LAUNCHES = ("torchrun", "srun")
 _TIME_RE = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$|^\d+$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Values that land in `#SBATCH --opt=VALUE` lines: sbatch reads them itself (no shell), so only a
+# line break (which would end the comment and start a shell line) or a space/quote (which sbatch
+# would split or keep literally) can do harm; such values are refused, not escaped.
+_DIRECTIVE_RE = re.compile(r"^[^\s'\"\\]+$")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
@@ -38,6 +44,8 @@ class ClusterConfig:
     """CPUs for the one task per node (shared by all its training processes)."""
     mem: str | None = None
     """Memory per node (`--mem`, e.g. `64G`, `0` = all); None = the cluster default."""
+    constraint: str | None = None
+    """Node features (`--constraint`, e.g. `h100&ib`)."""
     time: str = "01:00:00"
     """Wall-clock limit (`--time`): `MM`, `HH:MM:SS` or `D-HH:MM:SS`."""
     job_name: str = "train"
@@ -57,7 +65,26 @@ class ClusterConfig:
     master_port: int | None = None
     """Rendezvous port on the head node; None = 20000 + job id % 20000 (no clashes on shared nodes)."""
     extra_sbatch: list[str] = field(default_factory=list)
-    """Further sbatch options, each starting with `--`, e.g. `--constraint=h100`."""
+    """Further sbatch options, each starting with `--`, e.g. `--reservation=llm`."""
+    mpi: str = "none"
+    """`srun --mpi=TYPE`; `none` (default) avoids PMIx/PMI2 plugins torchrun does not need."""
+    launch: str = "torchrun"
+    """Training launch: `torchrun` (one task per node, torchrun spawns `procs_per_node` workers)
+    or `srun` (one Slurm task per GPU/process; ranks come from SLURM_PROCID)."""
+    requeue: bool = True
+    """Submit requeueable (`--requeue`): after a pre-timeout stop the job requeues itself, and a
+    preempted job is requeued by Slurm; both resume from the checkpoint and completion markers."""
+    signal_before_s: int = 120
+    """Ask for SIGUSR1 this many seconds before the time limit (`--signal=B:USR1@N`); the job then
+    checkpoints, stops and requeues. 0 = no signal."""
+    max_requeues: int = 3
+    """Bounded retries: a job stopped by the signal requeues at most this many times."""
+    ray_port: int | None = None
+    """Data jobs: Ray head port on the first node; None = 30000 + job id % 20000."""
+    ray_object_store_mb: int = 1024
+    """Data jobs: object store per Ray node in MiB (stages pass only small results)."""
+    ray_wait_s: int = 300
+    """Data jobs: fail if not every node has joined the Ray cluster after this many seconds."""
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -73,13 +100,35 @@ class ClusterConfig:
             raise ValueError(f"cluster.time {self.time!r} is not MM, HH:MM:SS or D-HH:MM:SS")
         if not _NAME_RE.match(self.job_name):
             raise ValueError(f"cluster.job_name {self.job_name!r}: use letters, digits, _ . -")
+        for name in ("partition", "account", "qos", "mem", "constraint"):
+            value = getattr(self, name)
+            if value is not None and not _DIRECTIVE_RE.match(value):
+                raise ValueError(
+                    f"cluster.{name} {value!r}: spaces, quotes, backslashes and line breaks "
+                    "are not allowed in sbatch directives"
+                )
         for opt in self.extra_sbatch:
-            if not opt.startswith("--") or "\n" in opt:
-                raise ValueError(f"cluster.extra_sbatch entry {opt!r} must be one `--option`")
+            if not opt.startswith("--") or not _DIRECTIVE_RE.match(opt):
+                raise ValueError(
+                    f"cluster.extra_sbatch entry {opt!r} must be one `--option[=value]` "
+                    "without spaces, quotes or line breaks"
+                )
+        for key in self.env:
+            if not _ENV_KEY_RE.match(str(key)):
+                raise ValueError(f"cluster.env key {key!r} is not a valid variable name")
+        if not re.match(r"^[a-z0-9_]+$", self.mpi):
+            raise ValueError(f"cluster.mpi {self.mpi!r}: expected an srun --mpi type, e.g. none, pmix")
+        if self.launch not in LAUNCHES:
+            raise ValueError(f"cluster.launch must be one of {LAUNCHES}, got {self.launch!r}")
+        for name in ("signal_before_s", "max_requeues"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"cluster.{name} must be >= 0, got {getattr(self, name)}")
         if self.executor == "local" and self.nodes != 1:
             raise ValueError("cluster.executor=local runs on this machine: nodes must be 1")
-        if self.master_port is not None and not 1024 <= self.master_port <= 65535:
-            raise ValueError(f"cluster.master_port {self.master_port} is not in 1024..65535")
+        for name in ("master_port", "ray_port"):
+            port = getattr(self, name)
+            if port is not None and not 1024 <= port <= 65535:
+                raise ValueError(f"cluster.{name} {port} is not in 1024..65535")
 
     @property
     def nproc_per_node(self) -> int:
@@ -109,7 +158,7 @@ class TrainJob:
 
 @dataclass
 class CommandJob:
-    """Run one command (argv) once per node."""
+    """Run one command (argv): once per node through srun, or once in the batch script."""
 
     command: list[str]
     """The argv to run, e.g. `["python", "-c", "print(1)"]`."""
@@ -117,10 +166,33 @@ class CommandJob:
     """Directory for the script and the logs (`logs/`)."""
     workdir: str | None = None
     """Working directory of the job; None = the current directory at render time."""
+    per_node: bool = True
+    """True: `srun` runs it on every node; False: the batch script runs it on the first node
+    (a driver that starts its own job steps, e.g. the pipeline's training part)."""
 
     def __post_init__(self) -> None:
         if not self.command:
             raise ValueError("CommandJob.command is empty")
+
+
+@dataclass
+class RayJob:
+    """Start a Ray cluster over the allocation (head on the first node, a worker on each other
+    node), wait until every node has joined, run `command` as the driver with RAY_ADDRESS set,
+    then stop the cluster."""
+
+    command: list[str]
+    """The driver's argv, e.g. `["python", "-m", "data_prep", "executor=ray", ...]`."""
+    run_dir: str
+    """Directory for the script and the logs (`logs/`)."""
+    workdir: str | None = None
+    """Working directory of the job; None = the current directory at render time."""
+    python: str | None = None
+    """Interpreter whose `ray` CLI starts the nodes; None = the cluster's, else this process's."""
+
+    def __post_init__(self) -> None:
+        if not self.command:
+            raise ValueError("RayJob.command is empty")
 
 
 @dataclass

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slurm.config import ClusterConfig, CommandJob, TrainJob, load_cluster
+from slurm.config import ClusterConfig, CommandJob, RayJob, TrainJob, load_cluster
 from slurm.render import render_sbatch
 
 TERMINAL_STATES = frozenset(
@@ -54,6 +54,11 @@ class JobResult:
     @property
     def ok(self) -> bool:
         return self.state == "COMPLETED"
+
+    @property
+    def err_path(self) -> Path | None:
+        """The job's stderr file (`--error=<run_dir>/logs/%x-%j.err`)."""
+        return self.log_path.with_suffix(".err") if self.log_path else None
 
 
 def _run(argv: list[str], env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -140,22 +145,25 @@ def check(result: JobResult, what: str = "job") -> JobResult:
     """Return a COMPLETED result; raise SlurmJobError naming the state and the log otherwise."""
     if result.ok:
         return result
-    raise SlurmJobError(
+    message = (
         f"{what} {result.job_id} ended {result.state} (exit {result.exit_code}); "
-        f"log: {result.log_path}\n--- last lines of the log ---\n{log_tail(result.log_path)}",
-        result,
+        f"log: {result.log_path}\n--- last lines of the log ---\n{log_tail(result.log_path)}"
     )
+    if result.err_path and result.err_path.is_file() and result.err_path.stat().st_size:
+        message += f"\n--- last lines of {result.err_path} ---\n{log_tail(result.err_path)}"
+    raise SlurmJobError(message, result)
 
 
 def run_local(script_path: Path, log_path: Path, env: Mapping[str, str] | None = None) -> JobResult:
-    """Run a script rendered for `executor: local` with bash, output to `log_path`."""
+    """Run a script rendered for `executor: local` with bash; stdout to `log_path`, stderr
+    next to it (`.err`), as under Slurm."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    with open(log_path, "ab") as log:
+    with open(log_path, "ab") as log, open(log_path.with_suffix(".err"), "ab") as err:
         proc = subprocess.run(
             ["bash", str(script_path)],
             stdout=log,
-            stderr=subprocess.STDOUT,
+            stderr=err,
             env={**os.environ, **(env or {})},
         )
     state = "COMPLETED" if proc.returncode == 0 else "FAILED"
@@ -163,7 +171,7 @@ def run_local(script_path: Path, log_path: Path, env: Mapping[str, str] | None =
     return JobResult(f"local-{os.getpid()}", state, code, log_path, time.monotonic() - start)
 
 
-def prepare(job: TrainJob | CommandJob, cluster: ClusterConfig) -> Path:
+def prepare(job: TrainJob | CommandJob | RayJob, cluster: ClusterConfig) -> Path:
     """Write `<run_dir>/<job_name>.sbatch` and create `<run_dir>/logs` (Slurm does not)."""
     run_dir = Path(job.run_dir).absolute()
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -178,7 +186,7 @@ def log_path_for(script: Path, job_id: str) -> Path:
 
 
 def run_job(
-    job: TrainJob | CommandJob,
+    job: TrainJob | CommandJob | RayJob,
     cluster: ClusterConfig,
     *,
     env: Mapping[str, str] | None = None,

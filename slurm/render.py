@@ -1,25 +1,37 @@
 """Render a job (what runs) on a cluster (where it runs) into a bash/sbatch script.
 
-Launch method: one Slurm task per node (`srun --ntasks-per-node=1`), and on each node
-`torchrun` (`python -m torch.distributed.run`) starts `nproc_per_node` training processes that
-meet through torch's c10d rendezvous on the allocation's first node
-(the first of `scontrol show hostnames $SLURM_JOB_NODELIST`), port 20000 + job id % 20000 unless
-`cluster.master_port` is set. torchrun sets RANK/LOCAL_RANK/WORLD_SIZE for the trainer, so the
-trainer needs no Slurm-specific code, and a dead worker takes the whole job down
-(`srun --kill-on-bad-exit=1`). With `executor: local` the same script runs under plain bash with
+Training (`TrainJob`), `cluster.launch=torchrun` (default): one Slurm task per node, and on
+each node `torchrun` starts `nproc_per_node` processes that meet through torch's c10d rendezvous
+on the allocation's first node (first of `scontrol show hostnames`), port 20000 + job id % 20000
+unless `cluster.master_port` is set. `cluster.launch=srun`: one Slurm task per process, and
+`python -m slurm.srun_task` maps SLURM_PROCID/LOCALID/NTASKS to RANK/LOCAL_RANK/WORLD_SIZE.
+Either way the trainer needs no Slurm-specific code, and a dead worker takes the whole job down
+(`srun --kill-on-bad-exit=1`). With `executor: local` the script runs under plain bash with
 `torchrun --standalone`.
+
+Data (`RayJob`): a Ray head on the first node, a worker per other node (`srun --overlap`), a wait
+until all nodes joined, the driver with RAY_ADDRESS set, then the cluster is stopped.
+
+Every job runs its work in the background under a SIGUSR1 trap (`--signal=B:USR1@N`): the trap
+touches $PRETRAIN_STOP_FILE, the trainer checkpoints and stops, and the script requeues the job
+(`scontrol requeue`, at most `cluster.max_requeues` times).
+
+Quoting: every config value that reaches a shell line goes through `shlex.quote`; values in
+`#SBATCH` lines are validated by ClusterConfig (no spaces, quotes or line breaks). The one
+exception is `cluster.env_setup`, whose lines are shell commands by design.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
 
 import jinja2
 
-from slurm.config import ClusterConfig, CommandJob, TrainJob
+from slurm.config import ClusterConfig, CommandJob, RayJob, TrainJob
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("slurm", "templates"),
@@ -33,23 +45,35 @@ _ENV.filters["q"] = lambda value: shlex.quote(str(value))
 _CONT = " \\\n    "
 
 
-def render_sbatch(job: TrainJob | CommandJob, cluster: ClusterConfig) -> str:
+Job = TrainJob | CommandJob | RayJob
+
+
+def render_sbatch(job: Job, cluster: ClusterConfig) -> str:
     """The script text that runs `job` on `cluster` (sbatch directives when executor=slurm)."""
-    slurm = cluster.executor == "slurm"
     run_dir = str(Path(job.run_dir).absolute())
-    workdir = job.workdir or os.getcwd()
+    if re.search(r"\s", run_dir):
+        raise ValueError(f"run_dir {run_dir!r}: Slurm log paths cannot contain whitespace")
+    tasks_per_node = 1
     if isinstance(job, TrainJob):
-        launch, what = _train_launch(job, cluster, run_dir), _describe_train(job, cluster)
+        launch, what, kind = _train_launch(job, cluster, run_dir), _describe_train(job, cluster), "train"
+        if cluster.launch == "srun":
+            tasks_per_node = cluster.nproc_per_node
+    elif isinstance(job, RayJob):
+        launch, what, kind = _background(shlex.join(job.command)), "ray driver: " + shlex.join(job.command), "ray"
     else:
-        launch, what = _command_launch(job, cluster), "command: " + shlex.join(job.command)
+        launch, what, kind = _command_launch(job, cluster), "command: " + shlex.join(job.command), "command"
+    python = cluster.python or getattr(job, "python", None) or sys.executable
     return _ENV.get_template("job.sbatch.j2").render(
         c=cluster,
-        slurm=slurm,
-        train=isinstance(job, TrainJob),
+        slurm=cluster.executor == "slurm",
+        kind=kind,
         run_dir=run_dir,
-        workdir=workdir,
+        workdir=job.workdir or os.getcwd(),
         launch=launch,
         what=what,
+        tasks_per_node=tasks_per_node,
+        python=python,
+        ray_cli=f"{shlex.quote(python)} -m ray.scripts.scripts",
     )
 
 
@@ -65,7 +89,7 @@ def _srun_prefix(cluster: ClusterConfig) -> list[str]:
     """`srun` and its options, one script line each (empty for the local executor)."""
     if cluster.executor != "slurm":
         return []
-    lines = ["srun --kill-on-bad-exit=1"]
+    lines = [f"srun --kill-on-bad-exit=1 --mpi={cluster.mpi}"]
     if cluster.container_image:
         lines.append(f"--container-image={shlex.quote(cluster.container_image)}")
         if cluster.container_mounts:
@@ -78,8 +102,18 @@ def _python(job: TrainJob, cluster: ClusterConfig) -> str:
     return cluster.python or job.python or sys.executable
 
 
+def _background(command: str) -> list[str]:
+    """The launch line(s), run in the background (the template waits for `$!`)."""
+    return [command + " &"]
+
+
 def _train_launch(job: TrainJob, cluster: ClusterConfig, run_dir: str) -> list[str]:
-    torchrun = [shlex.quote(_python(job, cluster)), "-m", "torch.distributed.run"]
+    overrides = [shlex.quote(o) for o in trainer_overrides(job, run_dir)]
+    python = shlex.quote(_python(job, cluster))
+    if cluster.executor == "slurm" and cluster.launch == "srun":
+        parts = [*_srun_prefix(cluster), f"{python} -m slurm.srun_task {job.module}", *overrides]
+        return _background(_CONT.join(parts))
+    torchrun = [python, "-m", "torch.distributed.run"]
     if cluster.executor == "slurm":
         rdzv = [
             '--nnodes="$SLURM_JOB_NUM_NODES"',
@@ -90,17 +124,17 @@ def _train_launch(job: TrainJob, cluster: ClusterConfig, run_dir: str) -> list[s
         ]
     else:
         rdzv = ["--standalone", f"--nproc-per-node={cluster.nproc_per_node}"]
-    overrides = [shlex.quote(o) for o in trainer_overrides(job, run_dir)]
     parts = [*_srun_prefix(cluster), " ".join(torchrun), *rdzv, f"-m {job.module}", *overrides]
-    return [_CONT.join(parts)]
+    return _background(_CONT.join(parts))
 
 
 def _command_launch(job: CommandJob, cluster: ClusterConfig) -> list[str]:
-    return [_CONT.join([*_srun_prefix(cluster), shlex.join(job.command)])]
+    prefix = _srun_prefix(cluster) if job.per_node else []
+    return _background(_CONT.join([*prefix, shlex.join(job.command)]))
 
 
 def _describe_train(job: TrainJob, cluster: ClusterConfig) -> str:
     return (
         f"train: {cluster.nodes} node(s) x {cluster.nproc_per_node} process(es) = "
-        f"world size {cluster.world_size}, python -m {job.module}"
+        f"world size {cluster.world_size}, python -m {job.module} ({cluster.launch})"
     )

@@ -14,7 +14,7 @@ from slurm.config import ClusterConfig, CommandJob, load_cluster
         ({"time": "ten minutes"}, "is not MM, HH:MM:SS"),
         ({"executor": "k8s"}, "executor must be one of"),
         ({"job_name": "a b"}, "job_name"),
-        ({"extra_sbatch": ["constraint=h100"]}, "must be one `--option`"),
+        ({"extra_sbatch": ["constraint=h100"]}, "must be one `--option"),
         ({"executor": "local", "nodes": 2}, "nodes must be 1"),
         ({"master_port": 80}, "master_port"),
     ],

@@ -122,8 +122,9 @@ def test_slurm_script_rendezvous_on_the_head_node(tmp_path):
                         "--rdzv-backend=c10d", "--rdzv-endpoint=node7:32345", "--rdzv-id=12345"]  # fmt: skip
     assert argv[7:] == ["-m", "trainer", *TRICKY, f"hydra.run.dir={tmp_path}/run/hydra"]
     srun = (rec / "srun.argv").read_text().splitlines()
-    assert srun[:3] == [
+    assert srun[:4] == [
         "--kill-on-bad-exit=1",
+        "--mpi=none",
         "--container-image=img:1",
         f"--container-workdir={tmp_path}",
     ]

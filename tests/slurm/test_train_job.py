@@ -38,5 +38,6 @@ def test_two_process_cpu_training_completes(tmp_path):
     assert summary["final_step"] == 3
     assert np.isfinite(summary["train_loss"])
     log = result.log_path.read_text()
-    assert f"[slurm] job {result.job_id}: 1 node(s) x 2 proc(s)" in log
+    assert f"[slurm] job {result.job_id} attempt 1 on 1 node(s)" in log
+    assert "[slurm] torchrun: 2 proc(s) per node" in log
     assert "layout: world 2 = DP2" in log  # the trainer saw both torchrun workers
