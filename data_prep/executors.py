@@ -36,6 +36,7 @@ def make_executor(
     if ex.kind == "ray":
         from datatrove.executor.ray import RayPipelineExecutor
 
+        _init_ray()
         return RayPipelineExecutor(
             pipeline,
             tasks=tasks,
@@ -64,6 +65,25 @@ def make_executor(
         qos=None,
         mail_type="NONE",
     )
+
+
+def _init_ray() -> None:
+    """Join the cluster in RAY_ADDRESS (a Slurm data job sets it) or start a private one.
+
+    Not left to Ray's implicit init: without an address it joins whatever cluster
+    /tmp/ray/ray_current_cluster names, and a stale file from an old `ray start` breaks the run.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address="local", include_dashboard=False, configure_logging=False)
 
 
 def _squeue_lists(job_id: str) -> bool:

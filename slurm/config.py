@@ -48,8 +48,9 @@ class ClusterConfig:
     """Node features (`--constraint`, e.g. `h100&ib`)."""
     time: str = "01:00:00"
     """Wall-clock limit (`--time`): `MM`, `HH:MM:SS` or `D-HH:MM:SS`."""
-    job_name: str = "train"
-    """Job name (`--job-name`); also names the log file `<run_dir>/logs/<job_name>-<jobid>.out`."""
+    job_name: str | None = None
+    """Job name (`--job-name`), also naming the script and the logs `<run_dir>/logs/<name>-<id>.out`
+    and `.err`; None = chosen by what runs (train, data, data_prep-<stage>, pipeline-<part>)."""
     exclusive: bool = False
     """Request whole nodes (`--exclusive`)."""
     python: str | None = None
@@ -85,6 +86,9 @@ class ClusterConfig:
     """Data jobs: object store per Ray node in MiB (stages pass only small results)."""
     ray_wait_s: int = 300
     """Data jobs: fail if not every node has joined the Ray cluster after this many seconds."""
+    wait: bool = False
+    """Apps (`python -m trainer|data_prep|pipeline cluster=...`): after submitting, block until the
+    job(s) end and exit non-zero if one fails. False: print the job ids and log paths and return."""
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -98,7 +102,7 @@ class ClusterConfig:
             raise ValueError(f"cluster.procs_per_node must be >= 1, got {self.procs_per_node}")
         if not _TIME_RE.match(self.time):
             raise ValueError(f"cluster.time {self.time!r} is not MM, HH:MM:SS or D-HH:MM:SS")
-        if not _NAME_RE.match(self.job_name):
+        if self.job_name is not None and not _NAME_RE.match(self.job_name):
             raise ValueError(f"cluster.job_name {self.job_name!r}: use letters, digits, _ . -")
         for name in ("partition", "account", "qos", "mem", "constraint"):
             value = getattr(self, name)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from slurm.config import ClusterConfig, CommandJob, RayJob, TrainJob, load_cluster
-from slurm.render import render_sbatch
+from slurm.render import named, render_sbatch
 
 TERMINAL_STATES = frozenset(
     {
@@ -68,10 +68,15 @@ def _run(argv: list[str], env: Mapping[str, str] | None = None) -> subprocess.Co
     return subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=60)
 
 
-def submit(script_path: str | os.PathLike, env: Mapping[str, str] | None = None) -> str:
-    """Submit a script with `sbatch --parsable`; returns the job id. `env` adds variables."""
+def submit(
+    script_path: str | os.PathLike,
+    env: Mapping[str, str] | None = None,
+    sbatch_args: list[str] | None = None,
+) -> str:
+    """Submit a script with `sbatch --parsable`; returns the job id. `env` adds variables,
+    `sbatch_args` adds options (e.g. `--dependency=afterok:123`)."""
     script = Path(script_path)
-    proc = _run(["sbatch", "--parsable", str(script)], env)
+    proc = _run(["sbatch", "--parsable", *(sbatch_args or []), str(script)], env)
     if proc.returncode != 0:
         raise SlurmJobError(f"sbatch {script} failed: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout.strip().split(";")[0]
@@ -173,6 +178,7 @@ def run_local(script_path: Path, log_path: Path, env: Mapping[str, str] | None =
 
 def prepare(job: TrainJob | CommandJob | RayJob, cluster: ClusterConfig) -> Path:
     """Write `<run_dir>/<job_name>.sbatch` and create `<run_dir>/logs` (Slurm does not)."""
+    cluster = named(job, cluster)
     run_dir = Path(job.run_dir).absolute()
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     script = run_dir / f"{cluster.job_name}.sbatch"
@@ -208,7 +214,7 @@ def run_job(
         if on_submit:
             on_submit(job_id, log_path)
         result = wait(job_id, log_path=log_path, poll_s=poll_s, timeout_s=timeout_s)
-    return check(result, f"{cluster.job_name} job")
+    return check(result, f"{named(job, cluster).job_name} job")
 
 
 def launch_training(

@@ -23,6 +23,7 @@ exception is `cluster.env_setup`, whose lines are shell commands by design.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -50,6 +51,7 @@ Job = TrainJob | CommandJob | RayJob
 
 def render_sbatch(job: Job, cluster: ClusterConfig) -> str:
     """The script text that runs `job` on `cluster` (sbatch directives when executor=slurm)."""
+    cluster = named(job, cluster)
     run_dir = str(Path(job.run_dir).absolute())
     if re.search(r"\s", run_dir):
         raise ValueError(f"run_dir {run_dir!r}: Slurm log paths cannot contain whitespace")
@@ -75,6 +77,14 @@ def render_sbatch(job: Job, cluster: ClusterConfig) -> str:
         python=python,
         ray_cli=f"{shlex.quote(python)} -m ray.scripts.scripts",
     )
+
+
+def named(job: Job, cluster: ClusterConfig) -> ClusterConfig:
+    """`cluster` with a job name: its own, or one after what runs (train, data, job)."""
+    if cluster.job_name:
+        return cluster
+    default = "train" if isinstance(job, TrainJob) else "data" if isinstance(job, RayJob) else "job"
+    return dataclasses.replace(cluster, job_name=default)
 
 
 def trainer_overrides(job: TrainJob, run_dir: str) -> list[str]:

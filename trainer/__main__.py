@@ -5,6 +5,8 @@
     python -m trainer model=deepseek_v3 parallel=v3_h100_1024 precision=fp8_blockwise \\
         dry_run=true world_size=1024                                         # plan only
     python -m trainer --cfg job                                              # resolved config
+    python -m trainer cluster=slurm cluster.nodes=2 cluster.gpus_per_node=8 parallel=... \
+        data.manifest=...          # submit this command as a Slurm job (dry_run=true: print it)
 
 Rerunning with the same checkpoint.dir resumes from its latest complete checkpoint.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -29,11 +32,28 @@ def _to_config(cfg: DictConfig) -> TrainerConfig:
     return obj
 
 
+def _submit(cfg: DictConfig, config: TrainerConfig) -> int:
+    """cluster=slurm: this same command as a Slurm training job (dry_run=true prints it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from slurm.app import job_overrides, submit_app
+    from slurm.config import TrainJob
+
+    job = TrainJob(
+        overrides=job_overrides(list(HydraConfig.get().overrides.task)),
+        run_dir=str(Path(config.checkpoint.dir).absolute() / "slurm"),
+    )
+    yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    return submit_app(job, config.cluster, config_yaml=yaml, dry_run=config.dry_run)
+
+
 @hydra.main(config_path="../conf", config_name="trainer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     warnings.filterwarnings("ignore", module="megatron")
     try:
         config = _to_config(cfg)
+        if config.cluster.executor != "local":
+            sys.exit(_submit(cfg, config))
         if config.dry_run:
             from trainer.dry_run import plan, print_plan
 
