@@ -8,7 +8,9 @@
     python -m trainer cluster=slurm cluster.nodes=2 cluster.gpus_per_node=8 parallel=... \
         data.manifest=...          # submit this command as a Slurm job (dry_run=true: print it)
 
-Rerunning with the same checkpoint.dir resumes from its latest complete checkpoint.
+Rerunning with the same checkpoint.dir resumes from its latest complete checkpoint. When the
+file checkpoint.stop_file (env PRETRAIN_STOP_FILE) appears, the trainer saves a checkpoint and
+exits with code 75 (Slurm's pre-timeout signal: the job requeues and resumes).
 """
 
 from __future__ import annotations
@@ -60,9 +62,14 @@ def main(cfg: DictConfig) -> None:
             print_plan(plan(config))
             return
         from trainer.parallel import destroy_parallel
+        from trainer.preemption import EXIT_CODE, TrainingStopped
         from trainer.run import train
 
-        train(config)
+        try:
+            train(config)
+        except TrainingStopped:  # checkpoint saved, line printed; every rank stops here
+            destroy_parallel()
+            sys.exit(EXIT_CODE)
         destroy_parallel()  # only after success: a failed rank must exit, not wait in a barrier
     except ValueError as err:  # bad user input: one clear line, no traceback
         print(f"error: {err}", file=sys.stderr)

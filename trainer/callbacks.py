@@ -25,6 +25,9 @@ class Callback:
 
     def on_train_end(self, summary: dict[str, Any]) -> None: ...
 
+    def on_stop(self, step: int, reason: str) -> None:
+        """The run stops early to be resumed later (checkpoint saved; no summary)."""
+
 
 class ConsoleCallback(Callback):
     """One rich-formatted line per logged step."""
@@ -64,19 +67,27 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
 class MLflowCallback(Callback):
     """Logs the resolved config as params and every metric per step to MLflow.
 
-    Uses the run in env MLFLOW_RUN_ID when set (a pipeline's stage run), else starts one in
-    `experiment`; tracking URI from config, env MLFLOW_TRACKING_URI, or sqlite:///mlflow.db.
+    Uses the run in env MLFLOW_RUN_ID when set (a pipeline's stage run), else `resume_run_id`
+    (the run an interrupted attempt logged to), else starts one in `experiment`; tracking URI
+    from config, env MLFLOW_TRACKING_URI, or sqlite:///mlflow.db.
     """
 
-    def __init__(self, cfg: LoggingConfig):
+    def __init__(self, cfg: LoggingConfig, resume_run_id: str | None = None):
         import mlflow
 
         self.mlflow = mlflow
         uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
         mlflow.set_tracking_uri(uri)
+        run_id = os.environ.get("MLFLOW_RUN_ID") or resume_run_id
         if not os.environ.get("MLFLOW_RUN_ID"):
             mlflow.set_experiment(cfg.experiment)
-        self.run = mlflow.start_run(run_id=os.environ.get("MLFLOW_RUN_ID"))
+        try:
+            self.run = mlflow.start_run(run_id=run_id)
+        except mlflow.exceptions.MlflowException as err:
+            if run_id != resume_run_id:
+                raise
+            print(f"warning: MLflow run {run_id} not resumed ({str(err).splitlines()[0]})")
+            self.run = mlflow.start_run()
 
     def on_train_start(self, cfg: TrainerConfig, info: dict[str, Any]) -> None:
         params = _flatten("", asdict(cfg), {})
@@ -97,8 +108,14 @@ class MLflowCallback(Callback):
         self.mlflow.log_dict(summary, "summary.json")
         self.mlflow.end_run()
 
+    def on_stop(self, step: int, reason: str) -> None:
+        self.mlflow.set_tag("trainer.stopped", reason)
+        self.mlflow.end_run(status="KILLED")
 
-def build_callbacks(cfg: LoggingConfig, rank: int) -> list[Callback]:
+
+def build_callbacks(
+    cfg: LoggingConfig, rank: int, resume_run_id: str | None = None
+) -> list[Callback]:
     """Callbacks for this rank: console and/or MLflow on rank 0, none elsewhere."""
     if rank != 0:
         return []
@@ -106,5 +123,11 @@ def build_callbacks(cfg: LoggingConfig, rank: int) -> list[Callback]:
     if cfg.console:
         callbacks.append(ConsoleCallback())
     if cfg.mlflow:
-        callbacks.append(MLflowCallback(cfg))
+        callbacks.append(MLflowCallback(cfg, resume_run_id))
     return callbacks
+
+
+def mlflow_run_id(callbacks: list[Callback]) -> str | None:
+    """The MLflow run the callbacks log to (None without an MLflow callback)."""
+    found = [cb.run.info.run_id for cb in callbacks if isinstance(cb, MLflowCallback)]
+    return found[0] if found else None

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch.distributed as dist
 
-from trainer.callbacks import Callback, build_callbacks
+from trainer.callbacks import Callback, build_callbacks, mlflow_run_id
 from trainer.checkpoint import latest_checkpoint
-from trainer.config.trainer import TrainerConfig
+from trainer.config.trainer import CheckpointConfig, TrainerConfig
 from trainer.data import build_datasets, load_manifest
 from trainer.loop import Trainer
 from trainer.parallel import initialize_parallel
 from trainer.precision import check_precision_supported
+from trainer.preemption import TrainingStopped, stop_requested
 
 
 def preflight(cfg: TrainerConfig) -> None:
@@ -56,8 +57,11 @@ def fit(
             trainer.history.setdefault("valid_loss_first", valid[0])
             for cb in callbacks:
                 cb.on_eval(trainer.step, valid[-1])
-        if ck.save_interval and trainer.step % ck.save_interval == 0 and trainer.step < t.steps:
+        saved = bool(ck.save_interval) and trainer.step % ck.save_interval == 0
+        if saved and trainer.step < t.steps:
             trainer.save(ck.dir, ck.keep_last)
+        if trainer.step < t.steps and stop_requested(ck.stop_file):  # the last step just ends
+            _stop(trainer, ck, callbacks, already_saved=saved)
     if metrics:
         trainer.save(ck.dir, ck.keep_last)
     warm = speeds[1:] or speeds
@@ -74,8 +78,24 @@ def fit(
     return summary
 
 
+def _stop(
+    trainer: Trainer, ck: CheckpointConfig, callbacks: list[Callback], already_saved: bool
+) -> NoReturn:
+    """Checkpoint at the current step (unless just saved), tell the callbacks, raise."""
+    if not already_saved:
+        trainer.save(ck.dir, ck.keep_last)
+    stopped = TrainingStopped(trainer.step, str(ck.stop_file))
+    if dist.get_rank() == 0:
+        print(f"[trainer] {stopped}", flush=True)
+    for cb in callbacks:
+        cb.on_stop(trainer.step, str(stopped))
+    raise stopped
+
+
 def train(cfg: TrainerConfig) -> dict[str, Any]:
-    """Entry for `python -m trainer`: validate, set up, resume, train, write summary.json."""
+    """Entry for `python -m trainer`: validate, set up, resume, train, write summary.json.
+
+    Raises TrainingStopped (after saving a checkpoint) when checkpoint.stop_file appears."""
     preflight(cfg)
     layout = initialize_parallel(cfg.model, cfg.parallel, cfg.train.seed)
     cfg.micro_batches(layout.data)
@@ -94,7 +114,12 @@ def train(cfg: TrainerConfig) -> dict[str, Any]:
         return json.loads(summary_path.read_text())
     rank = dist.get_rank()
     info = {"layout": layout.describe(), "resumed_from": str(latest) if latest else "scratch"}
-    summary = fit(cfg, trainer, build_callbacks(cfg.logging, rank), info)
+    callbacks = build_callbacks(cfg.logging, rank, trainer.history.get("mlflow_run_id"))
+    if cfg.logging.mlflow:  # a requeued attempt continues the same run (all ranks keep the id)
+        run_id = [mlflow_run_id(callbacks)]
+        dist.broadcast_object_list(run_id, src=0)
+        trainer.history["mlflow_run_id"] = run_id[0]
+    summary = fit(cfg, trainer, callbacks, info)
     if rank == 0:
         summary_path.parent.mkdir(parents=True, exist_ok=True)
         summary_path.write_text(json.dumps(summary, indent=2))

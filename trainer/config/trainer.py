@@ -49,6 +49,10 @@ class CheckpointConfig:
     """Resume from `dir/latest` when it exists."""
     init_from: str | None = None
     """Checkpoint directory (iter_XXXXXXX) whose model weights initialise a fresh run."""
+    stop_file: str | None = None
+    """When this file appears (checked after every step), save a checkpoint and exit with code
+    75 so the job is requeued and resumes; conf/trainer.yaml reads env PRETRAIN_STOP_FILE,
+    which the sbatch script sets and touches on Slurm's pre-timeout signal."""
 
     def __post_init__(self) -> None:
         if self.save_interval < 0 or self.keep_last < 1:
