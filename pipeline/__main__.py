@@ -5,6 +5,9 @@
     python -m pipeline ray.address=auto tracking.uri=http://mlflow:5000   # a Ray cluster + shared MLflow
     python -m pipeline stages.quality.overrides='[...]'  # any Hydra override of conf/pipeline.yaml
     python -m pipeline --cfg job                    # print the resolved config
+    python -m pipeline cluster=slurm cluster.nodes=4 cluster.gpus_per_node=8   # chained Slurm
+        jobs (data on a Ray cluster, then training, then a finishing job); dry_run=true prints them
+    python -m slurm status runs/demo/slurm          # their states, log tails and MLflow run
 
 Rerunning with the same run_dir skips finished stages and resumes interrupted ones.
 """
@@ -48,10 +51,22 @@ def print_outcome(result: RunResult) -> None:
             print("then browse http://127.0.0.1:5000")
 
 
+def _submit(cfg: DictConfig, config: PipelineConfig) -> int:
+    """cluster=slurm: the DAG as chained Slurm jobs (dry_run=true prints their scripts)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from pipeline.slurm_jobs import submit_pipeline
+
+    return submit_pipeline(config, cfg, list(HydraConfig.get().overrides.task))
+
+
 @hydra.main(config_path="../conf", config_name="pipeline", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
-        result = run_pipeline(_to_config(cfg))
+        config = _to_config(cfg)
+        if config.cluster.executor != "local" and config.part == "all":
+            sys.exit(_submit(cfg, config))
+        result = run_pipeline(config)
     except (ValueError, PipelineError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

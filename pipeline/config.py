@@ -8,6 +8,10 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from slurm.config import ClusterConfig
+
+PARTS = ("all", "data", "train")
+
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
@@ -41,6 +45,9 @@ class TrackingConfig:
     """Name of the parent run; null uses the run directory's name."""
     max_removed_samples_mb: float = 20.0
     """Skip uploading a stage's removed_samples/ folder when it is larger than this."""
+    parent_run_id: str | None = None
+    """Attach to this existing parent run instead of starting one (set by `cluster=slurm` for
+    its jobs; the last job ends the run)."""
 
 
 @dataclass
@@ -92,8 +99,19 @@ class PipelineConfig:
     """Where stages run."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """MLflow settings."""
+    cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig(executor="local"))
+    """Where the pipeline runs (conf/cluster/*): `local` here; `slurm` submits it as chained
+    Slurm jobs (data part on a Ray cluster, then the training part, then a finishing job)."""
+    data_cluster: dict[str, Any] = field(default_factory=dict)
+    """cluster=slurm: changes to `cluster` for the data job only, e.g. `{partition: cpu,
+    gpus_per_node: 0, nodes: 4}`."""
+    part: str = "all"
+    """Which stages this driver runs: all, data (everything not downstream of a train stage) or
+    train (train stages and their dependants; the data part must be complete)."""
 
     def __post_init__(self) -> None:
+        if self.part not in PARTS:
+            raise ValueError(f"part must be one of {PARTS}, got {self.part!r}")
         for what, names in (("domain", self.domains), ("stage", self.stages)):
             for name in names:
                 if not _NAME_RE.match(name):

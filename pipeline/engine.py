@@ -52,8 +52,37 @@ def load_plugins(modules: list[str]) -> None:
             raise ValueError(f"plugin module {module!r} cannot be imported: {err}") from None
 
 
-def plan(graph: Graph) -> dict[str, state.Decision]:
-    return {key: state.decide(node) for key, node in graph.nodes.items()}
+def plan(graph: Graph, part: str = "all") -> dict[str, state.Decision]:
+    """Run or skip for every node; `part` limits what this driver runs (see `restrict`)."""
+    return restrict(graph, {key: state.decide(node) for key, node in graph.nodes.items()}, part)
+
+
+def training_part(graph: Graph) -> set[str]:
+    """Keys of the train stages and everything downstream of them."""
+    keys = {key for key, node in graph.nodes.items() if node.kind.name == "train"}
+    for key in list(keys):
+        keys |= graph.dependants(key)
+    return keys
+
+
+def restrict(graph: Graph, decisions: dict[str, state.Decision], part: str) -> dict:
+    """part=data: leave the training part to a later driver. part=train: run only the training
+    part, and refuse if a data stage is not complete (the data job must have finished)."""
+    if part == "all":
+        return decisions
+    train = training_part(graph)
+    out = {}
+    for key, decision in decisions.items():
+        if (key in train) == (part == "train") or not decision.run:
+            out[key] = decision
+        elif part == "data":
+            out[key] = state.Decision(False, "left to the training job (part=data)")
+        else:
+            raise ValueError(
+                f"part=train: data stage {key} is not complete ({decision.reason}); "
+                "the data part must finish first"
+            )
+    return out
 
 
 def print_plan(graph: Graph, decisions: dict[str, state.Decision], console: Console) -> None:
@@ -231,7 +260,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> RunResu
     console = console or Console(soft_wrap=True)
     load_plugins(cfg.plugins)
     graph = build_graph(cfg)
-    decisions = plan(graph)
+    decisions = plan(graph, cfg.part)
     result = RunResult(run_dir=graph.run_dir, plan=decisions)
     if cfg.dry_run:
         print_plan(graph, decisions, console)
@@ -292,6 +321,9 @@ def _start_parent(cfg: PipelineConfig, graph: Graph, decisions):
     from pipeline.tracking import ParentRun
 
     parent = ParentRun(cfg.tracking, graph.run_dir)
+    if cfg.tracking.parent_run_id:  # a Slurm job of a submitted pipeline: the run exists
+        parent.attach(cfg.tracking.parent_run_id)
+        return parent
     parent.close_stale()
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg))
     parent.start(

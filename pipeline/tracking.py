@@ -75,6 +75,7 @@ class ParentRun:
         self.run_dir = run_dir
         self.run_name = cfg.run_name or run_dir.name
         self.run_id: str | None = None
+        self.attached = False
 
     def close_stale(self) -> int:
         """Mark runs of earlier, killed drivers on this run_dir as KILLED."""
@@ -140,10 +141,20 @@ class ParentRun:
         self._futures = []
         return errors
 
+    def attach(self, run_id: str) -> None:
+        """Use an existing parent run (created at Slurm submission); `finish` then records
+        errors only, and the pipeline's finishing job ends the run."""
+        if self.client.get_run(run_id).info.experiment_id != self.experiment_id:
+            raise ValueError(
+                f"tracking.parent_run_id {run_id} is not in experiment {self.experiment_id}"
+            )
+        self.run_id, self.attached = run_id, True
+
     def finish(self, status: str, error: str | None = None) -> None:
         if error:
             self.client.set_tag(self.run_id, "error", error[:5000])
-        self.client.set_terminated(self.run_id, status=status)
+        if not self.attached:
+            self.client.set_terminated(self.run_id, status=status)
 
 
 def log_params(client, run_id: str, params: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@
         model=deepseek_v3 parallel=v3_h100_1024 precision=fp8_blockwise
     python -m slurm submit cluster=slurm_dev run_dir=runs/try1 -- train.steps=5 data.manifest=...
     python -m slurm submit cluster=slurm_dev --cfg job        # print the resolved config
+    python -m slurm status runs/try1 [--lines 20]             # jobs, states, log tails, MLflow
 
 Arguments before `--` are Hydra overrides of conf/slurm.yaml (cluster=..., cluster.nodes=4,
 run_dir=..., wait=false); arguments after `--` are passed to `python -m trainer`.
@@ -22,7 +23,7 @@ from slurm.config import CONF_DIR, SlurmAppConfig, TrainJob, register_configs
 from slurm.jobs import SlurmError, log_path_for, prepare, run_job, submit
 from slurm.render import render_sbatch
 
-ACTIONS = ("render", "submit")
+ACTIONS = ("render", "submit", "status")
 _state: dict[str, object] = {}
 register_configs()
 
@@ -76,6 +77,10 @@ def _app(dcfg: DictConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code. Bad input and failed jobs print one clear message."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["status"]:
+        from slurm.status import main as status_main
+
+        return status_main(argv[1:])
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return 0

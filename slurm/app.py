@@ -47,6 +47,8 @@ class Submission:
     stderr: str
     dependency: str | None = None
     submitted_at: float = 0.0
+    role: str = "job"
+    """What the job does; a `finish` job ends a run and is not judged with the others."""
 
 
 def record(run_dir: Path, submission: Submission, meta: dict[str, Any] | None = None) -> None:
@@ -58,6 +60,13 @@ def record(run_dir: Path, submission: Submission, meta: dict[str, Any] | None = 
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)
+
+
+def new_record(run_dir: Path) -> None:
+    """Start a fresh jobs.json for a new submission (an earlier one is kept as jobs-<id>.json)."""
+    old = load_record(run_dir)
+    if old and old["jobs"]:
+        (Path(run_dir) / RECORD).rename(Path(run_dir) / f"jobs-{old['jobs'][0]['job_id']}.json")
 
 
 def load_record(run_dir: Path) -> dict[str, Any] | None:
@@ -73,6 +82,7 @@ def submit_job(
     dependency: str | None = None,
     env: dict[str, str] | None = None,
     meta: dict[str, Any] | None = None,
+    role: str = "job",
 ) -> Submission:
     """Write script + resolved config, sbatch it (after `dependency`), record and print it."""
     cluster = named(job, cluster)
@@ -83,7 +93,7 @@ def submit_job(
     out = log_path_for(script, job_id)
     sub = Submission(
         cluster.job_name, job_id, str(script), str(out), str(out.with_suffix(".err")),
-        dependency, time.time(),
+        dependency, time.time(), role,
     )  # fmt: skip
     record(script.parent, sub, meta)
     after = f" (after {dependency})" if dependency else ""
@@ -120,6 +130,7 @@ def submit_app(
         print(render_sbatch(job, cluster), end="")
         return 0
     try:
+        new_record(Path(job.run_dir).absolute())
         sub = submit_job(job, cluster, config_yaml=config_yaml)
     except SlurmError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -121,7 +121,9 @@ class ClusterConfig:
             if not _ENV_KEY_RE.match(str(key)):
                 raise ValueError(f"cluster.env key {key!r} is not a valid variable name")
         if not re.match(r"^[a-z0-9_]+$", self.mpi):
-            raise ValueError(f"cluster.mpi {self.mpi!r}: expected an srun --mpi type, e.g. none, pmix")
+            raise ValueError(
+                f"cluster.mpi {self.mpi!r}: expected an srun --mpi type, e.g. none, pmix"
+            )
         if self.launch not in LAUNCHES:
             raise ValueError(f"cluster.launch must be one of {LAUNCHES}, got {self.launch!r}")
         for name in ("signal_before_s", "max_requeues"):
@@ -223,10 +225,13 @@ def register_configs() -> None:
 
 
 def load_cluster(spec: ClusterConfig | DictConfig | dict[str, Any] | str) -> ClusterConfig:
-    """A validated ClusterConfig from an instance, a mapping, or a name in conf/cluster/."""
+    """A validated ClusterConfig from an instance, a mapping, a name in conf/cluster/ or the
+    path of a YAML file."""
     if isinstance(spec, ClusterConfig):
         return spec
-    if isinstance(spec, str):
+    if isinstance(spec, str) and spec.endswith((".yaml", ".yml")) and Path(spec).is_file():
+        spec = OmegaConf.load(spec)
+    elif isinstance(spec, str):
         path = CONF_DIR / "cluster" / f"{spec}.yaml"
         if not path.is_file():
             known = sorted(p.stem for p in (CONF_DIR / "cluster").glob("*.yaml"))

@@ -46,7 +46,9 @@ def main(argv: list[str]) -> int:
     except TimeoutError as err:
         print(f"[slurm] error: {err}", file=sys.stderr)
         return 1
-    print(f"[slurm] Ray cluster {argv[1]}: {seen} node(s) alive after {time.monotonic() - start:.1f} s")
+    print(
+        f"[slurm] Ray cluster {argv[1]}: {seen} node(s) alive after {time.monotonic() - start:.1f} s"
+    )
     return 0
 
 

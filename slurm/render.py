@@ -57,13 +57,25 @@ def render_sbatch(job: Job, cluster: ClusterConfig) -> str:
         raise ValueError(f"run_dir {run_dir!r}: Slurm log paths cannot contain whitespace")
     tasks_per_node = 1
     if isinstance(job, TrainJob):
-        launch, what, kind = _train_launch(job, cluster, run_dir), _describe_train(job, cluster), "train"
+        launch, what, kind = (
+            _train_launch(job, cluster, run_dir),
+            _describe_train(job, cluster),
+            "train",
+        )
         if cluster.launch == "srun":
             tasks_per_node = cluster.nproc_per_node
     elif isinstance(job, RayJob):
-        launch, what, kind = _background(shlex.join(job.command)), "ray driver: " + shlex.join(job.command), "ray"
+        launch, what, kind = (
+            _background(shlex.join(job.command)),
+            "ray driver: " + shlex.join(job.command),
+            "ray",
+        )
     else:
-        launch, what, kind = _command_launch(job, cluster), "command: " + shlex.join(job.command), "command"
+        launch, what, kind = (
+            _command_launch(job, cluster),
+            "command: " + shlex.join(job.command),
+            "command",
+        )
     python = cluster.python or getattr(job, "python", None) or sys.executable
     return _ENV.get_template("job.sbatch.j2").render(
         c=cluster,

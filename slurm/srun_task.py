@@ -24,9 +24,7 @@ def torch_env(slurm_env: dict[str, str]) -> dict[str, str]:
     """The torch.distributed variables for this task; raises if Slurm did not set one."""
     missing = [src for src in _MAPPING.values() if src not in slurm_env]
     if missing:
-        raise RuntimeError(
-            f"slurm.srun_task must run under srun: {', '.join(missing)} not set"
-        )
+        raise RuntimeError(f"slurm.srun_task must run under srun: {', '.join(missing)} not set")
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if name not in slurm_env:
             raise RuntimeError(f"slurm.srun_task: {name} not set (the batch script exports it)")

@@ -29,22 +29,24 @@ class TrainOptions:
     nproc_per_node: int = 1
     """Local processes: 1 runs `python -m MODULE`, more run `torchrun --nproc-per-node N`."""
     launcher: str = "local"
-    """local (a subprocess on the Ray worker) or slurm (hand the job to the Slurm launcher)."""
+    """local (a subprocess on the Ray worker), slurm (submit a training job and wait for it) or
+    srun (a job step over the current allocation: the driver is a Slurm job, `cluster=slurm`)."""
     module: str = "trainer"
     """Python module of the trainer entry point."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment variables for the trainer processes."""
     cluster: str = "slurm_dev"
-    """launcher=slurm: cluster config name in conf/cluster/ (nodes, GPUs, partition, ...)."""
+    """launcher=slurm|srun: cluster config, a name in conf/cluster/ or a YAML path (nodes, GPUs,
+    partition, container, ...)."""
     timeout_s: float | None = None
     """launcher=slurm: give up waiting for the job after this many seconds (null = never)."""
 
     def __post_init__(self) -> None:
         if self.nproc_per_node < 1:
             raise ValueError(f"train option nproc_per_node must be >= 1, got {self.nproc_per_node}")
-        if self.launcher not in ("local", "slurm"):
+        if self.launcher not in ("local", "slurm", "srun"):
             raise ValueError(
-                f"train option launcher must be 'local' or 'slurm', got {self.launcher!r}"
+                f"train option launcher must be 'local', 'slurm' or 'srun', got {self.launcher!r}"
             )
 
 
@@ -55,12 +57,19 @@ def checkpoint_dir(ctx: StageContext) -> Path:
     return ctx.output / "checkpoints"
 
 
-def command(opts: TrainOptions, overrides: list[str]) -> list[str]:
-    """The trainer command line (same interpreter, so the same virtual environment)."""
+def command(opts: TrainOptions, overrides: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The trainer command line (same interpreter, so the same virtual environment) and the
+    environment it needs beyond ours."""
+    if opts.launcher == "srun":
+        from slurm import load_cluster
+        from slurm.step import train_step
+
+        return train_step(load_cluster(opts.cluster), opts.module, overrides)
     if opts.nproc_per_node == 1:
-        return [sys.executable, "-m", opts.module, *overrides]
+        return [sys.executable, "-m", opts.module, *overrides], {}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    return [*launcher, f"--nproc-per-node={opts.nproc_per_node}", "-m", opts.module, *overrides]
+    argv = [*launcher, f"--nproc-per-node={opts.nproc_per_node}", "-m", opts.module, *overrides]
+    return argv, {}
 
 
 def _die_with_parent() -> None:
@@ -112,7 +121,8 @@ def run_local(ctx: StageContext, opts: TrainOptions, overrides: list[str]) -> No
     env.setdefault("COLUMNS", "200")  # rich-based consoles wrap at 80 columns without a TTY
     if ctx.mlflow_run_id:
         env.update(MLFLOW_RUN_ID=ctx.mlflow_run_id, MLFLOW_TRACKING_URI=ctx.tracking_uri or "")
-    cmd = command(opts, overrides)
+    cmd, extra_env = command(opts, overrides)
+    env.update(extra_env)
     print("launch:", " ".join(cmd), flush=True)
     tail: deque = deque(maxlen=20)
     _kill_stale_trainer(ctx.output / ".trainer.json")

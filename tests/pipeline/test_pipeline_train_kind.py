@@ -22,8 +22,8 @@ def _ctx(tmp_path, **options) -> StageContext:
 
 
 def test_command_uses_torchrun_for_several_processes():
-    assert command(TrainOptions(), ["a=1"]) == [sys.executable, "-m", "trainer", "a=1"]
-    cmd = command(TrainOptions(nproc_per_node=4), ["a=1"])
+    assert command(TrainOptions(), ["a=1"]) == ([sys.executable, "-m", "trainer", "a=1"], {})
+    cmd, _ = command(TrainOptions(nproc_per_node=4), ["a=1"])
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"]
     assert cmd[4:] == ["--nproc-per-node=4", "-m", "trainer", "a=1"]
 
@@ -31,7 +31,7 @@ def test_command_uses_torchrun_for_several_processes():
 def test_bad_options_are_clear_errors():
     with pytest.raises(ValueError, match="nproc_per_node must be >= 1"):
         TrainOptions(nproc_per_node=0)
-    with pytest.raises(ValueError, match="launcher must be 'local' or 'slurm'"):
+    with pytest.raises(ValueError, match="launcher must be 'local', 'slurm' or 'srun'"):
         TrainOptions(launcher="k8s")
 
 
