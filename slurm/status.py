@@ -83,10 +83,14 @@ def print_status(statuses: list[JobStatus], meta: dict, lines: int) -> None:
             for path in (s.stdout, s.stderr):
                 if Path(path).is_file() and Path(path).stat().st_size:
                     print(f"\n--- {s.name} ({s.job_id}): {path}\n{log_tail(Path(path), lines)}")
+    verdict = {0: "COMPLETED", 1: "FAILED", 3: "RUNNING"}[outcome(statuses)]
+    failed = [f"{s.name} {s.state}" for s in statuses if s.done and not s.ok]
+    print(f"\nrun {verdict}" + (f": {', '.join(failed)}" if failed else ""))
     if meta.get("parent_run_id"):
-        print(
-            f"\nMLflow run {meta['parent_run_id']}: {mlflow_status(meta)}  ({meta['tracking_uri']})"
-        )
+        uri = meta["tracking_uri"]
+        print(f"MLflow run {meta['parent_run_id']}: {mlflow_status(meta)}  ({uri})")
+        if uri.startswith(("sqlite:", "/")):
+            print(f"  UI: mlflow ui --backend-store-uri {uri}   then http://127.0.0.1:5000")
 
 
 def mlflow_status(meta: dict) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,18 @@ REPO = HERE.parents[1]
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_worker_niceness", "0")
+
+
+# The real DAG, small: 40 docs per domain, 4 training steps.
+TINY = (
+    "live=false",
+    "stages.sample_corpus.options.docs_per_domain=40",
+    "stages.train.overrides=['data.manifest={deps[tokenize]}/manifest.json',"
+    "'checkpoint.dir={output}/checkpoints','data.cache_dir={output}/dataset_cache',"
+    "'logging.mlflow=true','train.steps=4',"
+    "'train.eval_interval=2','train.eval_iters=1','checkpoint.save_interval=2',"
+    "'data.split=\"90,10,0\"']",  # a 2% valid split of a tiny shard would be empty
+)
 
 
 def pythonpath() -> str:
@@ -70,6 +83,24 @@ def output_files(run_dir: Path) -> dict[str, bytes]:
         ):
             files[str(rel)] = path.read_bytes()
     return files
+
+
+def data_outputs(run: Path) -> dict[str, bytes]:
+    """Every data stage output (not training, not Slurm job files) -> its bytes."""
+    return {
+        k: v for k, v in output_files(run).items() if not k.startswith(("train/", "slurm/"))
+    }
+
+
+def same_output(name: str, got: bytes, want: bytes) -> bool:
+    """Equal bytes, except stats.json files, compared without their wall-clock timings."""
+    if name.endswith("stats.json"):
+        return _untimed(got) == _untimed(want)
+    return got == want
+
+
+def _untimed(raw: bytes) -> dict:
+    return {k: v for k, v in json.loads(raw).items() if not k.endswith(("_s", "per_s"))}
 
 
 def sigkill_driver_when(

@@ -12,24 +12,15 @@ from pathlib import Path
 import pytest
 from pipeline_testlib import (
     REPO,
+    TINY,
     check_stage_processes_die,
     cli_env,
-    output_files,
+    data_outputs,
+    same_output,
     sigkill_driver_when,
 )
 
 pytestmark = pytest.mark.slow
-
-TINY = (
-    "live=false",
-    "stages.sample_corpus.options.docs_per_domain=40",
-    "stages.train.overrides=['data.manifest={deps[tokenize]}/manifest.json',"
-    "'checkpoint.dir={output}/checkpoints','data.cache_dir={output}/dataset_cache',"
-    "'logging.mlflow=true','train.steps=4',"
-    "'train.eval_interval=2','train.eval_iters=1','checkpoint.save_interval=2',"
-    "'data.split=\"90,10,0\"']",  # a 2% valid split of a tiny shard would be empty
-)
-
 
 def _cmd(tmp: Path, run: str) -> list[str]:
     return [sys.executable, "-m", "pipeline", f"run_dir={tmp / run}",
@@ -48,18 +39,6 @@ def _kill_when(tmp: Path, ready, what: str) -> None:
     check_stage_processes_die(sigkill_driver_when(_cmd(tmp, "run"), REPO, ready, what, 300))
 
 
-def _same_output(name: str, got: bytes, want: bytes) -> bool:
-    if name.endswith("stats.json"):  # stats carry wall-clock timings (elapsed_s, docs_per_s)
-        return _untimed(got) == _untimed(want)
-    return got == want
-
-
-def _untimed(raw: bytes) -> dict:
-    return {k: v for k, v in json.loads(raw).items() if not k.endswith(("_s", "per_s"))}
-
-
-def _data_outputs(run: Path) -> dict[str, bytes]:
-    return {k: v for k, v in output_files(run).items() if not k.startswith("train/")}
 
 
 def test_real_dag_resumes_after_sigkill_in_data_stage_and_training(tmp_path):
@@ -86,10 +65,10 @@ def test_real_dag_resumes_after_sigkill_in_data_stage_and_training(tmp_path):
     ), plan
 
     reference = _run(tmp_path, "reference")
-    got, want = _data_outputs(run), _data_outputs(tmp_path / "reference")
+    got, want = data_outputs(run), data_outputs(tmp_path / "reference")
     assert sorted(got) == sorted(want) and any(k.endswith(".bin") for k in got)
     for name in want:
-        assert _same_output(name, got[name], want[name]), (
+        assert same_output(name, got[name], want[name]), (
             f"{name} differs from the uninterrupted run"
         )
     summary = json.loads((ckpt / "summary.json").read_text())

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from slurm.config import CONF_DIR, ClusterConfig, CommandJob, TrainJob, load_cluster
+import dataclasses
+
+from slurm.config import CONF_DIR, ClusterConfig, CommandJob, RayJob, TrainJob, load_cluster
 from slurm.render import render_sbatch, trainer_overrides
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
@@ -41,8 +43,32 @@ def test_command_script_matches_golden():
     _check_golden("command_slurm_dev.sbatch", render_sbatch(job, load_cluster("slurm_dev")))
 
 
+GOLDEN_DATA = RayJob(
+    ["/opt/venv/bin/python", "-m", "data_prep", "stage=minhash_dedup", "executor=ray"],
+    run_dir="/runs/data", workdir="/work/project", python="/opt/venv/bin/python",
+)  # fmt: skip
+
+
+def test_multi_node_ray_data_job_matches_golden():
+    cluster = dataclasses.replace(load_cluster("slurm_h100"), nodes=4, gpus_per_node=0, job_name=None)
+    _check_golden("data_ray_4_nodes.sbatch", render_sbatch(GOLDEN_DATA, cluster))
+
+
+def test_task_per_gpu_launch_without_requeue_matches_golden():
+    cluster = dataclasses.replace(
+        load_cluster("slurm_h100"), launch="srun", requeue=False, signal_before_s=0,
+        container_image=None, extra_sbatch=[],
+    )  # fmt: skip
+    text = render_sbatch(GOLDEN_TRAIN, cluster)
+    _check_golden("train_srun_no_requeue.sbatch", text)
+    assert "#SBATCH --ntasks-per-node=8" in text and "-m slurm.srun_task trainer" in text
+    assert "--requeue" not in text and "--signal" not in text and "scontrol requeue" not in text
+
+
 def test_every_golden_is_checked_and_valid_bash():
-    expected = {f"train_{n}.sbatch" for n in CLUSTERS} | {"command_slurm_dev.sbatch"}
+    expected = {f"train_{n}.sbatch" for n in CLUSTERS} | {
+        "command_slurm_dev.sbatch", "data_ray_4_nodes.sbatch", "train_srun_no_requeue.sbatch"
+    }  # fmt: skip
     assert {p.name for p in GOLDEN_DIR.glob("*.sbatch")} == expected
     for path in GOLDEN_DIR.glob("*.sbatch"):
         subprocess.run(["bash", "-n", str(path)], check=True)
@@ -52,7 +78,8 @@ def test_sbatch_directives_follow_the_cluster():
     text = render_sbatch(GOLDEN_TRAIN, load_cluster("slurm_h100"))
     directives = [line for line in text.splitlines() if line.startswith("#SBATCH")]
     for expected in ("--nodes=16", "--gpus-per-node=8", "--account=llm-pretrain", "--exclusive",
-                     "--output=/runs/example/logs/%x-%j.out", "--constraint=h100"):  # fmt: skip
+                     "--output=/runs/example/logs/%x-%j.out", "--error=/runs/example/logs/%x-%j.err",
+                     "--constraint=h100", "--requeue", "--signal=B:USR1@300"):  # fmt: skip
         assert f"#SBATCH {expected}" in directives
     local = render_sbatch(GOLDEN_TRAIN, load_cluster("local"))
     assert "#SBATCH" not in local and "srun" not in local and "--standalone" in local
