@@ -21,7 +21,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import PipelineConfig, register_schema
-from pipeline.engine import PipelineError, RunResult, run_pipeline
+from pipeline.engine import PipelineError, PipelinePreempted, RunResult, run_pipeline
 
 register_schema()
 
@@ -67,6 +67,9 @@ def main(cfg: DictConfig) -> None:
         if config.cluster.executor != "local" and config.part == "all":
             sys.exit(_submit(cfg, config))
         result = run_pipeline(config)
+    except PipelinePreempted as err:  # the sbatch script requeues on 75; a rerun resumes
+        print(f"stopped for requeue: {err}", file=sys.stderr)
+        sys.exit(PipelinePreempted.exit_code)
     except (ValueError, PipelineError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

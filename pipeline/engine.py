@@ -21,13 +21,19 @@ from pipeline import state
 from pipeline.config import PipelineConfig, RayConfig
 from pipeline.dag import Graph, build_graph
 from pipeline.fingerprint import REPO_ROOT
-from pipeline.task import WORKERS_LOCK, Driver, StageFailed, Tracking, execute
+from pipeline.task import WORKERS_LOCK, Driver, StageFailed, StagePreempted, Tracking, execute
 from pipeline.tracking import log_failed_stage, log_finished_stage
 from pipeline.view import DagView, throughput_from
 
 
 class PipelineError(RuntimeError):
     """The run ended with failed stages (message names them and their logs)."""
+
+
+class PipelinePreempted(PipelineError):
+    """Every failed stage stopped for requeue (StagePreempted); a rerun resumes them."""
+
+    exit_code = os.EX_TEMPFAIL  # 75, like the trainer: the sbatch script requeues on it
 
 
 @dataclass
@@ -244,7 +250,12 @@ def _collect(graph: Graph, refs: dict, view: DagView, since: float, parent) -> t
                 failures.append(cause)
                 if parent and not graph.nodes[key].kind.live_run:
                     parent.log_async(log_failed_stage, graph.nodes[key], cause.message)
-                view.set(key, "failed", finished=time.time(), note=cause.message[:80])
+                note = (
+                    f"stopped for requeue: {cause.message}"
+                    if isinstance(cause, StagePreempted)
+                    else cause.message
+                )
+                view.set(key, "failed", finished=time.time(), note=note[:80])
                 continue
             results[key] = res
             if parent and not res["logged"]:
@@ -307,9 +318,10 @@ def _execute(cfg, graph: Graph, decisions, result: RunResult, console: Console) 
         console.print(f"warning: a stage could not be recorded in MLflow: {error}", highlight=False)
     if failures:
         message = "; ".join(str(f) for f in failures)
+        stopped = all(isinstance(f, StagePreempted) for f in failures)
         if parent:
-            parent.finish("FAILED", message)
-        raise PipelineError(message)
+            parent.finish("KILLED" if stopped else "FAILED", message)
+        raise (PipelinePreempted if stopped else PipelineError)(message)
     if parent:
         parent.finish("FINISHED")
     return result

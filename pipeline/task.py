@@ -30,6 +30,23 @@ class StageFailed(Exception):
         return f"stage {self.key} failed: {self.message} (log: {self.log_path})"
 
 
+class StagePreempted(StageFailed):
+    """A stage stopped on request (Slurm's pre-timeout signal, `$PRETRAIN_STOP_FILE`) after
+    saving its progress; a rerun (the requeued job) resumes it. Raised by resumable kinds."""
+
+    def __str__(self) -> str:
+        return f"stage {self.key} stopped for requeue: {self.message} (log: {self.log_path})"
+
+
+def _kill_stage_run(uri: str, run_id: str, message: str) -> None:
+    """End the stage's MLflow run as KILLED (not FAILED) with a note why."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    client.set_tag(run_id, "mlflow.note.content", f"stopped for requeue: {message}")
+    client.set_terminated(run_id, status="KILLED")
+
+
 @dataclass
 class Driver:
     """The driver process; a stage task on the same host dies with it (see _watch_driver)."""
@@ -132,6 +149,11 @@ def execute(node: Node, track: Tracking | None, driver: Driver | None, *upstream
                 )
             stats, ctx = _run_kind(node, live, run_id, echo)
             marker = state.write_marker(node, stats, started, run_id)
+        except StagePreempted as err:
+            print(f"=== stage {node.key} stopped for requeue: {err.message}", flush=True)
+            if run_id:
+                _kill_stage_run(track.uri, run_id, err.message)
+            raise
         except BaseException as err:  # noqa: BLE001 - reported to the driver as StageFailed
             traceback.print_exc()
             message = f"{type(err).__name__}: {err}".strip()

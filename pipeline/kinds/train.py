@@ -1,7 +1,9 @@
 """Stage kind `train`: launch the trainer (torchrun or python -m) and stream its log.
 
 The trainer logs into the stage's nested MLflow run (MLFLOW_RUN_ID / MLFLOW_TRACKING_URI in
-its environment) and resumes from `checkpoint.dir` when the stage reruns after a kill.
+its environment) and resumes from `checkpoint.dir` when the stage reruns after a kill. A trainer
+stopped by its stop file (Slurm's pre-timeout signal) raises StagePreempted: the stage run ends
+KILLED and `python -m pipeline` exits 75 so the sbatch script requeues it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.registry import StageContext, register_kind
+from pipeline.task import StagePreempted
 
 _RATE = re.compile(r"tokens?[/_ ]per[_ ]s(?:ec)?\W+([\d.,]+)|([\d.,]+)\s*tok(?:en)?s?/s", re.I)
 
@@ -141,7 +144,21 @@ def run_local(ctx: StageContext, opts: TrainOptions, overrides: list[str]) -> No
             os.killpg(proc.pid, signal.SIGKILL)
     if code != 0:
         last = "\n".join(list(tail)[-5:])
+        if code == os.EX_TEMPFAIL or _stop_requested(env, overrides):
+            raise StagePreempted(
+                ctx.key, str(ctx.log_path), f"trainer exited with code {code} after a stop request"
+            )
         raise RuntimeError(f"trainer exited with code {code}; last lines:\n{last}")
+
+
+def _stop_requested(env: dict[str, str], overrides: list[str]) -> bool:
+    """Whether the trainer's stop file exists. torchrun and srun turn a worker's exit 75 (stopped
+    for requeue) into their own failure code, so the file is the signal that counts."""
+    stop_file = env.get("PRETRAIN_STOP_FILE")
+    for override in overrides:
+        if override.startswith("checkpoint.stop_file="):
+            stop_file = override.split("=", 1)[1]
+    return bool(stop_file) and os.path.exists(stop_file)
 
 
 def run_slurm(ctx: StageContext, opts: TrainOptions, overrides: list[str]) -> None:
