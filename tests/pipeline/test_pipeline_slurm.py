@@ -50,7 +50,10 @@ def test_pipeline_on_slurm_matches_a_local_run(tmp_path):
     _pipeline(tmp_path, "slurm", *ON_SLURM, "cluster.wait=true")
     jobs = _jobs(run)
     assert jobs["train"]["dependency"] == f"afterok:{jobs['data']['job_id']}"
-    assert jobs["finish"]["dependency"] == f"afterany:{jobs['data']['job_id']}:{jobs['train']['job_id']}"
+    assert (
+        jobs["finish"]["dependency"]
+        == f"afterany:{jobs['data']['job_id']}:{jobs['train']['job_id']}"
+    )
     assert (run / "slurm/pipeline-data.yaml").is_file()  # the resolved config next to the script
     status = _status(run / "slurm")
     assert status.returncode == 0 and "run COMPLETED" in status.stdout, status.stdout
@@ -70,7 +73,9 @@ def test_pipeline_on_slurm_matches_a_local_run(tmp_path):
     runs = _runs(tmp_path, run)  # one parent run for all jobs, every stage nested in it
     parent = runs["slurm"]
     assert parent.info.status == "FINISHED" and parent.data.tags["pipeline.launcher"] == "slurm"
-    stages = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    stages = [
+        r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    ]
     assert len(stages) == 17 and {r.info.status for r in stages} == {"FINISHED"}
     assert "loss" in runs["train"].data.metrics
 
@@ -91,7 +96,9 @@ def test_hard_killed_job_fails_the_run_in_status_and_mlflow(tmp_path):
     status = _status(run / "slurm")
     assert status.returncode == 1, status.stdout + status.stderr
     rows = {line.split()[1]: line.split()[2] for line in status.stdout.splitlines()[1:4]}
-    assert rows["pipeline-data"] in ("FAILED", "CANCELLED") and rows["pipeline-train"] == "CANCELLED"
+    assert (
+        rows["pipeline-data"] in ("FAILED", "CANCELLED") and rows["pipeline-train"] == "CANCELLED"
+    )
     assert "run FAILED: pipeline-data" in status.stdout
 
     runs = _runs(tmp_path, run)

@@ -3,13 +3,12 @@ and the scripts really run: argv quoting and rendezvous values checked with fake
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
-
-import dataclasses
 
 from slurm.config import CONF_DIR, ClusterConfig, CommandJob, RayJob, TrainJob, load_cluster
 from slurm.render import render_sbatch, trainer_overrides
@@ -50,7 +49,9 @@ GOLDEN_DATA = RayJob(
 
 
 def test_multi_node_ray_data_job_matches_golden():
-    cluster = dataclasses.replace(load_cluster("slurm_h100"), nodes=4, gpus_per_node=0, job_name=None)
+    cluster = dataclasses.replace(
+        load_cluster("slurm_h100"), nodes=4, gpus_per_node=0, job_name=None
+    )
     _check_golden("data_ray_4_nodes.sbatch", render_sbatch(GOLDEN_DATA, cluster))
 
 

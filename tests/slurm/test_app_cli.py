@@ -1,0 +1,55 @@
+"""`cluster=slurm` on the apps' command lines: data_prep really submitted (a Ray cluster in the
+job), trainer printed with dry_run=true."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+@pytest.mark.usefixtures("dev_cluster")
+def test_data_prep_stage_submitted_with_cluster_slurm_runs_on_ray_in_the_job(tmp_path):
+    docs = tmp_path / "in.jsonl"
+    docs.write_text("".join(json.dumps({"text": f"Document {i}. " * 30}) + "\n" for i in range(40)))
+    out = tmp_path / "read"
+    res = _run("data_prep", "stage=read", f"input={docs}", f"output={out}", "cluster=slurm",
+               "cluster.wait=true", "cluster.cpus_per_task=1", "cluster.time=00:05:00")  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["documents_in"] == stats["documents_kept"] == 40
+    job = json.loads((out / "slurm/jobs.json").read_text())["jobs"][0]
+    assert job["name"] == "data_prep-read" and f"stdout {job['stdout']}" in res.stdout
+    log = Path(job["stdout"]).read_text()
+    assert "1 node(s) alive" in log and '"documents_kept": 40' in log
+    resolved = (out / "slurm/data_prep-read.yaml").read_text()
+    assert "stage: read" in resolved and "executor: slurm" in resolved  # what was submitted
+    status = _run("slurm", "status", str(out / "slurm"))
+    assert status.returncode == 0 and "run COMPLETED" in status.stdout
+
+
+def test_trainer_dry_run_prints_the_job_and_submits_nothing(tmp_path):
+    ckpt = tmp_path / "ck"
+    res = _run("trainer", "cluster=slurm", "cluster.nodes=2", "cluster.gpus_per_node=8",
+               "dry_run=true", f"checkpoint.dir={ckpt}", "train.steps=7", timeout=120)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "#SBATCH --nodes=2" in res.stdout and "--nproc-per-node=8" in res.stdout
+    assert "train.steps=7 \\\n    cluster=local \\\n" in res.stdout  # the job trains in place
+    assert "dry_run=" not in res.stdout.split("-m trainer")[-1]
+    assert not (ckpt / "slurm" / "jobs.json").exists()
+
+
+def test_cluster_slurm_with_datatrove_slurm_executor_is_refused(tmp_path):
+    res = _run("data_prep", "stage=read", "input=x", f"output={tmp_path}", "cluster=slurm",
+               "executor=slurm", "executor.partition=debug", timeout=120)  # fmt: skip
+    assert res.returncode == 2 and "not both" in res.stderr
