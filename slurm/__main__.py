@@ -15,12 +15,14 @@ cluster=local), waits and exits non-zero with the log path if the job fails.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from slurm.app import new_record, submit_job
 from slurm.config import CONF_DIR, SlurmAppConfig, TrainJob, register_configs
-from slurm.jobs import SlurmError, log_path_for, prepare, run_job, submit
+from slurm.jobs import SlurmError, run_job
 from slurm.render import render_sbatch
 
 ACTIONS = ("render", "submit", "status")
@@ -42,9 +44,10 @@ def _split_argv(argv: list[str]) -> tuple[str, list[str], list[str]]:
 
 def _submit(cfg: SlurmAppConfig, job: TrainJob) -> int:
     if not cfg.wait and cfg.cluster.executor == "slurm":
-        script = prepare(job, cfg.cluster)
-        job_id = submit(script)
-        print(f"submitted job {job_id}; script {script}; log {log_path_for(script, job_id)}")
+        new_record(Path(job.run_dir).absolute())
+        sub = submit_job(job, cfg.cluster, config_yaml=OmegaConf.to_yaml(cfg))
+        print(f"submitted job {sub.job_id}; script {sub.script}; log {sub.stdout}")
+        print(f"status: {sys.executable} -m slurm status {Path(sub.script).parent}")
         return 0
     result = run_job(
         job,

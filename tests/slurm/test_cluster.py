@@ -110,3 +110,6 @@ def test_cli_without_wait_returns_the_job_id_at_once(tmp_path):
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.split("submitted job ")[1].split(";")[0]
     assert jobs.wait(job_id, poll_s=0.5, timeout_s=60).state == "COMPLETED"
+    status = subprocess.run([sys.executable, "-m", "slurm", "status", str(tmp_path)], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert status.returncode == 0 and f"{job_id}  train" in status.stdout

@@ -29,7 +29,7 @@ def test_render_prints_the_script_for_the_chosen_cluster(capsys, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["launch"], "usage: python -m slurm {render|submit}"),
+        (["launch"], "usage: python -m slurm {render|submit|status}"),
         (["render", "cluster.time=soon"], "error: cluster.time 'soon' is not"),
         (
             ["render", "cluster=slurm_dev", "cluster.gpus_per_node=-2"],
