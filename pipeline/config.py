@@ -103,8 +103,8 @@ class PipelineConfig:
     """Where the pipeline runs (conf/cluster/*): `local` here; `slurm` submits it as chained
     Slurm jobs (data part on a Ray cluster, then the training part, then a finishing job)."""
     data_cluster: dict[str, Any] = field(default_factory=dict)
-    """cluster=slurm: changes to `cluster` for the data job only, e.g. `{partition: cpu,
-    gpus_per_node: 0, nodes: 4}`."""
+    """cluster=slurm: changes to `cluster` for the data job only, e.g.
+    `'++data_cluster={partition: cpu, gpus_per_node: 0, nodes: 4}'` or `+data_cluster.nodes=4`."""
     part: str = "all"
     """Which stages this driver runs: all, data (everything not downstream of a train stage) or
     train (train stages and their dependants; the data part must be complete)."""

@@ -40,8 +40,11 @@ class PlannedJob:
 
 def data_cluster(cfg: PipelineConfig) -> ClusterConfig:
     """`cluster` with `data_cluster`'s changes (e.g. a CPU partition for the data job)."""
-    merged = OmegaConf.merge(OmegaConf.structured(cfg.cluster), cfg.data_cluster)
-    return dataclasses.replace(load_cluster(merged), job_name="pipeline-data")
+    try:
+        merged = load_cluster(OmegaConf.merge(OmegaConf.structured(cfg.cluster), cfg.data_cluster))
+    except Exception as err:  # omegaconf's key/type errors and ClusterConfig's ValueErrors
+        raise ValueError(f"data_cluster: {str(err).splitlines()[0]}") from None
+    return dataclasses.replace(merged, job_name="pipeline-data")
 
 
 def finish_cluster(base: ClusterConfig) -> ClusterConfig:

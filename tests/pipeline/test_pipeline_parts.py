@@ -1,0 +1,60 @@
+"""part=data / part=train (what the pipeline's Slurm jobs run) on the fake DAG, and the job plan
+of `cluster=slurm`: which jobs, chained how."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+from pipeline_testlib import compose
+
+from pipeline import run_pipeline
+from pipeline.dag import build_graph
+from pipeline.engine import plan, training_part
+from pipeline.slurm_jobs import plan_jobs
+
+DATA = ["clean/en", "clean/zh", "join", "source/en", "source/zh"]
+
+
+def test_parts_split_the_dag_and_share_one_parent_run(ray_session, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="part=train: data stage source/en is not complete"):
+        run_pipeline(compose(run, f"tracking.uri={uri}", "part=train"))
+
+    data = run_pipeline(compose(run, f"tracking.uri={uri}", "part=data"))
+    assert sorted(data.ran) == DATA and data.states["train"] == "skipped"
+    assert "left to the training job" in data.plan["train"].reason
+    client = MlflowClient(uri)
+    assert client.get_run(data.parent_run_id).info.status == "FINISHED"
+
+    parent = data.parent_run_id  # a Slurm submission creates it; both parts attach to it
+    client.update_run(parent, status="RUNNING")
+    train = run_pipeline(compose(run, f"tracking.uri={uri}", "part=train",
+                                 f"tracking.parent_run_id={parent}"))  # fmt: skip
+    assert train.ran == ["train"] and train.parent_run_id == parent
+    assert client.get_run(parent).info.status == "RUNNING"  # left to the finishing job
+    exp = client.get_run(parent).info.experiment_id
+    nested = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(r.info.run_name for r in nested) == sorted([*DATA, "train"])
+
+
+def test_slurm_job_plan_follows_what_is_left_to_run(tmp_path):
+    cfg = compose(tmp_path / "run", "cluster.executor=slurm")
+    graph = build_graph(cfg)
+    assert training_part(graph) == {"train"}
+    jobs = plan_jobs(cfg, graph, plan(graph), ["cluster=slurm"])
+    assert [(j.role, j.after) for j in jobs] == [
+        ("data", None), ("train", "afterok"), ("finish", "afterany")
+    ]  # fmt: skip
+    assert jobs[0].job.command[-2:] == ["part=data", "ray.address=auto"]
+    assert "cluster=local" in jobs[1].job.command and "part=train" in jobs[1].job.command
+    assert "++stages.train.options.launcher=srun" in jobs[1].job.command
+    assert jobs[2].cluster.cpus_per_task == 1 and not jobs[2].cluster.requeue
+
+    decisions = plan(graph)
+    for key in DATA:  # data part complete: only training (and the finishing job) are submitted
+        decisions[key].run = False
+    assert [j.role for j in plan_jobs(cfg, graph, decisions, [])] == ["train", "finish"]
+    for key in decisions:
+        decisions[key].run = False
+    assert plan_jobs(cfg, graph, decisions, []) == []
