@@ -38,7 +38,7 @@ class ConsoleCallback(Callback):
     def __init__(self) -> None:
         from rich.console import Console
 
-        self.console = Console(highlight=False)
+        self.console = Console(highlight=False, soft_wrap=True)  # no hard wraps in job logs
 
     def on_train_start(self, cfg: TrainerConfig, info: dict[str, Any]) -> None:
         for key, value in info.items():

@@ -1,0 +1,173 @@
+"""Preemption on the real dev cluster: a 2-process CPU training job gets the pre-timeout signal
+(sent as Slurm sends it, `scancel --signal=USR1 --batch`), checkpoints, requeues, resumes and
+ends with the losses of an uninterrupted run; max_requeues bounds the retries.
+
+Slurm holds a requeued job back for `AuthInfo=cred_expire` seconds (default 120) before it may
+start again; unless the cluster is configured shorter, the test releases it two seconds later
+with `scontrol update JobId=... StartTime=now+2` (and prints the timings it saw).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from slurm import TrainJob, load_cluster
+from slurm.jobs import log_path_for, prepare, submit, wait
+from tests.tiny_corpus import write_tiny_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [
+    pytest.mark.usefixtures("dev_cluster"),
+    pytest.mark.skipif(
+        not (REPO / "trainer" / "__main__.py").is_file(),
+        reason="no trainer entry point (trainer/__main__.py)",
+    ),
+]
+STEPS = 12
+STEP_LINE = re.compile(r"^step (\d+) loss=", re.M)
+
+
+def _overrides(tmp_path: Path, name: str, steps: int = STEPS) -> list[str]:
+    return [
+        "model=tiny_v3", f"data.manifest={tmp_path / 'manifest.json'}", "data.seq_length=64",
+        f"train.steps={steps}", "train.global_batch_size=4", "train.micro_batch_size=1",
+        "train.eval_interval=4", "train.eval_iters=1", f"checkpoint.dir={tmp_path / name}",
+        "logging.mlflow=true", f"logging.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"logging.experiment={name}",
+    ]  # fmt: skip
+
+
+def _submit(tmp_path: Path, name: str, max_requeues: int, steps: int = STEPS) -> tuple:
+    cluster = load_cluster("slurm_dev")
+    cluster.time, cluster.max_requeues, cluster.job_name = "00:05:00", max_requeues, name
+    cluster.env = {**cluster.env, "PYTHONUNBUFFERED": "1"}  # the test follows the log live
+    job = TrainJob(overrides=_overrides(tmp_path, name, steps), run_dir=str(tmp_path / name))
+    script = prepare(job, cluster)
+    job_id = submit(script)
+    return job_id, log_path_for(script, job_id)
+
+
+def _read(log: Path) -> str:
+    return log.read_text(errors="replace") if log.is_file() else ""
+
+
+def _wait_for(what: str, check, timeout_s: float = 150.0, poll_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def _signal_at_step(job_id: str, log: Path, step: int) -> float:
+    """Wait until the log shows `step`, then send what `--signal=B:USR1@N` sends."""
+    _wait_for(f"step {step} in {log}", lambda: max(map(int, STEP_LINE.findall(_read(log))), default=0) >= step)  # fmt: skip
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
+    return time.monotonic()
+
+
+def _squeue(job_id: str) -> tuple[str, str]:
+    out = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T|%r"], capture_output=True, text=True
+    )
+    return tuple(out.stdout.strip().split("|")) if "|" in out.stdout else ("", "")  # fmt: skip
+
+
+def _release_requeued(job_id: str, log: Path) -> float | None:
+    """Once the requeued job waits for its BeginTime, start it now; returns when that was
+    (None: it started without waiting)."""
+
+    def pending_or_restarted():
+        if "attempt 2" in _read(log):
+            return "restarted"
+        return "pending" if _squeue(job_id) == ("PENDING", "BeginTime") else None
+
+    if _wait_for("the requeue", pending_or_restarted) == "restarted":
+        return None
+    # Not `now`: slurmd refuses to launch a job in the second its old incarnation was killed
+    # ("Killing non-startable batch job: Job credential revoked"), and the job ends FAILED.
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now+2"], check=True)
+    return time.monotonic()
+
+
+def _losses(tmp_path: Path, experiment: str) -> list[tuple[int, float]]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([exp])
+    assert len(runs) == 1, f"{experiment}: every attempt must log into one MLflow run"
+    history = client.get_metric_history(runs[0].info.run_id, "loss")
+    return sorted((m.step, m.value) for m in history)
+
+
+def _sacct_states(job_id: str) -> list[str]:
+    out = subprocess.run(
+        ["sacct", "-j", job_id, "-X", "-D", "-n", "-P", "-o", "State"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout.split()
+
+
+def test_signalled_job_checkpoints_requeues_and_matches_an_uninterrupted_run(tmp_path):
+    write_tiny_manifest(tmp_path)
+    started = time.monotonic()
+    job_id, log = _submit(tmp_path, "requeued", max_requeues=1)
+    signalled = _signal_at_step(job_id, log, 3)
+    released = _release_requeued(job_id, log)
+    _wait_for("attempt 2", lambda: "attempt 2" in _read(log))
+    restarted = time.monotonic()
+    result = wait(job_id, log_path=log, poll_s=0.5, timeout_s=150)
+    text = _read(log)
+    assert result.state == "COMPLETED", text
+    stop = re.search(r"\[trainer\] stop requested \((.+)\): checkpoint at step (\d+) saved; "
+                     r"exiting with code 75 to be requeued", text)  # fmt: skip
+    assert stop, text
+    stop_step = int(stop.group(2))
+    assert 3 <= stop_step < STEPS
+    assert stop.group(1) == f"{tmp_path / 'requeued'}/.stop-{job_id}"
+    assert "[slurm] USR1: time limit near" in text
+    assert "requeueing (attempt 1 of 2)" in text
+    assert f"[slurm] job {job_id} attempt 2 on 1 node(s)" in text
+    assert f"resumed_from: {tmp_path / 'requeued'}/iter_{stop_step:07d}" in text
+    assert _sacct_states(job_id) == ["REQUEUED", "COMPLETED"]
+
+    ref_id, ref_log = _submit(tmp_path, "reference", max_requeues=1)
+    reference = wait(ref_id, log_path=ref_log, poll_s=0.5, timeout_s=150)
+    assert reference.state == "COMPLETED", _read(ref_log)
+    resumed, uninterrupted = _losses(tmp_path, "requeued"), _losses(tmp_path, "reference")
+    assert [s for s, _ in resumed] == [s for s, _ in uninterrupted] == list(range(1, STEPS + 1))
+    worst = max(abs(a - b) for (_, a), (_, b) in zip(resumed, uninterrupted, strict=True))
+    assert worst <= 1e-6, (resumed, uninterrupted)
+    print(
+        f"\nrequeue timings: signal at {signalled - started:.1f}s after submit (stop at step "
+        f"{stop_step}); requeued job released after {released - signalled:.1f}s"
+        if released
+        else "\nrequeue timings: the requeued job started without a BeginTime wait",
+        f"; attempt 2 started {restarted - signalled:.1f}s after the signal; "
+        f"largest loss difference to the uninterrupted run {worst:.1e}",
+    )
+
+
+def test_max_requeues_bounds_the_retries(tmp_path):
+    write_tiny_manifest(tmp_path)
+    job_id, log = _submit(tmp_path, "bounded", max_requeues=0, steps=40)
+    _signal_at_step(job_id, log, 2)
+    result = wait(job_id, log_path=log, poll_s=0.5, timeout_s=150)
+    text = _read(log)
+    assert (result.state, result.exit_code) == ("FAILED", "75:0"), text
+    assert "no requeue left (cluster.max_requeues=0)" in text
+    stop = re.search(r"checkpoint at step (\d+) saved", text)
+    assert stop, text
+    latest = (tmp_path / "bounded" / "latest").read_text().strip()
+    assert latest == f"iter_{int(stop.group(1)):07d}"
+    assert not (tmp_path / "bounded" / "summary.json").exists()
+    assert "attempt 2" not in text
+    assert _sacct_states(job_id) == ["FAILED"]
