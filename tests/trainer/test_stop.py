@@ -130,3 +130,23 @@ def test_stopped_mlflow_run_is_killed_then_continued_by_the_rerun(runs: dict) ->
     assert "checkpoint at step 3 saved" in stopped.data.tags["trainer.stopped"]
     steps = [m.step for m in client.get_metric_history(stopped.info.run_id, "loss")]
     assert steps == list(range(1, STEPS + 1))
+
+
+def _flag_under_nccl(stop_file: str) -> list[bool]:
+    import torch.distributed as dist
+
+    from trainer.parallel import _init_process_group
+    from trainer.preemption import stop_requested
+
+    _init_process_group(60)  # NCCL when CUDA is present
+    assert dist.get_backend() == "nccl"
+    before = stop_requested(stop_file)
+    Path(stop_file).touch()
+    return [before, stop_requested(stop_file), stop_requested(None)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_stop_flag_is_reduced_on_the_gpu_under_nccl(tmp_path: Path) -> None:
+    """NCCL reduces only CUDA tensors: the flag must live on the current device."""
+    assert run_distributed(_flag_under_nccl, 1, str(tmp_path / "stop"))[0] == [False, True, False]
