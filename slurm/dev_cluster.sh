@@ -71,6 +71,10 @@ SelectTypeParameters=CR_Core
 ReturnToService=2
 MinJobAge=600
 KillWait=5
+# A requeued job waits cred_expire + 1 s, then for the next main scheduler pass (default 120 s and
+# 60 s): shortened so the preemption/requeue tests restart jobs in ~11 s instead of ~140 s.
+AuthInfo=cred_expire=10
+SchedulerParameters=sched_interval=2
 InactiveLimit=0
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
