@@ -83,61 +83,21 @@ def main(cfg: DictConfig) -> None:
 
 
 def precheck(argv: list[str]) -> list[str]:
-    """For a sweep (-m): compose and validate every job as its Slurm job will (so
-    `${hydra:job.num}` resolves), check each has its own checkpoint.dir, and pin the sweep
-    folder (printed). Returns argv; bad input exits with one line."""
-    flags = {a for a in argv if a.startswith("-")}
-    if not flags or flags - {"-m", "--multirun"}:
+    """For a sweep (-m): validate every job as its Slurm job will compose it, check each has
+    its own checkpoint.dir, and pin the sweep folder (printed). Bad input exits with one line."""
+    from slurm.sweep import check_sweep, is_sweep
+
+    if not is_sweep(argv):
         return argv
-    try:
-        sweep, jobs = compose_sweep([a for a in argv if not a.startswith("-")])
-        dirs = [str(Path(_to_config(cfg).checkpoint.dir).absolute()) for cfg in jobs]
-    except Exception as err:  # unknown key, bad syntax, invalid value
-        cause = f" ({str(err.__cause__).split('full_key:')[0].strip()})" if err.__cause__ else ""
-        print(f"error: {' '.join(f'{err}{cause}'.split())}", file=sys.stderr)
-        sys.exit(2)
-    if len(set(dirs)) < len(dirs):
-        print(
-            f"error: sweep jobs share checkpoint.dir={dirs[0]}: give each job its own, e.g. "
-            "'checkpoint.dir=runs/lr_sweep/${hydra:job.num}'",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    print(f"trainer: {len(jobs)} sweep jobs; sweep folder {sweep} (Slurm logs: {sweep}/logs/)")
-    pinned = any(a.startswith("hydra.sweep.dir=") for a in argv)
-    return argv if pinned else [*argv, f"hydra.sweep.dir={sweep}"]
-
-
-def compose_sweep(overrides: list[str]) -> tuple[str, list[DictConfig]]:
-    """The sweep folder and each job's resolved config (without its hydra node), composed the
-    way Hydra's basic sweeper and the submitit launcher compose them."""
-    import copy
-
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import open_dict, read_write
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    (jobs,) = BasicSweeper.split_arguments(parsed, None)
-    configs, sweep_dir = [], None
     conf_dir = Path(__file__).resolve().parent.parent / "conf"
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        for num, job in enumerate(jobs):
-            cfg = compose("trainer", overrides=job, return_hydra_config=True)
-            sweep_dir = sweep_dir or cfg.hydra.sweep.dir  # ${now:...} as the first job saw it
-            with open_dict(cfg):
-                cfg.hydra.job.num = num
-                out = Path(sweep_dir, str(cfg.hydra.sweep.subdir))
-                cfg.hydra.runtime.output_dir = str(out.absolute())
-            HydraConfig.instance().set_config(cfg)  # what `${hydra:...}` reads
-            task = copy.deepcopy(cfg)
-            with read_write(task), open_dict(task):
-                del task["hydra"]
-            OmegaConf.resolve(task)
-            configs.append(task)
-    return sweep_dir, configs
+    try:
+        return check_sweep(
+            "trainer", argv, conf_dir, lambda cfg: _to_config(cfg).checkpoint.dir,
+            "checkpoint.dir", "checkpoint.dir=runs/lr_sweep/${hydra:job.num}",
+        )  # fmt: skip
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

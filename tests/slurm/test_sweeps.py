@@ -91,7 +91,7 @@ def test_trainer_lr_sweep_runs_one_slurm_job_per_lr(tmp_path):
     ("app", "args", "message"),
     [
         ("data_prep", ["stage=langid", "input=x", "output=runs/same", "langid.threshold=0.3,0.9"],
-         "data_prep: error: sweep jobs share the output folder"),
+         "data_prep: error: sweep jobs share output="),
         ("trainer", ["optim.lr=1e-3,3e-3"], "error: sweep jobs share checkpoint.dir="),
         ("trainer", ["optim.lr=1e-3,-1", "checkpoint.dir=c/${hydra:job.num}"],
          "error: optim config: lr must be positive"),
