@@ -115,6 +115,8 @@ def finalize(statuses: list[JobStatus], meta: dict) -> str | None:
     )
     if failed:
         client.set_tag(meta["parent_run_id"], "slurm.error", text[:5000])
+    elif "error" in client.get_run(meta["parent_run_id"]).data.tags:
+        client.delete_tag(meta["parent_run_id"], "error")  # an attempt's stop, since requeued
     children = client.search_runs(
         [meta["experiment_id"]],
         filter_string=f"tags.mlflow.parentRunId = '{meta['parent_run_id']}' and attributes.status = 'RUNNING'",
