@@ -70,7 +70,9 @@ def test_ray_data_script_starts_a_worker_on_every_other_node(tmp_path):
     bin_dir, rec = tmp_path / "bin", tmp_path / "rec"
     bin_dir.mkdir(), rec.mkdir()
     fakes = {
-        "python": 'echo "python $*" >> "$REC/calls"; [[ "$*" == *"--block"* ]] && sleep 30; exit 0',
+        # a Ray node blocks until stopped; the node wait gives the background sruns time to log
+        "python": 'echo "python $*" >> "$REC/calls"; [[ "$*" == *"--block"* ]] && exec sleep 30\n'
+        '[[ "$*" == *"ray_cluster wait"* ]] && sleep 0.5; exit 0',
         "srun": 'echo "srun $*" >> "$REC/calls"; while [ "$1" != python ]; do shift; done; exec "$@"',
         "scontrol": "echo node1; echo node2; echo node3",
         "hostname": "echo 10.0.0.1 10.0.0.2",
@@ -91,7 +93,7 @@ def test_ray_data_script_starts_a_worker_on_every_other_node(tmp_path):
     head = [c for c in calls if "--head" in c and c.startswith("python")]
     assert len(head) == 1 and "--node-ip-address=10.0.0.1" in head[0] and "--port=30007" in head[0]
     workers = [c for c in calls if c.startswith("srun")]
-    assert [w.split("-w ")[1].split()[0] for w in workers] == ["node2", "node3"]
+    assert sorted(w.split("-w ")[1].split()[0] for w in workers) == ["node2", "node3"]
     assert all("--address=10.0.0.1:30007" in w and "--num-cpus=4" in w for w in workers)
     waits = [c for c in calls if "slurm.ray_cluster wait" in c]
     assert waits == ["python -m slurm.ray_cluster wait 10.0.0.1:30007 1 300",
