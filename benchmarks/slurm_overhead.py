@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +40,7 @@ def timed(argv: list[str]) -> float:
 
 
 def training(work: Path, steps: int) -> tuple[float, float]:
+    warnings.filterwarnings("ignore")  # megatron's import-time notes about TE/Apex
     from tests.tiny_corpus import write_tiny_manifest
 
     manifest = write_tiny_manifest(work)
