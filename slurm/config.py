@@ -64,7 +64,8 @@ class ClusterConfig:
     container_mounts: list[str] = field(default_factory=list)
     """`src:dst` mounts for the container (`--container-mounts`)."""
     master_port: int | None = None
-    """Rendezvous port on the head node; None = 20000 + job id % 20000 (no clashes on shared nodes)."""
+    """Rendezvous port on the head node; None = the first port from 20000 + job id % 20000 that
+    nothing on the head node listens on."""
     extra_sbatch: list[str] = field(default_factory=list)
     """Further sbatch options, each starting with `--`, e.g. `--reservation=llm`."""
     mpi: str = "none"

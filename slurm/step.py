@@ -1,11 +1,13 @@
 """A training job step inside the current allocation: what the pipeline's train stage runs when
 its driver is itself a Slurm batch script (`launcher=srun`). Same launch as a TrainJob's script
-(one torchrun per node with c10d rendezvous on the first node, or one task per process), built
+(one torchrun per node with c10d rendezvous on a free port of the first node, or one task per
+process), built
 as an argv list for subprocess instead of shell text."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -22,6 +24,18 @@ def allocation_nodes(env: Mapping[str, str]) -> list[str]:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return proc.stdout.split()
+
+
+def free_port(start: int) -> int:
+    """The first port from `start` that nothing on this host listens on (the driver runs on
+    the allocation's first node, where the rendezvous is)."""
+    port = start
+    while port < 65535:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+        port += 1
+    raise RuntimeError(f"no free port from {start}")
 
 
 def srun_options(cluster: ClusterConfig) -> list[str]:
@@ -46,7 +60,7 @@ def train_step(
     env = dict(os.environ if env is None else env)
     nodes = allocation_nodes(env)
     job_id = int(env["SLURM_JOB_ID"])
-    port = cluster.master_port or 20000 + job_id % 20000
+    port = cluster.master_port or free_port(20000 + job_id % 20000)
     extra = {"MASTER_ADDR": nodes[0], "MASTER_PORT": str(port)}
     python = cluster.python or python or sys.executable
     nproc = cluster.nproc_per_node

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -161,6 +162,32 @@ def test_slurm_script_rendezvous_on_the_head_node(tmp_path):
     )
     assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("node7", "32345")
     assert (env["NCCL_DEBUG"], env["FROM_SETUP"]) == ("WARN", "yes")
+
+
+def _listen_in_rendezvous_range() -> socket.socket:
+    """A socket listening on a port in 20000..39999 (the range of 20000 + job id % 20000)."""
+    for port in range(23456, 39999):
+        sock = socket.socket()
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            continue
+        sock.listen()
+        return sock
+    raise RuntimeError("no port to occupy")
+
+
+def test_rendezvous_port_skips_ports_in_use_on_the_head_node(tmp_path):
+    job = TrainJob(overrides=[], run_dir=str(tmp_path / "run"), workdir=str(tmp_path))
+    cluster = ClusterConfig(gpus_per_node=2, python="python")
+    with _listen_in_rendezvous_range() as busy:
+        port = busy.getsockname()[1]
+        job_id = str(port - 20000 + 20000 * 3)  # 20000 + job id % 20000 == the busy port
+        env = {"SLURM_JOB_ID": job_id, "SLURM_JOB_NODELIST": "node7", "SLURM_JOB_NUM_NODES": "1"}
+        rec = _run_script(render_sbatch(job, cluster), tmp_path, env)
+    argv = (rec / "python.argv").read_text().splitlines()
+    assert f"--rdzv-endpoint=node7:{port + 1}" in argv  # 20000 + id % 20000 was taken
 
 
 def test_newlines_in_a_command_cannot_escape_the_comment_line(tmp_path):
