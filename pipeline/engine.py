@@ -250,12 +250,11 @@ def _collect(graph: Graph, refs: dict, view: DagView, since: float, parent) -> t
                 failures.append(cause)
                 if parent and not graph.nodes[key].kind.live_run:
                     parent.log_async(log_failed_stage, graph.nodes[key], cause.message)
-                note = (
-                    f"stopped for requeue: {cause.message}"
-                    if isinstance(cause, StagePreempted)
-                    else cause.message
+                stopped = isinstance(cause, StagePreempted)
+                note = f"stopped for requeue: {cause.message}" if stopped else cause.message
+                view.set(
+                    key, "stopped" if stopped else "failed", finished=time.time(), note=note[:80]
                 )
-                view.set(key, "failed", finished=time.time(), note=note[:80])
                 continue
             results[key] = res
             if parent and not res["logged"]:

@@ -17,7 +17,7 @@ from pipeline.state import ATTEMPT
 
 _COLORS = {
     "pending": "dim", "running": "cyan", "done": "green", "skipped": "blue",
-    "failed": "bold red", "blocked": "yellow",
+    "failed": "bold red", "blocked": "yellow", "stopped": "magenta",
 }  # fmt: skip
 _RATE_KEY = re.compile(r"(per_s(ec)?|throughput|/s)$")
 

@@ -58,6 +58,7 @@ def test_stopped_train_stage_is_killed_exits_75_and_resumes(tmp_path: Path) -> N
     first = _pipeline(run_dir, stop_file)
     assert first.returncode == 75, first.stderr[-3000:]
     assert "stopped for requeue: stage train stopped for requeue" in first.stderr
+    assert "[pipeline] train: stopped" in first.stdout  # the view says stopped, not failed
     assert not (run_dir / "train" / MARKER).exists()
     assert (run_dir / "join" / MARKER).exists()  # finished stages keep their markers
     train_runs, all_runs = _train_runs(tmp_path / "mlflow.db")
