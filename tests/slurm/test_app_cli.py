@@ -53,3 +53,11 @@ def test_cluster_slurm_with_datatrove_slurm_executor_is_refused(tmp_path):
     res = _run("data_prep", "stage=read", "input=x", f"output={tmp_path}", "cluster=slurm",
                "executor=slurm", "executor.partition=debug", timeout=120)  # fmt: skip
     assert res.returncode == 2 and "not both" in res.stderr
+
+
+@pytest.mark.usefixtures("dev_cluster")
+def test_rejected_submission_is_one_clear_line(tmp_path):
+    res = _run("trainer", "cluster=slurm", "cluster.partition=no_such_partition",
+               f"checkpoint.dir={tmp_path}", timeout=120)  # fmt: skip
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.startswith("error: sbatch ") and "invalid partition" in res.stderr.lower()
