@@ -2,8 +2,8 @@
 
 Training (`TrainJob`), `cluster.launch=torchrun` (default): one Slurm task per node, and on
 each node `torchrun` starts `nproc_per_node` processes that meet through torch's c10d rendezvous
-on the allocation's first node (first of `scontrol show hostnames`), the first free port from 20000 + job id % 20000
-unless `cluster.master_port` is set. `cluster.launch=srun`: one Slurm task per process, and
+on the allocation's first node (first of `scontrol show hostnames`), on the first free port from
+20000 + job id % 20000 unless `cluster.master_port` is set. `cluster.launch=srun`: one Slurm task per process, and
 `python -m slurm.srun_task` maps SLURM_PROCID/LOCALID/NTASKS to RANK/LOCAL_RANK/WORLD_SIZE.
 Either way the trainer needs no Slurm-specific code, and a dead worker takes the whole job down
 (`srun --kill-on-bad-exit=1`). With `executor: local` the script runs under plain bash with
@@ -33,6 +33,7 @@ from pathlib import Path
 import jinja2
 
 from slurm.config import ClusterConfig, CommandJob, RayJob, TrainJob
+from slurm.step import rdzv_options, srun_options
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("slurm", "templates"),
@@ -55,34 +56,30 @@ def render_sbatch(job: Job, cluster: ClusterConfig) -> str:
     run_dir = str(Path(job.run_dir).absolute())
     if re.search(r"\s", run_dir):
         raise ValueError(f"run_dir {run_dir!r}: Slurm log paths cannot contain whitespace")
+    workdir = job.workdir or os.getcwd()
     tasks_per_node = 1
     if isinstance(job, TrainJob):
-        launch, what, kind = (
-            _train_launch(job, cluster, run_dir),
-            _describe_train(job, cluster),
-            "train",
-        )
+        kind, what = "train", _describe_train(job, cluster)
+        launch = _train_launch(job, cluster, run_dir, workdir)
         if cluster.launch == "srun":
             tasks_per_node = cluster.nproc_per_node
     elif isinstance(job, RayJob):
-        launch, what, kind = (
-            _background(shlex.join(job.command)),
-            "ray driver: " + shlex.join(job.command),
+        kind, what, launch = (
             "ray",
+            "ray driver: " + shlex.join(job.command),
+            shlex.join(job.command),
         )
     else:
-        launch, what, kind = (
-            _command_launch(job, cluster),
-            "command: " + shlex.join(job.command),
-            "command",
-        )
+        kind, what = "command", "command: " + shlex.join(job.command)
+        prefix = _srun_prefix(cluster, workdir) if job.per_node else []
+        launch = _CONT.join([*prefix, shlex.join(job.command)])
     python = cluster.python or getattr(job, "python", None) or sys.executable
     return _ENV.get_template("job.sbatch.j2").render(
         c=cluster,
         slurm=cluster.executor == "slurm",
         kind=kind,
         run_dir=run_dir,
-        workdir=job.workdir or os.getcwd(),
+        workdir=workdir,
         launch=launch,
         what=what,
         tasks_per_node=tasks_per_node,
@@ -107,52 +104,31 @@ def trainer_overrides(job: TrainJob, run_dir: str) -> list[str]:
     return overrides
 
 
-def _srun_prefix(cluster: ClusterConfig) -> list[str]:
+def _srun_prefix(cluster: ClusterConfig, workdir: str) -> list[str]:
     """`srun` and its options, one script line each (empty for the local executor)."""
     if cluster.executor != "slurm":
         return []
-    lines = [f"srun --kill-on-bad-exit=1 --mpi={cluster.mpi}"]
-    if cluster.container_image:
-        lines.append(f"--container-image={shlex.quote(cluster.container_image)}")
-        if cluster.container_mounts:
-            lines.append("--container-mounts=" + shlex.quote(",".join(cluster.container_mounts)))
-        lines.append('--container-workdir="$PWD"')
-    return lines
+    return ["srun", *map(shlex.quote, srun_options(cluster, workdir))]
 
 
 def _python(job: TrainJob, cluster: ClusterConfig) -> str:
     return cluster.python or job.python or sys.executable
 
 
-def _background(command: str) -> list[str]:
-    """The launch line(s), run in the background (the template waits for `$!`)."""
-    return [command + " &"]
-
-
-def _train_launch(job: TrainJob, cluster: ClusterConfig, run_dir: str) -> list[str]:
+def _train_launch(job: TrainJob, cluster: ClusterConfig, run_dir: str, workdir: str) -> str:
+    """The training command line of the script (shell text; the template backgrounds it)."""
     overrides = [shlex.quote(o) for o in trainer_overrides(job, run_dir)]
     python = shlex.quote(_python(job, cluster))
+    srun = _srun_prefix(cluster, workdir)
     if cluster.executor == "slurm" and cluster.launch == "srun":
-        parts = [*_srun_prefix(cluster), f"{python} -m slurm.srun_task {job.module}", *overrides]
-        return _background(_CONT.join(parts))
-    torchrun = [python, "-m", "torch.distributed.run"]
-    if cluster.executor == "slurm":
-        rdzv = [
-            '--nnodes="$SLURM_JOB_NUM_NODES"',
-            f"--nproc-per-node={cluster.nproc_per_node}",
-            "--rdzv-backend=c10d",
-            '--rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT"',
-            '--rdzv-id="$SLURM_JOB_ID"',
-        ]
+        return _CONT.join([*srun, f"{python} -m slurm.srun_task {job.module}", *overrides])
+    if cluster.executor == "slurm":  # values are numbers or shell variables: not quoted
+        rdzv = rdzv_options('"$SLURM_JOB_NUM_NODES"', cluster.nproc_per_node,
+                            '"$MASTER_ADDR:$MASTER_PORT"', '"$SLURM_JOB_ID"')  # fmt: skip
     else:
         rdzv = ["--standalone", f"--nproc-per-node={cluster.nproc_per_node}"]
-    parts = [*_srun_prefix(cluster), " ".join(torchrun), *rdzv, f"-m {job.module}", *overrides]
-    return _background(_CONT.join(parts))
-
-
-def _command_launch(job: CommandJob, cluster: ClusterConfig) -> list[str]:
-    prefix = _srun_prefix(cluster) if job.per_node else []
-    return _background(_CONT.join([*prefix, shlex.join(job.command)]))
+    torchrun = f"{python} -m torch.distributed.run"
+    return _CONT.join([*srun, torchrun, *rdzv, f"-m {job.module}", *overrides])
 
 
 def _describe_train(job: TrainJob, cluster: ClusterConfig) -> str:

@@ -38,15 +38,23 @@ def free_port(start: int) -> int:
     raise RuntimeError(f"no free port from {start}")
 
 
-def srun_options(cluster: ClusterConfig) -> list[str]:
-    """srun options shared by every training step (argv form, no shell quoting)."""
+def srun_options(cluster: ClusterConfig, workdir: str) -> list[str]:
+    """srun options of every training step, argv form (the sbatch renderer quotes them)."""
     options = ["--kill-on-bad-exit=1", f"--mpi={cluster.mpi}"]
     if cluster.container_image:
         options.append(f"--container-image={cluster.container_image}")
         if cluster.container_mounts:
             options.append("--container-mounts=" + ",".join(cluster.container_mounts))
-        options.append(f"--container-workdir={os.getcwd()}")
+        options.append(f"--container-workdir={workdir}")
     return options
+
+
+def rdzv_options(nnodes: str, nproc: int, endpoint: str, rdzv_id: str) -> list[str]:
+    """torchrun's multi-node options: c10d rendezvous at `endpoint` (host:port)."""
+    return [
+        f"--nnodes={nnodes}", f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rdzv_id}",
+    ]  # fmt: skip
 
 
 def train_step(
@@ -64,14 +72,11 @@ def train_step(
     extra = {"MASTER_ADDR": nodes[0], "MASTER_PORT": str(port)}
     python = cluster.python or python or sys.executable
     nproc = cluster.nproc_per_node
-    srun = ["srun", *srun_options(cluster), f"--nodes={len(nodes)}"]
+    srun = ["srun", *srun_options(cluster, os.getcwd()), f"--nodes={len(nodes)}"]
     if cluster.launch == "srun":
         srun += [f"--ntasks-per-node={nproc}", f"--ntasks={nproc * len(nodes)}"]
         return [*srun, python, "-m", "slurm.srun_task", module, *overrides], extra
     srun += ["--ntasks-per-node=1", f"--ntasks={len(nodes)}"]
-    torchrun = [
-        python, "-m", "torch.distributed.run", f"--nnodes={len(nodes)}",
-        f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={nodes[0]}:{port}", f"--rdzv-id={job_id}",
-    ]  # fmt: skip
+    rdzv = rdzv_options(str(len(nodes)), nproc, f"{nodes[0]}:{port}", str(job_id))
+    torchrun = [python, "-m", "torch.distributed.run", *rdzv]
     return [*srun, *torchrun, "-m", module, *overrides], extra
