@@ -82,18 +82,29 @@ def submit(
     return proc.stdout.strip().split(";")[0]
 
 
+def sacct_states(job_ids: list[str]) -> dict[str, tuple[str, str, str]]:
+    """job id -> (state, exit code, elapsed) from accounting, the latest attempt of a requeued
+    job; "CANCELLED by 0" reads CANCELLED. Jobs accounting does not know yet are left out."""
+    if not job_ids:
+        return {}
+    fields = "JobID,State,ExitCode,Elapsed"
+    proc = _run(["sacct", "-X", "-n", "-P", "-j", ",".join(job_ids), "-o", fields])
+    found = {}
+    for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
+        job_id, state, exit_code, elapsed = line.split("|")[:4]
+        found[job_id] = (state.split()[0], exit_code, elapsed)
+    return found
+
+
 def job_state(job_id: str) -> tuple[str, str] | None:
     """(state, exit code) from accounting, or from the controller while accounting lags."""
-    proc = _run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State,ExitCode"])
-    if proc.returncode == 0 and proc.stdout.strip():
-        state, exit_code = proc.stdout.strip().splitlines()[0].split("|")[:2]
-        state = state.split()[0]  # "CANCELLED by 0" -> "CANCELLED"
-        if state in TERMINAL_STATES:
-            return state, exit_code
+    found = sacct_states([job_id]).get(job_id)
+    if found and found[0] in TERMINAL_STATES:
+        return found[0], found[1]
     fields = _scontrol_fields(job_id)
     if "JobState" in fields:
         return fields["JobState"], fields.get("ExitCode", "")
-    return (state, exit_code) if proc.returncode == 0 and proc.stdout.strip() else None
+    return (found[0], found[1]) if found else None
 
 
 def _scontrol_fields(job_id: str) -> dict[str, str]:

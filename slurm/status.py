@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slurm.app import load_record
-from slurm.jobs import TERMINAL_STATES, _run, log_tail
+from slurm.jobs import TERMINAL_STATES, log_tail, sacct_states
 
 
 @dataclass
@@ -39,25 +39,11 @@ class JobStatus:
         return self.state == "COMPLETED"
 
 
-def query(job_ids: list[str]) -> dict[str, tuple[str, str, str]]:
-    """job id -> (state, exit code, elapsed) from sacct (latest attempt of requeued jobs)."""
-    if not job_ids:
-        return {}
-    proc = _run(
-        ["sacct", "-X", "-n", "-P", "-j", ",".join(job_ids), "-o", "JobID,State,ExitCode,Elapsed"]
-    )
-    found = {}
-    for line in proc.stdout.splitlines():
-        job_id, state, code, elapsed = line.split("|")[:4]
-        found[job_id] = (state.split()[0], code, elapsed)
-    return found
-
-
 def job_statuses(run_dir: Path) -> tuple[list[JobStatus], dict]:
     record = load_record(run_dir)
     if record is None:
         raise ValueError(f"no jobs.json in {run_dir}: was anything submitted there?")
-    states = query([j["job_id"] for j in record["jobs"]])
+    states = sacct_states([j["job_id"] for j in record["jobs"]])
     statuses = []
     for j in record["jobs"]:
         state, code, elapsed = states.get(j["job_id"], ("UNKNOWN", "", ""))

@@ -9,21 +9,18 @@ import pytest
 from slurm import jobs
 from slurm.config import ClusterConfig, CommandJob
 from slurm.jobs import JobResult, SlurmJobError, SlurmUnavailableError, launch_training
+from tests.slurm.fake_bin import write_fakes
 
 
 @pytest.fixture
 def fake_slurm(tmp_path, monkeypatch):
     """Fake sbatch/sacct/scontrol; sacct answers the lines of sacct.seq one call at a time."""
-    bin_dir = tmp_path / "fakebin"
-    bin_dir.mkdir()
     bodies = {
         "sbatch": 'echo "$@" > "$FAKE/sbatch.args"; cat "$FAKE/sbatch.out"; exit $(cat "$FAKE/sbatch.rc")',
         "sacct": 'line=$(head -n1 "$FAKE/sacct.seq"); sed -i 1d "$FAKE/sacct.seq"; [ -n "$line" ] && echo "$line"; true',
         "scontrol": 'cat "$FAKE/scontrol.out" 2>/dev/null; true',
     }
-    for name, body in bodies.items():
-        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
-        (bin_dir / name).chmod(0o755)
+    bin_dir = write_fakes(tmp_path / "fakebin", bodies)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     monkeypatch.setenv("FAKE", str(tmp_path))
     (tmp_path / "sbatch.rc").write_text("0")
@@ -53,7 +50,11 @@ def test_missing_slurm_is_reported(tmp_path, monkeypatch):
 
 
 def test_wait_polls_until_a_final_state(fake_slurm):
-    (fake_slurm / "sacct.seq").write_text("PENDING|0:0\nRUNNING|0:0\nRUNNING|0:0\nCOMPLETED|0:0\n")
+    (fake_slurm / "sacct.seq").write_text(
+        "".join(
+            f"7|{state}|0:0|00:00:01\n" for state in ("PENDING", "RUNNING", "RUNNING", "COMPLETED")
+        )
+    )
     result = jobs.wait("7", log_path="/l/x.out", poll_s=0.01)
     assert (result.state, result.exit_code, result.ok) == ("COMPLETED", "0:0", True)
     assert result.log_path == Path("/l/x.out")
@@ -61,7 +62,7 @@ def test_wait_polls_until_a_final_state(fake_slurm):
 
 
 def test_wait_falls_back_to_scontrol_while_accounting_lags(fake_slurm):
-    (fake_slurm / "sacct.seq").write_text("RUNNING|0:0\n")
+    (fake_slurm / "sacct.seq").write_text("7|RUNNING|0:0|00:00:05\n")
     (fake_slurm / "scontrol.out").write_text(
         "JobId=7 JobName=train JobState=OUT_OF_MEMORY Reason=OutOfMemory ExitCode=0:125 StdOut=/l/train-7.out\n"
     )
@@ -71,12 +72,12 @@ def test_wait_falls_back_to_scontrol_while_accounting_lags(fake_slurm):
 
 
 def test_cancelled_by_user_is_a_final_state(fake_slurm):
-    (fake_slurm / "sacct.seq").write_text("CANCELLED by 0|0:15\n")
+    (fake_slurm / "sacct.seq").write_text("7|CANCELLED by 0|0:15|00:00:09\n")
     assert jobs.wait("7", log_path="/l", poll_s=0.01).state == "CANCELLED"
 
 
 def test_wait_timeout_says_how_to_cancel(fake_slurm):
-    (fake_slurm / "sacct.seq").write_text("RUNNING|0:0\n" * 100)
+    (fake_slurm / "sacct.seq").write_text("7|RUNNING|0:0|00:00:01\n" * 100)
     with pytest.raises(TimeoutError, match="scancel 7"):
         jobs.wait("7", log_path="/l", poll_s=0.01, timeout_s=0.05)
 
