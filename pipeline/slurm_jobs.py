@@ -63,10 +63,11 @@ def plan_jobs(
     job_dir = graph.run_dir / "slurm"
     train_keys = training_part(graph)
     base = [sys.executable, "-m", "pipeline", *job_overrides(overrides), "live=false"]
+    data = data_cluster(cfg)
     jobs: list[PlannedJob] = []
     if any(d.run for k, d in decisions.items() if k not in train_keys):
         command = [*base, "part=data", "ray.address=auto"]
-        jobs.append(PlannedJob("data", RayJob(command, str(job_dir)), data_cluster(cfg), None))
+        jobs.append(PlannedJob("data", RayJob(command, str(job_dir)), data, None))
     if any(d.run for k, d in decisions.items() if k in train_keys):
         train_cluster = dataclasses.replace(cfg.cluster, job_name="pipeline-train")
         command = [*base, "part=train", *_srun_overrides(graph, train_keys, job_dir)]
@@ -80,7 +81,7 @@ def plan_jobs(
         )
     if jobs:
         command = [sys.executable, "-m", "slurm", "status", str(job_dir), "--finalize"]
-        finish = finish_cluster(data_cluster(cfg))
+        finish = finish_cluster(data)
         jobs.append(
             PlannedJob(
                 "finish", CommandJob(command, str(job_dir), per_node=False), finish, "afterany"

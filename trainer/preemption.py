@@ -14,7 +14,7 @@ import os
 import torch
 import torch.distributed as dist
 
-EXIT_CODE = 75
+EXIT_CODE = os.EX_TEMPFAIL
 """Exit status of a run stopped for requeue (os.EX_TEMPFAIL)."""
 
 

@@ -53,11 +53,15 @@ class TrainOptions:
             )
 
 
+def override_value(overrides: list[str], key: str) -> str | None:
+    """The value the last `key=VALUE` override sets (Hydra applies them in order), or None."""
+    values = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
+    return values[-1] if values else None
+
+
 def checkpoint_dir(ctx: StageContext) -> Path:
-    for override in ctx.overrides:
-        if override.startswith("checkpoint.dir="):
-            return Path(override.split("=", 1)[1])
-    return ctx.output / "checkpoints"
+    found = override_value(ctx.overrides, "checkpoint.dir")
+    return Path(found) if found else ctx.output / "checkpoints"
 
 
 def command(opts: TrainOptions, overrides: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -154,10 +158,7 @@ def run_local(ctx: StageContext, opts: TrainOptions, overrides: list[str]) -> No
 def _stop_requested(env: dict[str, str], overrides: list[str]) -> bool:
     """Whether the trainer's stop file exists. torchrun and srun turn a worker's exit 75 (stopped
     for requeue) into their own failure code, so the file is the signal that counts."""
-    stop_file = env.get("PRETRAIN_STOP_FILE")
-    for override in overrides:
-        if override.startswith("checkpoint.stop_file="):
-            stop_file = override.split("=", 1)[1]
+    stop_file = override_value(overrides, "checkpoint.stop_file") or env.get("PRETRAIN_STOP_FILE")
     return bool(stop_file) and os.path.exists(stop_file)
 
 
