@@ -15,6 +15,7 @@ from slurm.render import render_sbatch
 from slurm.srun_task import torch_env
 from slurm.status import JobStatus, outcome
 from slurm.step import train_step
+from tests.slurm.fake_bin import write_fakes
 
 
 def test_job_overrides_drop_cluster_and_dry_run_and_run_in_place():
@@ -67,8 +68,8 @@ def test_verdict_judges_work_jobs_not_the_finishing_job():
 
 
 def test_ray_data_script_starts_a_worker_on_every_other_node(tmp_path):
-    bin_dir, rec = tmp_path / "bin", tmp_path / "rec"
-    bin_dir.mkdir(), rec.mkdir()
+    rec = tmp_path / "rec"
+    rec.mkdir()
     fakes = {
         # a Ray node blocks until stopped; the node wait gives the background sruns time to log
         "python": 'echo "python $*" >> "$REC/calls"; [[ "$*" == *"--block"* ]] && exec sleep 30\n'
@@ -77,9 +78,7 @@ def test_ray_data_script_starts_a_worker_on_every_other_node(tmp_path):
         "scontrol": "echo node1; echo node2; echo node3",
         "hostname": "echo 10.0.0.1 10.0.0.2",
     }
-    for name, body in fakes.items():
-        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
-        (bin_dir / name).chmod(0o755)
+    bin_dir = write_fakes(tmp_path / "bin", fakes)
     job = RayJob(["python", "-c", "driver"], run_dir=str(tmp_path / "run"), workdir=str(tmp_path))
     script = render_sbatch(job, ClusterConfig(nodes=3, cpus_per_task=4, python="python"))
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "REC": str(rec),

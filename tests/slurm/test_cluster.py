@@ -12,6 +12,7 @@ import pytest
 from slurm import jobs
 from slurm.config import CommandJob, load_cluster
 from slurm.jobs import SlurmJobError
+from tests.slurm.fake_bin import write_fakes
 
 pytestmark = pytest.mark.usefixtures("dev_cluster")
 REPO = Path(__file__).resolve().parents[2]
@@ -64,9 +65,8 @@ def test_cancelled_job_reports_cancelled(tmp_path):
 
 def test_cli_submits_to_the_dev_cluster(tmp_path):
     """`python -m slurm submit cluster=slurm_dev -- ...` end to end (a fake python as trainer)."""
-    fake = tmp_path / "fake_python"
-    fake.write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > {tmp_path}/argv.$SLURM_JOB_ID\n')
-    fake.chmod(0o755)
+    body = f'printf "%s\\n" "$@" > {tmp_path}/argv.$SLURM_JOB_ID'
+    fake = write_fakes(tmp_path, {"fake_python": body}) / "fake_python"
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "slurm", "submit", "cluster=slurm_dev", f"run_dir={run_dir}",
            f"cluster.python={fake}", "poll_s=0.5", "--", "train.max_steps=2"]  # fmt: skip

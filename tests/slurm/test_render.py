@@ -13,6 +13,7 @@ import pytest
 
 from slurm.config import CONF_DIR, ClusterConfig, CommandJob, RayJob, TrainJob, load_cluster
 from slurm.render import render_sbatch, trainer_overrides
+from tests.slurm.fake_bin import write_fakes
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"  # regenerate golden files
@@ -96,8 +97,6 @@ def test_hydra_run_dir_is_added_once():
 
 def _fake_bin(tmp_path: Path) -> Path:
     """Fake python/srun/scontrol that record their argv (one per line) and environment."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     scripts = {
         "python": 'printf "%s\\n" "$@" > "$REC/python.argv"; env > "$REC/python.env"',
         "srun": 'printf "%s\\n" "$@" > "$REC/srun.argv"\n'
@@ -105,10 +104,7 @@ def _fake_bin(tmp_path: Path) -> Path:
         # a long node list (> a pipe buffer): `| head -n 1` would die of SIGPIPE under pipefail
         "scontrol": '[ "$1 $2" = "show hostnames" ] && seq -f "node%g" 7 20006',
     }
-    for name, body in scripts.items():
-        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    return bin_dir
+    return write_fakes(tmp_path / "bin", scripts)
 
 
 def _run_script(text: str, tmp_path: Path, extra_env: dict[str, str]) -> Path:

@@ -1,10 +1,9 @@
 """A 2-process CPU training job of a few steps through the renderer on the real dev cluster.
-Skipped without the cluster (or without the trainer entry point `python -m trainer`)."""
+Skipped without the cluster."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,14 +11,7 @@ import pytest
 from slurm import launch_training, load_cluster
 from tests.tiny_corpus import write_tiny_manifest
 
-REPO = Path(__file__).resolve().parents[2]
-pytestmark = [
-    pytest.mark.usefixtures("dev_cluster"),
-    pytest.mark.skipif(
-        not (REPO / "trainer" / "__main__.py").is_file(),
-        reason="no trainer entry point (trainer/__main__.py)",
-    ),
-]
+pytestmark = pytest.mark.usefixtures("dev_cluster")
 
 
 def test_two_process_cpu_training_completes(tmp_path):
