@@ -6,7 +6,7 @@
 CLI: `python -m data_prep stage=NAME input=PATH output=DIR [overrides]`.
 """
 
-from data_prep.errors import DataPrepError, IncompleteRanksError, InputError
+from data_prep.errors import DataPrepError, IncompleteRanksError, InputError, OutputBusyError
 
 
 def run_stage(stage: str, overrides: list[str]) -> dict:
@@ -16,4 +16,4 @@ def run_stage(stage: str, overrides: list[str]) -> dict:
     return _run_stage(stage, overrides)
 
 
-__all__ = ["DataPrepError", "IncompleteRanksError", "InputError", "run_stage"]
+__all__ = ["DataPrepError", "IncompleteRanksError", "InputError", "OutputBusyError", "run_stage"]

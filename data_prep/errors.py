@@ -20,3 +20,7 @@ class IncompleteRanksError(DataPrepError):
             f"stage phase '{phase}': {len(ranks)} task(s) did not complete, ranks {ranks}; "
             f"see logs: {shown}"
         )
+
+
+class OutputBusyError(DataPrepError):
+    """Another run holds the lock of the output folder (it is writing there now)."""

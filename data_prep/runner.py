@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from data_prep.accounting import merge_ledgers
 from data_prep.config import DataPrepConfig, register_configs
 from data_prep.errors import DataPrepError, InputError
+from data_prep.output import LOCK, OutputLock, check_output
 from data_prep.reader import resolve_inputs, write_paths_file
 from data_prep.stages import Phase, StageContext, build_phases
 
@@ -117,32 +118,74 @@ def fingerprint(cfg: DataPrepConfig, files: list[str]) -> str:
 
 
 def _prepare_output(out: Path, work: Path, fp: str, force: bool) -> None:
-    """Keep a matching unfinished run (to resume its completed tasks); else start clean."""
+    """Keep a matching unfinished run (to resume its completed tasks); else start clean.
+
+    Called under the output lock. The completion marker goes first, so a run killed while
+    cleaning never leaves a marker next to half-deleted data; the lock file stays."""
     fp_file = work / "fingerprint"
     if not force and fp_file.exists() and fp_file.read_text() == fp:
         return
+    (work / DONE).unlink(missing_ok=True)
     for pattern in _OUTPUT_GLOBS:
         for p in out.glob(pattern):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    fp_file.write_text(fp)
+    for p in work.iterdir():
+        if p.name != LOCK:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    _write_atomic(fp_file, fp)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _output_state(out: Path) -> dict[str, list[int]]:
+    """Size and mtime of every top-level output file (docs, shards, stats, manifest, ...)."""
+    return {
+        p.name: [p.stat().st_size, p.stat().st_mtime_ns]
+        for p in sorted(out.iterdir())
+        if p.is_file() and not p.name.startswith(".")
+    }
+
+
+def finished_stats(out: Path, fp: str) -> dict | None:
+    """The stats of a finished run with fingerprint `fp` in `out`, or None.
+
+    The completion marker names the fingerprint and the exact output files (sizes, mtimes) of
+    the run that wrote them under the output lock; data, stats.json or marker from any other
+    run (or a partial cleanup) do not match, and the stage runs again from a clean folder."""
+    try:
+        done = json.loads((out / ".work" / DONE).read_text())
+        if done.get("fingerprint") != fp or done.get("outputs") != _output_state(out):
+            return None
+        return json.loads((out / "stats.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def run_config(cfg: DataPrepConfig) -> dict:
-    """Run a validated config; a finished stage with the same fingerprint is not rerun."""
+    """Run a validated config; a finished stage with the same fingerprint is not rerun.
+
+    Only one run at a time writes an output folder (`OutputLock`); a second one fails at once."""
     files = resolve_inputs(cfg.input, cfg.read.glob)
     out = Path(cfg.output).expanduser().resolve()
-    work = out / ".work"
+    check_output(out, cfg.output)
     try:
         fp = fingerprint(cfg, files)
     except FileNotFoundError as e:
         raise InputError(f"file not found: {e.filename}") from None
-    done = work / DONE
-    if not cfg.force and done.exists() and json.loads(done.read_text()).get("fingerprint") == fp:
-        stats = json.loads((out / "stats.json").read_text())
-        return stats | {"skipped": True}
-    out.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out) as lock:
+        stats = None if cfg.force else finished_stats(out, fp)
+        if stats is not None:
+            return stats | {"skipped": True}
+        lock.record_pid()
+        return _run_locked(cfg, files, out, fp) | {"skipped": False}
+
+
+def _run_locked(cfg: DataPrepConfig, files: list[str], out: Path, fp: str) -> dict:
+    work = out / ".work"
     _prepare_output(out, work, fp, cfg.force)
     ctx = StageContext(cfg, out, work, write_paths_file(files, work / "inputs.txt"))
     start = time.perf_counter()
@@ -152,10 +195,9 @@ def run_config(cfg: DataPrepConfig) -> dict:
     except ValueError as e:
         raise InputError(one_line(e)) from None
     stats = _write_stats(cfg, out, work, len(files), time.perf_counter() - start, extras)
-    tmp = work / ".done.tmp"
-    tmp.write_text(json.dumps({"fingerprint": fp, "finished": time.time()}))
-    os.replace(tmp, done)
-    return stats | {"skipped": False}
+    marker = {"fingerprint": fp, "finished": time.time(), "outputs": _output_state(out)}
+    _write_atomic(work / DONE, json.dumps(marker))
+    return stats
 
 
 def _run_phases(cfg: DataPrepConfig, phases: list[Phase], work: Path) -> dict:
@@ -205,9 +247,7 @@ def _write_stats(
         for reason, docs in samples.items():
             with open(sdir / f"{reason.replace(':', '__')}.jsonl", "w") as f:
                 f.writelines(json.dumps(d, ensure_ascii=False, default=str) + "\n" for d in docs)
-    tmp = out / ".stats.json.tmp"
-    tmp.write_text(json.dumps(stats, indent=2, ensure_ascii=False))
-    os.replace(tmp, out / "stats.json")
+    _write_atomic(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False))
     return stats
 
 
