@@ -8,9 +8,13 @@
     python -m trainer cluster=slurm cluster.nodes=2 cluster.gpus_per_node=8 parallel=... \
         data.manifest=...          # submit this command as a Slurm job (dry_run=true: print it)
 
-Rerunning with the same checkpoint.dir resumes from its latest complete checkpoint. When the
-file checkpoint.stop_file (env PRETRAIN_STOP_FILE) appears, the trainer saves a checkpoint and
-exits with code 75 (Slurm's pre-timeout signal: the job requeues and resumes).
+Rerunning with the same checkpoint.dir resumes from its latest complete checkpoint (the newest
+complete one if `latest` is missing or damaged; checkpoint.resume=false starts over and moves
+the old checkpoints to checkpoint.dir/previous/). SIGTERM, SIGINT (Ctrl-C) or the file
+checkpoint.stop_file (env PRETRAIN_STOP_FILE, touched on Slurm's pre-timeout signal) make the
+trainer save a checkpoint after the current step and exit with code 75; a second signal exits at
+once. Exit codes: 0 done, 2 bad input (one line on stderr), 75 stopped with a checkpoint saved
+(rerun to resume), 130 interrupted before the first step.
 
 Sweeps (Hydra multirun), one Slurm job per point via hydra-submitit-launcher (conf/hydra/launcher);
 each job needs its own checkpoint.dir (checked before anything is submitted):
@@ -21,6 +25,7 @@ Sweep folder: runs/sweeps/trainer/<time>/ (Slurm logs in its logs/<job id>/).
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -35,6 +40,9 @@ ConfigStore.instance().store(name="trainer_schema", node=TrainerConfig)
 
 
 def _to_config(cfg: DictConfig) -> TrainerConfig:
+    from appconf.strict import check_keys
+
+    check_keys(cfg, TrainerConfig, "trainer")  # a `+key` the schema lacks is no silent no-op
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, TrainerConfig)
     return obj
@@ -71,6 +79,10 @@ def main(cfg: DictConfig) -> None:
         from trainer.preemption import EXIT_CODE, TrainingStopped
         from trainer.run import train
 
+        if "LOCAL_RANK" in os.environ:  # a torchrun rank: stop (saving) if torchrun dies
+            from trainer.lifetime import stop_with_parent
+
+            stop_with_parent()
         try:
             train(config)
         except TrainingStopped:  # checkpoint saved, line printed; every rank stops here
@@ -80,6 +92,9 @@ def main(cfg: DictConfig) -> None:
     except ValueError as err:  # bad user input: one clear line, no traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C before training started: nothing to save
+        print("interrupted before the first step: nothing to save", file=sys.stderr)
+        sys.exit(130)
 
 
 def precheck(argv: list[str]) -> list[str]:
@@ -87,9 +102,13 @@ def precheck(argv: list[str]) -> list[str]:
     its own checkpoint.dir, and pin the sweep folder (printed). Bad input exits with one line."""
     from slurm.sweep import check_sweep, is_sweep
 
-    if not is_sweep(argv):
-        return argv
     conf_dir = Path(__file__).resolve().parent.parent / "conf"
+    sweep = is_sweep(argv)
+    if sweep is None:  # --cfg, --help, ...: leave them to Hydra
+        return argv
+    if not sweep:
+        _check_unknown_keys(argv, conf_dir)
+        return argv
     try:
         return check_sweep(
             "trainer", argv, conf_dir, lambda cfg: _to_config(cfg).checkpoint.dir,
@@ -98,6 +117,20 @@ def precheck(argv: list[str]) -> list[str]:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def _check_unknown_keys(argv: list[str], conf_dir: Path) -> None:
+    """An unknown key (`train.stepz=5`, `+train.stepz=5`, `++bogus=1`): one line, exit 2.
+    Other composition errors are left to Hydra."""
+    from appconf.strict import UnknownKeyError, compose_checked
+
+    try:
+        compose_checked(conf_dir, "trainer", argv, TrainerConfig, "trainer")
+    except UnknownKeyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Exception:  # noqa: BLE001 - bad syntax etc.: Hydra reports it as before
+        pass
 
 
 if __name__ == "__main__":

@@ -1,18 +1,20 @@
 """Atomic, resharding-friendly checkpoints through megatron-core dist_checkpointing.
 
-Layout of `checkpoint.dir`:
-    iter_0000010/      one complete checkpoint (model, optimizer, RNG, step/data position)
-    latest             text file naming the newest complete checkpoint; written last
-A checkpoint is written into `iter_XXXXXXX.tmp` and renamed only after every rank finished,
-so a crash never leaves a half-written directory that `latest` points to. Older complete
-checkpoints beyond `keep_last` are deleted afterwards. Weights are stored as global
-ShardedTensors, so a checkpoint saved under TP2 or PP2 loads under TP1/PP1.
+A checkpoint is written into `iter_XXXXXXX.tmp`, gets its completeness marker (step, lineage,
+model config, file sizes; trainer.checkpoint_store) as its last file, and is renamed only after
+every rank finished, so a crash never leaves a folder that looks complete. `latest` is updated
+after the rename; older checkpoints of the same lineage beyond `keep_last` are pruned by step.
+Weights are stored as global ShardedTensors, so a checkpoint saved under TP2 or PP2 loads under
+TP1/PP1. Loading checks the marker first: a damaged checkpoint raises CheckpointDamaged and an
+other model's checkpoint CheckpointIncompatible, each one line naming the folder.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +23,22 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.strategies import filesystem_async
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-LATEST = "latest"
-
-
-def iteration_dir(root: str | Path, step: int) -> Path:
-    return Path(root) / f"iter_{step:07d}"
-
-
-def latest_checkpoint(root: str | Path) -> Path | None:
-    """The newest complete checkpoint under `root`, or None."""
-    pointer = Path(root) / LATEST
-    if not pointer.is_file():
-        return None
-    path = Path(root) / pointer.read_text().strip()
-    return path if path.is_dir() else None
+from trainer.checkpoint_store import (
+    Checkpoint,
+    CheckpointDamaged,
+    CheckpointIncompatible,
+    iteration_dir,
+    model_differences,
+    prune,
+    read_marker,
+    verify_files,
+    write_marker,
+    write_pointer,
+)
+from trainer.lifetime import die_with_parent
 
 
 def _metadata() -> dict[str, Any]:
@@ -86,9 +88,17 @@ def _full_state(model: list, optimizer: Any, for_loading: bool) -> dict[str, Any
 
 
 def save_checkpoint(
-    root: str | Path, step: int, model: list, optimizer: Any, extra: dict[str, Any], keep_last: int
+    root: str | Path,
+    step: int,
+    model: list,
+    optimizer: Any,
+    extra: dict[str, Any],
+    keep_last: int,
+    identity: dict[str, Any],
 ) -> Path:
-    """Write checkpoint `step` atomically, point `latest` at it, prune old ones."""
+    """Write checkpoint `step` atomically, point `latest` at it, prune old ones of its lineage.
+
+    `identity` = {"lineage": ..., "model": {model config fields}} goes into the marker."""
     final = iteration_dir(root, step)
     tmp = final.with_name(final.name + ".tmp")
     rank0 = dist.get_rank() == 0
@@ -96,39 +106,79 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
+    _orphan_safe_write_queue()
     state = _full_state(model, optimizer, for_loading=False)
     state["common"] = {"step": step, "layout": _layout_key(), **extra}
     dist_checkpointing.save(state, str(tmp))
     dist.barrier()
     if rank0:
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        _write_pointer(Path(root), final.name)
-        _prune(Path(root), keep_last)
+        marker = {"step": step, "layout": list(_layout_key()), "saved_at": time.time(), **identity}
+        write_marker(tmp, marker)
+        _replace(final, tmp, identity["lineage"])
+        write_pointer(Path(root), final.name)
+        prune(Path(root), keep_last, identity["lineage"])
     dist.barrier()
     return final
 
 
-def _write_pointer(root: Path, name: str) -> None:
-    tmp = root / f".{LATEST}.tmp"
-    tmp.write_text(name + "\n")
-    os.replace(tmp, root / LATEST)
+def _replace(final: Path, tmp: Path, lineage: str) -> None:
+    """Give `tmp` its final name. An existing folder of that name is replaced only if it is
+    this lineage's (the same step saved again); another run's is moved aside, not deleted."""
+    if final.exists():
+        old = read_marker(final)
+        if old is not None and old.get("lineage") != lineage:
+            os.replace(final, final.with_name(f"{final.name}.lineage-{old.get('lineage')}"))
+        else:
+            shutil.rmtree(final)
+    os.replace(tmp, final)
 
 
-def _prune(root: Path, keep_last: int) -> None:
-    complete = sorted(p for p in root.glob("iter_*") if p.is_dir() and not p.name.endswith(".tmp"))
-    for old in complete[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+def _orphan_safe_write_queue() -> None:
+    """megatron-core (dist_checkpointing/strategies/filesystem_async.py `_get_write_results_queue`)
+    starts a `multiprocessing.Manager()` server process for its write results on the first save
+    and never stops it; when the trainer is SIGKILLed that ~300 MB process lives on forever.
+    Pre-create the queue on a manager whose server dies with its parent (PR_SET_PDEATHSIG)."""
+    if filesystem_async._results_queue is not None:
+        return
+    from multiprocessing.managers import SyncManager
+
+    manager = SyncManager(ctx=mp.get_context("spawn"))
+    manager.start(initializer=die_with_parent)
+    filesystem_async._results_queue = manager.Queue()
 
 
 def load_checkpoint(
-    path: str | Path, model: list, optimizer: Any | None, strict_layout: bool = False
+    ckpt: Checkpoint,
+    model: list,
+    optimizer: Any | None,
+    model_config: dict[str, Any],
+    strict_layout: bool = False,
 ) -> dict[str, Any]:
-    """Load `path` into `model` (and `optimizer`); returns the saved common dict.
+    """Load `ckpt` into `model` (and `optimizer`); returns the saved common dict.
 
     RNG states are restored only when the layout matches the saving run; the optimizer is
-    restored when given (its states are resharded like the weights).
-    """
+    restored when given (its states are resharded like the weights). Raises CheckpointDamaged
+    (missing/truncated/unreadable files) or CheckpointIncompatible (another model), one line."""
+    path = ckpt.path
+    saved_model = ckpt.marker.get("model", {})
+    differences = model_differences(saved_model, model_config)
+    if differences:
+        raise CheckpointIncompatible(
+            f"checkpoint {path} was saved with model {saved_model.get('name')!r}, this run is "
+            f"{model_config.get('name')!r}: {'; '.join(differences[:6])}"
+            + (f" (+{len(differences) - 6} more)" if len(differences) > 6 else "")
+        )
+    verify_files(ckpt)
+    try:
+        return _load(path, model, optimizer, strict_layout)
+    except (CheckpointDamaged, CheckpointIncompatible):
+        raise
+    except Exception as err:  # noqa: BLE001 - any read failure of a checked folder is damage
+        detail = " ".join(str(err).split())[:300] or type(err).__name__
+        raise CheckpointDamaged(f"checkpoint {path} cannot be read: {detail}") from None
+
+
+def _load(path: Path, model: list, optimizer: Any | None, strict_layout: bool) -> dict[str, Any]:
     common = dist_checkpointing.load_common_state_dict(str(path))["common"]
     same_layout = tuple(common["layout"]) == _layout_key()
     if strict_layout and not same_layout:

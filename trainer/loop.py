@@ -8,7 +8,9 @@ megatron's optimizer (AdamW + clipping, optionally distributed) and runs steps t
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import uuid
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -27,6 +29,7 @@ from megatron.core.transformer.module import Float16Module
 
 from trainer.batches import microbatches
 from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.checkpoint_store import Checkpoint, checkpoint_at
 from trainer.config.trainer import TrainerConfig
 from trainer.metrics import MetricsCollector
 from trainer.model import build_model, build_transformer_config
@@ -84,7 +87,8 @@ class Trainer:
         self.metrics = MetricsCollector(cfg.model, self.model, self.tconfig)
         self.step = 0
         self.history: dict[str, Any] = {}
-        """Run-level values that survive resume (e.g. the first validation loss)."""
+        """Run-level values that survive resume (e.g. the first validation loss, the lineage)."""
+        self.new_lineage()
 
     # ---- construction -------------------------------------------------------------------
     def _build_chunks(self) -> list[DistributedDataParallel]:
@@ -191,14 +195,31 @@ class Trainer:
             "scheduler": {"step": self.step, "total_steps": self.cfg.train.steps},
             "history": dict(self.history),
         }
-        return str(save_checkpoint(root, self.step, self.model, self.optimizer, extra, keep_last))
+        identity = {"lineage": self.history["lineage"], "model": self.model_identity()}
+        saved = save_checkpoint(
+            root, self.step, self.model, self.optimizer, extra, keep_last, identity
+        )
+        return str(saved)
 
-    def load(self, path: str, weights_only: bool = False) -> None:
-        """Resume from checkpoint `path` (or only initialise the weights from it)."""
-        common = load_checkpoint(path, self.model, None if weights_only else self.optimizer)
+    def model_identity(self) -> dict[str, Any]:
+        """The model config a checkpoint records (and a loading run must match)."""
+        return dataclasses.asdict(self.cfg.model)
+
+    def new_lineage(self) -> None:
+        """Start a new run lineage (one id on every rank): what pruning may touch."""
+        lineage = [uuid.uuid4().hex[:12]]
+        torch.distributed.broadcast_object_list(lineage, src=0)
+        self.history["lineage"] = lineage[0]
+
+    def load(self, ckpt: Checkpoint | str, weights_only: bool = False) -> None:
+        """Resume from checkpoint `ckpt` (or only initialise the weights from it)."""
+        ckpt = ckpt if isinstance(ckpt, Checkpoint) else checkpoint_at(ckpt)
+        optimizer = None if weights_only else self.optimizer
+        common = load_checkpoint(ckpt, self.model, optimizer, self.model_identity())
         if not weights_only:
             self.step = int(common["step"])
             self.history = dict(common.get("history", {}))
+            self.history.setdefault("lineage", ckpt.lineage or "unknown")
 
     @torch.no_grad()
     def evaluate(self) -> float:

@@ -1,35 +1,81 @@
-"""Stop on request (Slurm's pre-timeout signal): checkpoint, exit 75, be requeued, resume.
+"""Stop on request: checkpoint at the next step boundary, exit 75, resume on rerun.
 
-The sbatch script traps the signal and touches `$PRETRAIN_STOP_FILE` (config key
-`checkpoint.stop_file`). After every optimizer step rank 0 looks for that file and one tiny
-all_reduce (MAX) shares the answer, so every rank stops after the same step. The loop then
-saves a checkpoint and raises `TrainingStopped`; `python -m trainer` exits with EXIT_CODE
-(75, EX_TEMPFAIL: "try again") on every rank, and the requeued job resumes bit-exactly.
+Three things ask a run to stop, and all take the same path:
+- the stop file `$PRETRAIN_STOP_FILE` (config `checkpoint.stop_file`), which the sbatch script
+  touches on Slurm's pre-timeout signal;
+- SIGTERM (`kill`, `scancel`, a container stop, torchrun passing its own on) and SIGINT (Ctrl-C),
+  caught by `SignalWatch` while the loop runs; a second signal exits at once (code 128+signal);
+- the parent's death under torchrun (trainer.lifetime turns it into SIGTERM).
+After every optimizer step `poll` shares, with one tiny all_reduce (MAX), whether any rank saw a
+request and whether rank 0's clock says a periodic save is due, so every rank acts after the
+same step. The loop then saves and raises `TrainingStopped`; `python -m trainer` exits with
+EXIT_CODE (75, EX_TEMPFAIL: "try again") on every rank, and rerunning resumes bit-exactly.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 EXIT_CODE = os.EX_TEMPFAIL
-"""Exit status of a run stopped for requeue (os.EX_TEMPFAIL)."""
+"""Exit status of a run stopped by a request, checkpoint saved (os.EX_TEMPFAIL = 75)."""
 
 
 class TrainingStopped(Exception):
     """Raised out of the loop after the stop checkpoint was saved."""
 
-    def __init__(self, step: int, stop_file: str):
-        super().__init__(step, stop_file)
-        self.step, self.stop_file = step, stop_file
+    def __init__(self, step: int, reason: str):
+        super().__init__(step, reason)
+        self.step, self.reason = step, reason
 
     def __str__(self) -> str:
         return (
-            f"stop requested ({self.stop_file}): checkpoint at step {self.step} saved; "
-            f"exiting with code {EXIT_CODE} to be requeued"
+            f"stop requested ({self.reason}): checkpoint at step {self.step} saved; exiting "
+            f"with code {EXIT_CODE}; rerun the same command to resume"
         )
+
+
+class SignalWatch:
+    """While active, SIGTERM/SIGINT set a flag instead of killing; a second one exits now."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._saved: dict[int, object] = {}
+
+    def __enter__(self) -> SignalWatch:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            print(f"[trainer] second signal ({name}): exiting now", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.received = name
+        print(
+            f"[trainer] {name}: saving a checkpoint after this step, then exiting "
+            f"(send it again to exit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+@dataclass(frozen=True)
+class Requests:
+    stop: str | None
+    """Why the run must stop now (None: go on)."""
+    save: bool
+    """A periodic (time-based) save is due."""
 
 
 def _flag_device() -> torch.device:
@@ -39,12 +85,29 @@ def _flag_device() -> torch.device:
     return torch.device("cpu")
 
 
+_REASONS = ("stop file", "SIGTERM", "SIGINT")
+
+
+def poll(stop_file: str | None, watch: SignalWatch | None, save_due: bool) -> Requests:
+    """What every rank must do after this step (collective: call on all ranks together).
+    `save_due` is read from rank 0 only (one clock decides for all)."""
+    codes = [0, 0]
+    if dist.get_rank() == 0 and stop_file and os.path.exists(stop_file):
+        codes[0] = 1
+    if watch is not None and watch.received in _REASONS:
+        codes[0] = max(codes[0], 1 + _REASONS.index(watch.received))
+    codes[1] = int(save_due and dist.get_rank() == 0)
+    flags = torch.tensor(codes, dtype=torch.int32, device=_flag_device())
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    stop, save = (int(v) for v in flags.tolist())
+    reason = None
+    if stop:
+        reason = f"{stop_file}" if stop == 1 else _REASONS[stop - 1]
+    return Requests(reason, bool(save))
+
+
 def stop_requested(stop_file: str | None) -> bool:
-    """Whether `stop_file` exists on rank 0; the same answer on every rank (collective: call
-    it on all ranks at the same point). No file configured: False without communicating."""
+    """Whether `stop_file` exists on rank 0; the same answer on every rank (collective)."""
     if not stop_file:
         return False
-    seen = dist.get_rank() == 0 and os.path.exists(stop_file)
-    flag = torch.tensor([1 if seen else 0], dtype=torch.int32, device=_flag_device())
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+    return poll(stop_file, None, False).stop is not None

@@ -3,24 +3,34 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch.distributed as dist
 
 from trainer.callbacks import Callback, build_callbacks, mlflow_run_id
-from trainer.checkpoint import latest_checkpoint
+from trainer.checkpoint_store import (
+    CheckpointDamaged,
+    check_dir_usable,
+    checkpoint_at,
+    iteration_folders,
+    resume_candidates,
+    set_aside,
+)
 from trainer.config.trainer import CheckpointConfig, TrainerConfig
 from trainer.data import build_datasets, load_manifest
 from trainer.loop import Trainer
 from trainer.parallel import initialize_parallel
 from trainer.precision import check_precision_supported
-from trainer.preemption import TrainingStopped, stop_requested
+from trainer.preemption import SignalWatch, TrainingStopped, poll
 
 
 def preflight(cfg: TrainerConfig) -> None:
     """Checks that need no process group: precision vs machine, manifest vs model."""
     check_precision_supported(cfg.precision)
+    check_dir_usable(cfg.checkpoint.dir)
     if cfg.data.manifest is None:
         raise ValueError("data.manifest is not set: pass data.manifest=PATH/manifest.json")
     load_manifest(cfg.data.manifest, cfg.model, cfg.data.seq_length)
@@ -34,7 +44,9 @@ def _eval_steps(cfg: TrainerConfig) -> int:
 def fit(
     cfg: TrainerConfig, trainer: Trainer, callbacks: list[Callback], info: dict[str, Any]
 ) -> dict[str, Any]:
-    """Train from `trainer.step` to cfg.train.steps; returns the summary (all ranks)."""
+    """Train from `trainer.step` to cfg.train.steps; returns the summary (all ranks).
+
+    SIGTERM/SIGINT, the stop file and the periodic save are handled at step boundaries."""
     t, ck = cfg.train, cfg.checkpoint
     for cb in callbacks:
         cb.on_train_start(cfg, info)
@@ -46,22 +58,29 @@ def fit(
         trainer.history["valid_loss_first"] = valid[0]
         for cb in callbacks:
             cb.on_eval(0, valid[0])
-    while trainer.step < t.steps:
-        metrics = trainer.train_step()
-        speeds.append(metrics["tokens_per_s"])
-        if trainer.step % t.log_interval == 0 or trainer.step == t.steps:
-            for cb in callbacks:
-                cb.on_step(trainer.step, metrics)
-        if t.eval_interval and (trainer.step % t.eval_interval == 0 or trainer.step == t.steps):
-            valid.append(trainer.evaluate())
-            trainer.history.setdefault("valid_loss_first", valid[0])
-            for cb in callbacks:
-                cb.on_eval(trainer.step, valid[-1])
-        saved = bool(ck.save_interval) and trainer.step % ck.save_interval == 0
-        if saved and trainer.step < t.steps:
-            trainer.save(ck.dir, ck.keep_last)
-        if trainer.step < t.steps and stop_requested(ck.stop_file):  # the last step just ends
-            _stop(trainer, ck, callbacks, already_saved=saved)
+    last_save = time.monotonic()
+    with SignalWatch() as watch:
+        while trainer.step < t.steps:
+            metrics = trainer.train_step()
+            speeds.append(metrics["tokens_per_s"])
+            if trainer.step % t.log_interval == 0 or trainer.step == t.steps:
+                for cb in callbacks:
+                    cb.on_step(trainer.step, metrics)
+            if t.eval_interval and (trainer.step % t.eval_interval == 0 or trainer.step == t.steps):
+                valid.append(trainer.evaluate())
+                trainer.history.setdefault("valid_loss_first", valid[0])
+                for cb in callbacks:
+                    cb.on_eval(trainer.step, valid[-1])
+            if trainer.step == t.steps:  # the final save below
+                break
+            due = bool(ck.save_interval_s) and time.monotonic() - last_save >= ck.save_interval_s
+            asked = poll(ck.stop_file, watch, due)
+            saved = asked.save or bool(ck.save_interval and trainer.step % ck.save_interval == 0)
+            if saved:
+                trainer.save(ck.dir, ck.keep_last)
+                last_save = time.monotonic()
+            if asked.stop:
+                _stop(trainer, ck, callbacks, asked.stop, saved_now=saved)
     if metrics:
         trainer.save(ck.dir, ck.keep_last)
     warm = speeds[1:] or speeds
@@ -79,12 +98,16 @@ def fit(
 
 
 def _stop(
-    trainer: Trainer, ck: CheckpointConfig, callbacks: list[Callback], already_saved: bool
+    trainer: Trainer,
+    ck: CheckpointConfig,
+    callbacks: list[Callback],
+    reason: str,
+    saved_now: bool,
 ) -> NoReturn:
     """Checkpoint at the current step (unless just saved), tell the callbacks, raise."""
-    if not already_saved:
+    if not saved_now:
         trainer.save(ck.dir, ck.keep_last)
-    stopped = TrainingStopped(trainer.step, str(ck.stop_file))
+    stopped = TrainingStopped(trainer.step, reason)
     if dist.get_rank() == 0:
         print(f"[trainer] {stopped}", flush=True)
     for cb in callbacks:
@@ -92,10 +115,56 @@ def _stop(
     raise stopped
 
 
+def _say(message: str) -> None:
+    if dist.get_rank() == 0:
+        print(f"[trainer] {message}", file=sys.stderr, flush=True)
+
+
+def resume(cfg: TrainerConfig, trainer: Trainer) -> str:
+    """Load what this run continues from; returns it in words ("scratch", a path).
+
+    checkpoint.resume=true: the checkpoint `latest` names, else the newest complete one (with a
+    warning); a damaged one falls back to the previous complete one; a folder holding
+    checkpoints of which none loads is an error, never a silent restart. resume=false: the
+    folder's checkpoints are moved to previous/ and a new lineage starts (from init_from)."""
+    ck = cfg.checkpoint
+    candidates, warning = resume_candidates(ck.dir)
+    if not ck.resume:
+        moved = set_aside(ck.dir) if dist.get_rank() == 0 else None
+        dist.barrier()
+        if moved:
+            _say(f"checkpoint.resume=false: earlier checkpoints moved to {moved} (kept)")
+        return _start_fresh(cfg, trainer)
+    if warning:
+        _say(f"warning: {warning}")
+    for ckpt in candidates:
+        try:
+            trainer.load(ckpt)
+            return str(ckpt.path)
+        except CheckpointDamaged as err:
+            _say(f"warning: {err}; trying the previous complete checkpoint")
+    stray = [p.name for p in iteration_folders(ck.dir)]
+    if candidates or stray:
+        raise ValueError(
+            f"checkpoint.dir={ck.dir} holds checkpoints ({', '.join(stray[-3:])}) but none is "
+            "complete and readable; fix or move them, or start a new run there with "
+            "checkpoint.resume=false (they are then moved to previous/, not deleted)"
+        )
+    return _start_fresh(cfg, trainer)
+
+
+def _start_fresh(cfg: TrainerConfig, trainer: Trainer) -> str:
+    if not cfg.checkpoint.init_from:
+        return "scratch"
+    ckpt = checkpoint_at(cfg.checkpoint.init_from)
+    trainer.load(ckpt, weights_only=True)
+    return f"weights of {ckpt.path}"
+
+
 def train(cfg: TrainerConfig) -> dict[str, Any]:
     """Entry for `python -m trainer`: validate, set up, resume, train, write summary.json.
 
-    Raises TrainingStopped (after saving a checkpoint) when checkpoint.stop_file appears."""
+    Raises TrainingStopped (after saving a checkpoint) on SIGTERM/SIGINT or the stop file."""
     preflight(cfg)
     layout = initialize_parallel(cfg.model, cfg.parallel, cfg.train.seed)
     cfg.micro_batches(layout.data)
@@ -104,16 +173,12 @@ def train(cfg: TrainerConfig) -> dict[str, Any]:
         cfg.train.eval_iters, cfg.train.eval_interval,
     )  # fmt: skip
     trainer = Trainer(cfg, train_ds, valid_ds)
-    latest = latest_checkpoint(cfg.checkpoint.dir) if cfg.checkpoint.resume else None
-    if latest is not None:
-        trainer.load(str(latest))
-    elif cfg.checkpoint.init_from:
-        trainer.load(cfg.checkpoint.init_from, weights_only=True)
+    resumed_from = resume(cfg, trainer)
     summary_path = Path(cfg.checkpoint.dir) / "summary.json"
     if trainer.step >= cfg.train.steps and summary_path.exists():
         return json.loads(summary_path.read_text())
     rank = dist.get_rank()
-    info = {"layout": layout.describe(), "resumed_from": str(latest) if latest else "scratch"}
+    info = {"layout": layout.describe(), "resumed_from": resumed_from}
     callbacks = build_callbacks(cfg.logging, rank, trainer.history.get("mlflow_run_id"))
     if cfg.logging.mlflow:  # a requeued attempt continues the same run (all ranks keep the id)
         run_id = [mlflow_run_id(callbacks)]

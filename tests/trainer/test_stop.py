@@ -100,7 +100,7 @@ def test_stop_file_checkpoints_the_current_step_and_exits_75(runs: dict) -> None
     stop_file = runs["root"] / "stopped.stop"
     assert (
         f"[trainer] stop requested ({stop_file}): checkpoint at step 3 saved; "
-        "exiting with code 75 to be requeued"
+        "exiting with code 75; rerun the same command to resume"
     ) in runs["first_stdout"].splitlines()
     assert runs["status_after_stop"] == ["KILLED"]
     assert [s for s, *_ in runs["first"]] == [1, 2, 3]

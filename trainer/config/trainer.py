@@ -42,11 +42,17 @@ class CheckpointConfig:
     dir: str = "runs/trainer"
     """Run directory: checkpoints (iter_XXXXXXX/), the `latest` pointer and summary.json."""
     save_interval: int = 0
-    """Save every this many steps (0 = only at the end of training)."""
+    """Save every this many steps (0 = no step cadence; see save_interval_s)."""
+    save_interval_s: float = 1800.0
+    """Also save when this many seconds passed since the last save (rank 0's clock; 0 = off):
+    a run killed without warning (SIGKILL, node loss) loses at most this much work. SIGTERM,
+    SIGINT and the stop file always save first."""
     keep_last: int = 2
-    """Complete checkpoints to keep (older ones are deleted after a successful save)."""
+    """Complete checkpoints of this run's lineage to keep, by step (older ones are pruned after
+    a successful save; other runs' checkpoints and the one `latest` names never are)."""
     resume: bool = True
-    """Resume from `dir/latest` when it exists."""
+    """Resume from `dir/latest` (or, if it is missing or damaged, the newest complete
+    checkpoint). false = start a new run: existing checkpoints are moved to dir/previous/."""
     init_from: str | None = None
     """Checkpoint directory (iter_XXXXXXX) whose model weights initialise a fresh run."""
     stop_file: str | None = None
@@ -55,8 +61,11 @@ class CheckpointConfig:
     which the sbatch script sets and touches on Slurm's pre-timeout signal."""
 
     def __post_init__(self) -> None:
-        if self.save_interval < 0 or self.keep_last < 1:
-            raise ValueError("checkpoint config: save_interval >= 0 and keep_last >= 1 required")
+        if self.save_interval < 0 or self.save_interval_s < 0 or self.keep_last < 1:
+            raise ValueError(
+                "checkpoint config: save_interval >= 0, save_interval_s >= 0 and keep_last >= 1 "
+                "required"
+            )
 
 
 @dataclass
