@@ -61,10 +61,14 @@ def compose_config(overrides: list[str], validate: bool = True) -> DataPrepConfi
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="data_prep", overrides=list(overrides))
-        return to_config(cfg) if validate else cfg
+        return to_config(cfg) if validate else check_keys(cfg)
     except DataPrepError:
         raise
     except Exception as e:  # hydra/omegaconf errors: unknown key, bad override syntax
+        from appconf.strict import from_hydra_error
+
+        if (unknown := from_hydra_error(e, DataPrepConfig, "data_prep")) is not None:
+            raise InputError(str(unknown)) from None
         cause = f" ({one_line(e.__cause__).split(' full_key:')[0]})" if e.__cause__ else ""
         raise InputError(one_line(e) + cause) from None
     finally:
@@ -78,8 +82,20 @@ def one_line(e: BaseException) -> str:
     return msg or type(e).__name__
 
 
+def check_keys(cfg):
+    """Refuse keys the schema lacks, even added with `+`/`++` (remix.weights is free-form)."""
+    from appconf.strict import UnknownKeyError, check_keys
+
+    try:
+        check_keys(cfg, DataPrepConfig, "data_prep")
+    except UnknownKeyError as e:
+        raise InputError(str(e)) from None
+    return cfg
+
+
 def to_config(cfg) -> DataPrepConfig:
-    """DictConfig -> validated DataPrepConfig (runs every __post_init__)."""
+    """DictConfig -> validated DataPrepConfig (runs every __post_init__); unknown keys fail."""
+    check_keys(cfg)
     try:
         return OmegaConf.to_object(cfg)
     except Exception as e:

@@ -20,6 +20,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from appconf.strict import UnknownKeyError
 from pipeline.config import PipelineConfig, register_schema
 from pipeline.engine import PipelineError, PipelinePreempted, RunResult, run_pipeline
 
@@ -27,6 +28,9 @@ register_schema()
 
 
 def _to_config(cfg: DictConfig) -> PipelineConfig:
+    from appconf.strict import check_keys
+
+    check_keys(cfg, PipelineConfig, "pipeline")  # UnknownKeyError: a `+key` the schema lacks
     try:
         return OmegaConf.to_object(cfg)
     except Exception as err:  # omegaconf wraps __post_init__ errors in its own types
@@ -67,6 +71,9 @@ def main(cfg: DictConfig) -> None:
         if config.cluster.executor != "local" and config.part == "all":
             sys.exit(_submit(cfg, config))
         result = run_pipeline(config)
+    except UnknownKeyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     except PipelinePreempted as err:  # the sbatch script requeues on 75; a rerun resumes
         print(f"stopped for requeue: {err}", file=sys.stderr)
         sys.exit(PipelinePreempted.exit_code)
@@ -80,5 +87,25 @@ def main(cfg: DictConfig) -> None:
         print_outcome(result)
 
 
+def precheck(argv: list[str]) -> None:
+    """An unknown key (`+bogus=1`, `ray.num_cpu=2`): one line, exit 2, before Hydra runs.
+    --cfg/--help and other composition errors are left to Hydra."""
+    from pathlib import Path
+
+    from appconf.strict import compose_checked
+
+    if any(a.startswith("-") for a in argv):
+        return
+    conf_dir = Path(__file__).resolve().parent.parent / "conf"
+    try:
+        compose_checked(conf_dir, "pipeline", argv, PipelineConfig, "pipeline")
+    except UnknownKeyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Exception:  # noqa: BLE001 - bad syntax etc.: Hydra reports it as before
+        pass
+
+
 if __name__ == "__main__":
+    precheck(sys.argv[1:])
     main()
