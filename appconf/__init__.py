@@ -1,4 +1,5 @@
-"""Config helpers shared by the apps (data_prep, trainer, pipeline).
+"""Helpers shared by the apps (data_prep, trainer, pipeline): strict config keys (`strict`) and
+process lifetime (`lifetime`: no orphans after the parent dies).
 
 A leaf package: it imports only the standard library and omegaconf, never the project, so every
 app may use it without importing another app or the launch layer.

@@ -14,6 +14,7 @@ import time
 
 from datatrove.executor.base import PipelineExecutor
 
+from appconf.lifetime import children_die_with_me
 from data_prep.config import ExecutorConfig
 from data_prep.errors import IncompleteRanksError
 
@@ -104,7 +105,8 @@ def run_and_check(executor: PipelineExecutor, phase: str, ex: ExecutorConfig) ->
     """Run the phase; raise IncompleteRanksError (ranks + log paths) if any task did not finish."""
     error = None
     try:
-        executor.run()
+        with children_die_with_me():  # a SIGKILLed run leaves no forked helper behind
+            executor.run()
         if ex.kind == "slurm":
             _wait_for_slurm(executor, ex.poll_s)
     except Exception as e:  # a failed task re-raises in the pool; report it with the ranks

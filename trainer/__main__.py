@@ -80,7 +80,7 @@ def main(cfg: DictConfig) -> None:
         from trainer.run import train
 
         if "LOCAL_RANK" in os.environ:  # a torchrun rank: stop (saving) if torchrun dies
-            from trainer.lifetime import stop_with_parent
+            from appconf.lifetime import stop_with_parent
 
             stop_with_parent()
         try:
@@ -107,7 +107,7 @@ def precheck(argv: list[str]) -> list[str]:
     if sweep is None:  # --cfg, --help, ...: leave them to Hydra
         return argv
     if not sweep:
-        _check_unknown_keys(argv, conf_dir)
+        _check_input(argv, conf_dir)
         return argv
     try:
         return check_sweep(
@@ -119,18 +119,31 @@ def precheck(argv: list[str]) -> list[str]:
         sys.exit(2)
 
 
-def _check_unknown_keys(argv: list[str], conf_dir: Path) -> None:
-    """An unknown key (`train.stepz=5`, `+train.stepz=5`, `++bogus=1`): one line, exit 2.
-    Other composition errors are left to Hydra."""
+def _check_input(argv: list[str], conf_dir: Path) -> None:
+    """What fails before Hydra can report it well, one line and exit 2: an unknown key
+    (`train.stepz=5`, `+train.stepz=5`, `++bogus=1`) and a checkpoint.dir that is a file or not
+    writable (Hydra would first fail to create its run folder inside it). Other composition
+    errors are left to Hydra."""
     from appconf.strict import UnknownKeyError, compose_checked
+    from trainer.checkpoint_store import check_dir_usable
 
     try:
-        compose_checked(conf_dir, "trainer", argv, TrainerConfig, "trainer")
+        cfg = compose_checked(conf_dir, "trainer", argv, TrainerConfig, "trainer")
     except UnknownKeyError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _fail(err)
     except Exception:  # noqa: BLE001 - bad syntax etc.: Hydra reports it as before
-        pass
+        return
+    try:
+        check_dir_usable(str(cfg.checkpoint.dir))
+    except ValueError as err:
+        _fail(err)
+    except Exception:  # noqa: BLE001 - an unresolvable interpolation: Hydra reports it
+        return
+
+
+def _fail(err: Exception) -> None:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.strategies import filesystem_async
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
+from appconf.lifetime import die_with_parent
 from trainer.checkpoint_store import (
     Checkpoint,
     CheckpointDamaged,
@@ -38,7 +39,6 @@ from trainer.checkpoint_store import (
     write_marker,
     write_pointer,
 )
-from trainer.lifetime import die_with_parent
 
 
 def _metadata() -> dict[str, Any]:

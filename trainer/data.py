@@ -203,7 +203,25 @@ def load_manifest(
     _check_model_fit(manifest, model_cfg, seq_length)
     for i, shard in enumerate(shards):
         _check_shard(shard, dtype, f"{where}: shards[{i}]")
+    vocab = model_cfg.vocab_size if model_cfg is not None else manifest.vocab_size
+    for i, shard in enumerate(shards):
+        check_token_ids(shard, dtype, vocab, f"{where}: shards[{i}]")
     return manifest
+
+
+def check_token_ids(shard: Shard, dtype: str, vocab_size: int, where: str) -> None:
+    """Every token id of the shard must be < vocab_size (else the embedding lookup fails with an
+    IndexError naming no shard): one numpy max over the memory-mapped .bin."""
+    if shard.tokens == 0:
+        return
+    tokens = np.memmap(str(shard.prefix) + ".bin", dtype=DTYPES[dtype], mode="r")
+    top = int(tokens.max())
+    del tokens
+    if top >= vocab_size:
+        raise ManifestError(
+            f"{where}: shard {shard.prefix} holds token id {top}, outside the vocabulary of "
+            f"size {vocab_size} (tokenized with another tokenizer, or model.vocab_size too small)"
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -307,4 +325,35 @@ def build_datasets(
         gpt_dataset_config(data_cfg, manifest),
     )
     train, valid, _test = builder.build()
+    if train is not None:
+        log_data_mix(data_mix(train, manifest, sizes[0]))
     return train, valid
+
+
+def data_mix(train: Any, manifest: Manifest, num_samples: int) -> dict[str, dict[str, float]]:
+    """Per domain: the share of the first `num_samples` training samples (fixed-length, so also
+    of training tokens) drawn from it, and its target (the manifest's blend weight)."""
+    target: dict[str, float] = {}
+    for shard in manifest.shards:
+        target[shard.domain] = target.get(shard.domain, 0.0) + shard.weight
+    index = getattr(train, "dataset_index", None)
+    if index is None:  # one shard: megatron builds no BlendedDataset
+        counts = np.ones(1)
+        shard_ids = [i for i, s in enumerate(manifest.shards) if s.weight > 0][:1]
+    else:
+        counts = np.bincount(
+            np.asarray(index[: max(num_samples, 1)]), minlength=len(manifest.shards)
+        )
+        shard_ids = list(range(len(counts)))
+    realised = dict.fromkeys(target, 0.0)
+    for i in shard_ids:
+        realised[manifest.shards[i].domain] += float(counts[i]) / float(counts.sum())
+    return {d: {"realised": realised[d], "target": target[d]} for d in sorted(target)}
+
+
+def log_data_mix(mix: dict[str, dict[str, float]]) -> None:
+    """`[trainer] data mix: en 0.500 (target 0.500) zh 0.500 (target 0.500)` on rank 0."""
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return
+    parts = [f"{d} {m['realised']:.3f} (target {m['target']:.3f})" for d, m in mix.items()]
+    print(f"[trainer] data mix: {' '.join(parts)}", flush=True)

@@ -4,8 +4,11 @@ Three things ask a run to stop, and all take the same path:
 - the stop file `$PRETRAIN_STOP_FILE` (config `checkpoint.stop_file`), which the sbatch script
   touches on Slurm's pre-timeout signal;
 - SIGTERM (`kill`, `scancel`, a container stop, torchrun passing its own on) and SIGINT (Ctrl-C),
-  caught by `SignalWatch` while the loop runs; a second signal exits at once (code 128+signal);
-- the parent's death under torchrun (trainer.lifetime turns it into SIGTERM).
+  caught by `SignalWatch` while the loop runs; a second signal exits at once (code 128+signal)
+  unless it arrives within DUPLICATE_WINDOW_S of the first: signals that come together (a
+  container stop signalling every process and torchrun forwarding its own, or the kernel's
+  parent-death signal sent once per dying thread of the parent) are one request;
+- the parent's death under torchrun (appconf.lifetime turns it into SIGTERM).
 After every optimizer step `poll` shares, with one tiny all_reduce (MAX), whether any rank saw a
 request and whether rank 0's clock says a periodic save is due, so every rank acts after the
 same step. The loop then saves and raises `TrainingStopped`; `python -m trainer` exits with
@@ -17,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +28,8 @@ import torch.distributed as dist
 
 EXIT_CODE = os.EX_TEMPFAIL
 """Exit status of a run stopped by a request, checkpoint saved (os.EX_TEMPFAIL = 75)."""
+DUPLICATE_WINDOW_S = 1.0
+"""A repeated signal this soon after the first is the same request, not "exit now"."""
 
 
 class TrainingStopped(Exception):
@@ -45,6 +51,7 @@ class SignalWatch:
 
     def __init__(self) -> None:
         self.received: str | None = None
+        self._received_at = 0.0
         self._saved: dict[int, object] = {}
 
     def __enter__(self) -> SignalWatch:
@@ -59,9 +66,11 @@ class SignalWatch:
     def _handle(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
         if self.received is not None:
+            if time.monotonic() - self._received_at < DUPLICATE_WINDOW_S:
+                return  # delivered together with the first: the same request
             print(f"[trainer] second signal ({name}): exiting now", file=sys.stderr, flush=True)
             os._exit(128 + signum)
-        self.received = name
+        self.received, self._received_at = name, time.monotonic()
         print(
             f"[trainer] {name}: saving a checkpoint after this step, then exiting "
             f"(send it again to exit at once)",

@@ -153,3 +153,42 @@ def test_read_only_output_is_one_line_error():
             assert len(lines) == 1 and "is not writable" in lines[0], res.stderr
     finally:
         shutil.rmtree(base)
+
+
+def _processes_in_group(pgid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # state, ppid, pgrp
+            found.append(int(entry.name))
+    return found
+
+
+def test_sigkill_of_a_run_leaves_no_forked_helper(tmp_path):
+    """Was: datatrove's multiprocessing Manager, forked by the run, served on forever."""
+    big = _write_docs(tmp_path / "big.jsonl", 40_000, 0, "big")
+    out = tmp_path / "out"
+    run = subprocess.Popen(
+        _cli("stage=quality", f"input={big}", f"output={out}"),
+        cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(_processes_in_group(run.pid)) < 2:  # the run and its forked Manager
+            assert run.poll() is None and time.monotonic() < deadline, "no helper was forked"
+            time.sleep(0.1)
+        run.kill()
+        run.wait()
+        deadline = time.monotonic() + 30
+        while _processes_in_group(run.pid):
+            assert time.monotonic() < deadline, f"left behind: {_processes_in_group(run.pid)}"
+            time.sleep(0.2)
+    finally:
+        try:
+            os.killpg(run.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

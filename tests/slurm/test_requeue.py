@@ -102,7 +102,7 @@ def test_signalled_job_checkpoints_requeues_and_matches_an_uninterrupted_run(tmp
     text = _read(log)
     assert result.state == "COMPLETED", text
     stop = re.search(r"\[trainer\] stop requested \((.+)\): checkpoint at step (\d+) saved; "
-                     r"exiting with code 75 to be requeued", text)  # fmt: skip
+                     r"exiting with code 75", text)  # fmt: skip
     assert stop, text
     stop_step = int(stop.group(2))
     assert 3 <= stop_step < STEPS
