@@ -285,7 +285,22 @@ class TokenizeConfig:
     """Documents per encode_batch call."""
     weights: Any = None
     """Blend weight per domain written to the manifest (normalised; split over a domain's shards
-    by tokens), e.g. the remix targets. None: each shard's share of all tokens."""
+    by tokens). None: chosen by `blend`."""
+    blend: str = "auto"
+    """Manifest blend weights when `weights` is None. `target`: the remix stage's target shares
+    (read from the input's stats.json), so the trainer samples exactly the remixed mixture in
+    tokenizer tokens (remix itself counts words/CJK characters); `tokens`: each shard's share of
+    the tokens it holds; `auto`: `target` when the input is a remix output, else `tokens`."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.blend in ("auto", "target", "tokens"),
+            f"tokenize.blend={self.blend!r}: expected auto, target or tokens",
+        )
+        _check(
+            not (self.weights and self.blend == "tokens"),
+            "tokenize.weights and tokenize.blend=tokens contradict each other: drop one",
+        )
 
 
 @dataclass

@@ -129,7 +129,9 @@ class MegatronShards(PipelineStep):
         (Path(self.info_folder) / f"{rank:05d}.json").write_text(json.dumps(shard_info))
 
 
-def _set_weights(shards: list[dict], weights: dict | None) -> None:
+def _set_weights(
+    shards: list[dict], weights: dict | None, source: str = "tokenize.weights"
+) -> None:
     """Shard blend weights: token shares, or per-domain weights split over shards by tokens."""
     total = sum(s["tokens"] for s in shards)
     if not weights:
@@ -142,21 +144,93 @@ def _set_weights(shards: list[dict], weights: dict | None) -> None:
     unknown = sorted(set(weights) - set(domain_tokens))
     if unknown:
         raise ValueError(
-            f"tokenize.weights names domains without shards: {unknown}; present: {sorted(domain_tokens)}"
+            f"{source} name domains without shards: {unknown}; present: {sorted(domain_tokens)}"
         )
     wsum = sum(weights.get(d, 0.0) for d in domain_tokens)
     if wsum <= 0:
-        raise ValueError("tokenize.weights give every present domain weight 0")
+        raise ValueError(f"{source} give every present domain weight 0")
     for s in shards:
         s["weight"] = (
             weights.get(s["domain"], 0.0) / wsum * s["tokens"] / domain_tokens[s["domain"]]
         )
 
 
+def remix_targets(files: list[str]) -> tuple[dict[str, float], str] | None:
+    """(target token share per domain, its stats.json) when `files` are one remix stage's output."""
+    folders = {Path(f).parent for f in files}
+    if len(folders) != 1:
+        return None
+    path = folders.pop() / "stats.json"
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    plan = stats.get("remix") if isinstance(stats, dict) and stats.get("stage") == "remix" else None
+    if not isinstance(plan, dict):
+        return None
+    targets = {d: float(p.get("target_token_share", 0.0)) for d, p in plan.items()}
+    return {d: t for d, t in targets.items() if t > 0}, str(path)
+
+
+def blend_weights(cfg: TokenizeConfig, files: list[str]) -> tuple[dict | None, str]:
+    """(per-domain blend weights or None for token shares, where they come from)."""
+    if cfg.weights:
+        return dict(cfg.weights), "tokenize.weights"
+    found = remix_targets(files) if cfg.blend != "tokens" else None
+    if found:
+        return found[0], f"remix targets ({found[1]})"
+    if cfg.blend == "target":
+        raise ValueError(
+            "tokenize.blend=target: the input is not a remix stage output (no stats.json with "
+            "remix targets next to its files); set tokenize.weights or tokenize.blend=tokens"
+        )
+    return None, "tokens"
+
+
+def _mix(shards: list[dict], weights: dict | None, source: str) -> dict:
+    """Per domain: target share, share of sampled training tokens (the blend weight) and share of
+    the tokenizer tokens the shards hold."""
+    total = sum(s["tokens"] for s in shards)
+    domains: dict[str, dict] = {}
+    for s in shards:
+        d = domains.setdefault(s["domain"], {"tokens": 0, "sampled_share": 0.0})
+        d["tokens"] += s["tokens"]
+        d["sampled_share"] += s["weight"]
+    wsum = sum((weights or {}).get(d, 0.0) for d in domains)
+    for name, d in domains.items():
+        d["corpus_token_share"] = round(d["tokens"] / total, 6)
+        d["sampled_share"] = round(d["sampled_share"], 6)
+        d["target_share"] = round(weights.get(name, 0.0) / wsum, 6) if weights else None
+    return {"source": source, "domains": dict(sorted(domains.items()))}
+
+
+def mix_report(mix: dict) -> str | None:
+    """One loud line when the shards' tokenizer-token shares are more than 1% off the targets."""
+    doms = mix["domains"]
+    if any(d["target_share"] is None for d in doms.values()):
+        return None
+    off = {n: d for n, d in doms.items() if abs(d["corpus_token_share"] - d["target_share"]) > 0.01}
+    if not off:
+        return None
+    held = " ".join(f"{n} {d['corpus_token_share']:.3f}" for n, d in doms.items())
+    target = " ".join(f"{n} {d['target_share']:.3f}" for n, d in doms.items())
+    sampled = " ".join(f"{n} {d['sampled_share']:.3f}" for n, d in doms.items())
+    return (
+        f"tokenize: the shards hold {held} of tokenizer tokens, the targets are {target} "
+        f"({mix['source']}; remix counts words and CJK characters, not tokenizer tokens): the "
+        f"manifest blend follows the targets, so training samples {sampled}"
+    )
+
+
 def write_manifest(
-    info_folder: str, out_dir: str, tokenizer_path: str, weights: dict | None = None
+    info_folder: str,
+    out_dir: str,
+    tokenizer_path: str,
+    weights: dict | None = None,
+    source: str | None = None,
 ) -> dict:
-    """Merge the per-task shard records into `manifest.json` (weights = token shares)."""
+    """Merge the per-task shard records into `manifest.json` (weights: per-domain blend weights,
+    None = token shares); `mix` records target vs sampled vs held shares per domain."""
     shards, meta = [], {}
     for path in sorted(Path(info_folder).glob("*.json")):
         rec = json.loads(path.read_text())
@@ -168,7 +242,8 @@ def write_manifest(
     if Path(tokenizer_path).resolve() != local_tok.resolve():
         shutil.copyfile(tokenizer_path, local_tok)
     shards = sorted(shards, key=lambda s: s["prefix"])
-    _set_weights(shards, weights)
+    source = source or ("tokenize.weights" if weights else "tokens")
+    _set_weights(shards, weights, source)
     manifest = {
         "format_version": MANIFEST_VERSION,
         "tokenizer": "tokenizer.json",
@@ -176,6 +251,7 @@ def write_manifest(
         "eod_token_id": meta["eod"],
         "dtype": "int32" if meta["token_size"] == 4 else "uint16",
         "shards": shards,
+        "mix": _mix(shards, weights, source),
     }
     tmp = Path(out_dir) / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))

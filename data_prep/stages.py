@@ -14,6 +14,7 @@ from pathlib import Path
 
 import fsspec.compression
 from datatrove.pipeline.writers.jsonl import JsonlWriter
+from datatrove.utils.logging import logger
 
 from data_prep import dedup, remix, shards
 from data_prep.accounting import CountIn, Finish, Ledger, LedgerExclusionWriter
@@ -136,8 +137,20 @@ def _tokenize(ctx: StageContext, tasks: int) -> list[Phase]:
         return [*ctx.read(led), step, *ctx.tail(led, False)]
 
     def manifest() -> dict:
-        m = shards.write_manifest(info, str(ctx.out), tok_path, dict(cfg.weights or {}))
-        return {"tokens": sum(s["tokens"] for s in m["shards"]), "shards": len(m["shards"])}
+        files = ["/" + line for line in Path(ctx.paths_file).read_text().splitlines()]
+        weights, source = shards.blend_weights(cfg, files)
+        m = shards.write_manifest(info, str(ctx.out), tok_path, weights, source)
+        if report := shards.mix_report(m["mix"]):
+            logger.warning(report)
+        mix = {
+            d: {k: v for k, v in x.items() if k != "tokens"} for d, x in m["mix"]["domains"].items()
+        }
+        return {
+            "tokens": sum(s["tokens"] for s in m["shards"]),
+            "shards": len(m["shards"]),
+            "mix": mix,
+            "mix_source": m["mix"]["source"],
+        }
 
     return [Phase("shards", build, tasks, manifest)]
 
