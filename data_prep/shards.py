@@ -111,11 +111,16 @@ class MegatronShards(PipelineStep):
                     files[prefix] = MegatronTokenizedFile(
                         self.output_folder, prefix, token_size=token_size
                     )
-                    info[prefix] = {"prefix": prefix, "domain": domain, "documents": 0, "tokens": 0}
+                    info[prefix] = {
+                        "prefix": prefix, "domain": domain, "documents": 0, "tokens": 0,
+                        "max_token_id": eod,
+                    }  # fmt: skip
                 ids = enc.ids + [eod]
                 files[prefix].write(ids)
-                info[prefix]["documents"] += 1
-                info[prefix]["tokens"] += len(ids)
+                rec = info[prefix]
+                rec["documents"] += 1
+                rec["tokens"] += len(ids)
+                rec["max_token_id"] = max(rec["max_token_id"], max(ids))
                 yield doc
         for f in files.values():
             f.close()

@@ -45,6 +45,8 @@ class Shard:
     """Tokens in the shard."""
     weight: float
     """Blend weight (fraction of training samples drawn from this shard)."""
+    max_token_id: int | None = None
+    """Largest token id in the shard as tokenize recorded it (None: scan the .bin to find it)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,9 @@ def _parse_shard(entry: Any, root: Path, where: str) -> Shard:
         documents=_field(entry, "documents", int, where),
         tokens=_field(entry, "tokens", int, where),
         weight=weight,
+        max_token_id=entry.get("max_token_id")
+        if isinstance(entry.get("max_token_id"), int)
+        else None,
     )
 
 
@@ -203,24 +208,26 @@ def load_manifest(
     _check_model_fit(manifest, model_cfg, seq_length)
     for i, shard in enumerate(shards):
         _check_shard(shard, dtype, f"{where}: shards[{i}]")
-    vocab = model_cfg.vocab_size if model_cfg is not None else manifest.vocab_size
     for i, shard in enumerate(shards):
-        check_token_ids(shard, dtype, vocab, f"{where}: shards[{i}]")
+        check_token_ids(shard, dtype, manifest.vocab_size, f"{where}: shards[{i}]")
     return manifest
 
 
 def check_token_ids(shard: Shard, dtype: str, vocab_size: int, where: str) -> None:
-    """Every token id of the shard must be < vocab_size (else the embedding lookup fails with an
-    IndexError naming no shard): one numpy max over the memory-mapped .bin."""
+    """Every token id of the shard must be < the tokenizer's vocab_size (else the embedding
+    lookup fails with an IndexError naming no shard). O(1) with the `max_token_id` tokenize
+    records; without it one numpy max over the memory-mapped .bin (~1 s per GB read)."""
     if shard.tokens == 0:
         return
-    tokens = np.memmap(str(shard.prefix) + ".bin", dtype=DTYPES[dtype], mode="r")
-    top = int(tokens.max())
-    del tokens
+    top = shard.max_token_id
+    if top is None:
+        tokens = np.memmap(str(shard.prefix) + ".bin", dtype=DTYPES[dtype], mode="r")
+        top = int(tokens.max())
+        del tokens
     if top >= vocab_size:
         raise ManifestError(
-            f"{where}: shard {shard.prefix} holds token id {top}, outside the vocabulary of "
-            f"size {vocab_size} (tokenized with another tokenizer, or model.vocab_size too small)"
+            f"{where}: shard {shard.prefix} holds token id {top}, outside the tokenizer's "
+            f"vocabulary of size {vocab_size} (tokenized with another tokenizer?)"
         )
 
 

@@ -103,6 +103,15 @@ def test_missing_manifest_names_the_path(tmp_path: Path) -> None:
         (lambda d: d.update(dtype="int32"), r"stores uint16, manifest says int32"),
         (lambda d: d.pop("eod_token_id"), r"missing field 'eod_token_id'"),
         (lambda d: d["shards"][0].update(tokens="many"), r"field 'tokens' has the wrong type"),
+        (  # was: an IndexError in the embedding naming no shard
+            lambda d: d.update(vocab_size=150),
+            r"shards\[1\]: shard .*code holds token id 199, outside the tokenizer's vocabulary "
+            r"of size 150",
+        ),
+        (  # tokenize records max_token_id: no scan of the .bin
+            lambda d: d["shards"][0].update(max_token_id=1000),
+            r"shards\[0\]: shard .*web holds token id 1000, outside",
+        ),
     ],
 )
 def test_manifest_errors_name_file_and_field(corpus: Path, tmp_path: Path, edit, message) -> None:
