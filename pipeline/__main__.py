@@ -8,13 +8,17 @@
     python -m pipeline cluster=slurm cluster.nodes=4 cluster.gpus_per_node=8   # chained Slurm
         jobs (data on a Ray cluster, then training, then a finishing job); dry_run=true prints them
     python -m slurm status runs/demo/slurm          # their states, log tails and MLflow run
+    python -m pipeline trash run_dir=runs/exp1 [purge=true]   # earlier outputs moved aside
 
-Rerunning with the same run_dir skips finished stages and resumes interrupted ones.
+Rerunning with the same run_dir skips finished stages and resumes interrupted ones; a stage
+that must rerun over finished work moves it aside (run_dir/.trash) after its new config passed
+its app's checks. SIGTERM ends the run like Ctrl-C (its MLflow runs KILLED; rerun to resume).
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 import hydra
@@ -64,8 +68,20 @@ def _submit(cfg: DictConfig, config: PipelineConfig) -> int:
     return submit_pipeline(config, cfg, list(HydraConfig.get().overrides.task))
 
 
+_TERMINATED: list[int] = []
+
+
+def _terminate(signum: int, frame) -> None:
+    """SIGTERM: unwind like Ctrl-C, so the driver stops its stages and ends its MLflow runs
+    KILLED (Ray turns an exception raised in its waits into a plain KeyboardInterrupt, hence
+    the flag)."""
+    _TERMINATED.append(signum)
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 @hydra.main(config_path="../conf", config_name="pipeline", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         config = _to_config(cfg)
         if config.cluster.executor != "local" and config.part == "all":
@@ -81,8 +97,9 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        sys.exit(130)
+        what = "terminated (SIGTERM)" if _TERMINATED else "interrupted"
+        print(f"{what}; rerun the same command to resume", file=sys.stderr)
+        sys.exit(143 if _TERMINATED else 130)
     if not cfg.dry_run:
         print_outcome(result)
 
@@ -107,5 +124,9 @@ def precheck(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["trash"]:
+        from pipeline.trash import main as trash_main
+
+        sys.exit(trash_main(sys.argv[2:]))
     precheck(sys.argv[1:])
     main()

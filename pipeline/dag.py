@@ -36,6 +36,8 @@ class Node:
     code_version: str = ""
     input_fingerprints: dict[str, str] = field(default_factory=dict)
     fingerprint: str = ""
+    validated: bool = False
+    """The driver already had the stage's app check its config (at plan time)."""
 
 
 @dataclass

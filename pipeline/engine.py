@@ -7,8 +7,9 @@ import fcntl
 import importlib
 import inspect
 import os
-import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,16 @@ from pipeline import state
 from pipeline.config import PipelineConfig, RayConfig
 from pipeline.dag import Graph, build_graph
 from pipeline.fingerprint import REPO_ROOT
-from pipeline.task import WORKERS_LOCK, Driver, StageFailed, StagePreempted, Tracking, execute
+from pipeline.task import (
+    WORKERS_LOCK,
+    Driver,
+    InvalidConfig,
+    StageFailed,
+    StagePreempted,
+    Tracking,
+    execute,
+    validate,
+)
 from pipeline.tracking import log_failed_stage, log_finished_stage
 from pipeline.view import DagView, throughput_from
 
@@ -92,17 +102,22 @@ def restrict(graph: Graph, decisions: dict[str, state.Decision], part: str) -> d
 
 
 def print_plan(graph: Graph, decisions: dict[str, state.Decision], console: Console) -> None:
-    """The dry-run report: every stage, its inputs, and whether it would run (and why)."""
+    """The dry-run report: every stage, its inputs, and what would happen (and why): SKIP, RUN
+    (nothing earlier), RESUME (an interrupted attempt), CONTINUE (extend-only keys changed:
+    trains on from the last checkpoint) or RESTART (earlier outputs moved aside first)."""
     console.print(f"DAG of {len(graph.nodes)} stages in {graph.run_dir}", highlight=False)
     for key, node in graph.nodes.items():
         d = decisions[key]
-        verb = "[cyan]RUN [/]" if d.run else "[blue]SKIP[/]"
+        verb = f"[cyan]{d.action.upper():<4}[/]" if d.run else "[blue]SKIP[/]"
         after = f" <- {', '.join(node.deps)}" if node.deps else ""
         console.print(
             f"  {verb} {key} {escape(f'[{node.kind.name}]')}{after}: {d.reason}", highlight=False
         )
     runs = sum(d.run for d in decisions.values())
-    console.print(f"{runs} to run, {len(decisions) - runs} up to date", highlight=False)
+    kinds = [d.action for d in decisions.values() if d.action in state.KEEPS_OR_MOVES]
+    detail = ", ".join(f"{kinds.count(a)} {a}" for a in state.KEEPS_OR_MOVES if a in kinds)
+    detail = f" ({detail})" if detail else ""
+    console.print(f"{runs} to run{detail}, {len(decisions) - runs} up to date", highlight=False)
 
 
 @contextlib.contextmanager
@@ -161,6 +176,25 @@ def init_ray(cfg: RayConfig, graph: Graph) -> bool:
 
     if ray.is_initialized():
         return False
+    with _keep_sigterm_handler():
+        return _init_ray(cfg, graph)
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler():
+    """ray.init installs a SIGTERM handler that aborts the driver (exit -6, MLflow runs left
+    RUNNING); put back the Python handler in effect before (see `python -m pipeline`)."""
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(handler) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _init_ray(cfg: RayConfig, graph: Graph) -> bool:
+    import ray
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if cfg.address:
         try:
@@ -189,19 +223,28 @@ def init_ray(cfg: RayConfig, graph: Graph) -> bool:
     return True
 
 
+def validate_changed(graph: Graph, decisions: dict[str, state.Decision]) -> None:
+    """Before anything runs: have each stage's app check the config of every stage whose run
+    would touch earlier outputs (continue or restart) and whose inputs are final (its upstream
+    stages are up to date), so a typo fails in seconds. The others are checked by their task,
+    still before their outputs are touched. InvalidConfig names the stage."""
+    for key, node in graph.nodes.items():
+        if all(not decisions[d].run for d in node.deps):
+            validate(node, decisions[key])
+
+
 def remove_orphans(graph: Graph) -> list[Path]:
-    """Delete per-domain stage folders of domains no longer configured (so globs over a
-    stage's domain folders see only current domains)."""
-    removed = []
+    """Move per-domain stage folders of domains no longer configured aside into run_dir/.trash
+    (so globs over a stage's domain folders see only current domains); returns where to."""
+    moved = []
     names = {n.name for n in graph.nodes.values() if n.domain is not None}
     for name in names:
-        for folder in (graph.run_dir / name).glob("*"):
-            known = f"{name}/{folder.name}" in graph.nodes
+        for folder in sorted((graph.run_dir / name).glob("*")):
+            key = f"{name}/{folder.name}"
             ours = (folder / state.ATTEMPT).exists() or (folder / state.MARKER).exists()
-            if folder.is_dir() and not known and ours:
-                shutil.rmtree(folder)
-                removed.append(folder)
-    return removed
+            if folder.is_dir() and key not in graph.nodes and ours:
+                moved.append(state.move_aside(folder, graph.run_dir, key, "domain removed"))
+    return moved
 
 
 def _submit(graph: Graph, decisions, track: Tracking | None) -> dict:
@@ -248,7 +291,8 @@ def _collect(graph: Graph, refs: dict, view: DagView, since: float, parent) -> t
                         key, str(graph.nodes[key].log_path), f"{type(cause).__name__}: {cause}"
                     )
                 failures.append(cause)
-                if parent and not graph.nodes[key].kind.live_run:
+                logged = cause.logged if cause is _cause(err) else graph.nodes[key].kind.live_run
+                if parent and not logged:
                     parent.log_async(log_failed_stage, graph.nodes[key], cause.message)
                 stopped = isinstance(cause, StagePreempted)
                 note = f"stopped for requeue: {cause.message}" if stopped else cause.message
@@ -272,6 +316,10 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> RunResu
     graph = build_graph(cfg)
     decisions = plan(graph, cfg.part)
     result = RunResult(run_dir=graph.run_dir, plan=decisions)
+    try:
+        validate_changed(graph, decisions)
+    except InvalidConfig as err:
+        raise ValueError(str(err)) from None
     if cfg.dry_run:
         print_plan(graph, decisions, console)
         return result
@@ -294,7 +342,8 @@ def _execute(cfg, graph: Graph, decisions, result: RunResult, console: Console) 
     if not view.live:
         print_plan(graph, decisions, console)
     results: dict = {}
-    remove_orphans(graph)
+    for folder in remove_orphans(graph):
+        console.print(f"moved aside (domain removed): {folder}", highlight=False)
     try:
         started_ray = any(d.run for d in decisions.values()) and init_ray(cfg.ray, graph)
         with view:
@@ -304,13 +353,20 @@ def _execute(cfg, graph: Graph, decisions, result: RunResult, console: Console) 
             refs = _submit(graph, decisions, track)
             results, failures = _collect(graph, refs, view, since, parent)
     except BaseException as err:
+        if started_ray:  # stop the stage tasks before their MLflow runs are closed
+            ray.shutdown()
+            started_ray = False
+            with contextlib.suppress(ValueError):
+                _wait_for_orphans(graph.run_dir, timeout_s=30)
         if parent:
             parent.drain()
+            parent.end_live_stages(f"pipeline driver stopped: {err!r}")
             parent.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", repr(err))
         raise
     finally:
         if started_ray:
             ray.shutdown()
+    _print_trash(graph, results, console)
     result.results = results
     result.states = {k: s.state for k, s in view.states.items()}
     for error in parent.drain() if parent else []:
@@ -326,6 +382,18 @@ def _execute(cfg, graph: Graph, decisions, result: RunResult, console: Console) 
     return result
 
 
+def _print_trash(graph: Graph, results: dict, console: Console) -> None:
+    """One line when this run moved earlier outputs aside: where, and how to list or purge."""
+    moved = [r["moved_aside"] for r in results.values() if r.get("moved_aside")]
+    if moved:
+        console.print(
+            f"{len(moved)} stage(s) had earlier outputs moved aside into "
+            f"{graph.run_dir / state.TRASH}; list: python -m pipeline trash "
+            f"run_dir={graph.run_dir}, delete: ... purge=true",
+            highlight=False,
+        )
+
+
 def _start_parent(cfg: PipelineConfig, graph: Graph, decisions):
     if not cfg.tracking.enabled:
         return None
@@ -337,9 +405,7 @@ def _start_parent(cfg: PipelineConfig, graph: Graph, decisions):
         return parent
     parent.close_stale()
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg))
-    parent.start(
-        resolved, {k: ("run: " if d.run else "skip: ") + d.reason for k, d in decisions.items()}
-    )
+    parent.start(resolved, {k: f"{d.action}: {d.reason}" for k, d in decisions.items()})
     skipped = {k: graph.nodes[k].fingerprint for k, d in decisions.items() if not d.run}
     if skipped:
         parent.note_skipped(skipped)

@@ -80,6 +80,15 @@ class StageKind:
     describe: Callable[[Any], dict] | None = None
     """`describe(node)` -> the stage's fully resolved config (pipeline.dag.Node in), logged as
     MLflow params by the driver, off the stage's critical path."""
+    validate: Callable[[Any], None] | None = None
+    """`validate(node)` composes and checks the stage's config with its app (pipeline.dag.Node
+    in) and raises ValueError with one line when the app would reject it. Called before any
+    earlier output of the stage is touched, so a bad override never costs finished work."""
+    extends: tuple[str, ...] = ()
+    """Override keys that only extend a finished run (`train.steps`, `logging.*`): when they are
+    all that changed, a resumable kind continues from its checkpoints instead of restarting.
+    A key may end in `.*` (any key under it) or in `+` (only a larger number extends, e.g.
+    `train.steps+`: fewer steps restart)."""
 
     def code_modules(self, options: Any) -> tuple[str, ...]:
         return tuple(self.code(options)) if callable(self.code) else self.code
@@ -109,14 +118,17 @@ def register_kind(
     resumable: bool = False,
     live_run: bool = False,
     describe: Callable[[Any], dict] | None = None,
+    validate: Callable[[Any], None] | None = None,
+    extends: tuple[str, ...] = (),
 ) -> Callable[[Callable[[StageContext], dict]], Callable[[StageContext], dict]]:
     """Decorator: register `fn(ctx) -> stats` as stage kind `name`."""
 
     def wrap(fn: Callable[[StageContext], dict]) -> Callable[[StageContext], dict]:
         code_spec = code if callable(code) else tuple(code)
         _KINDS[name] = StageKind(
-            name, fn, options, code_spec, tuple(conf), resumable, live_run, describe
-        )
+            name, fn, options, code_spec, tuple(conf), resumable, live_run, describe, validate,
+            tuple(extends),
+        )  # fmt: skip
         return fn
 
     return wrap

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from pipeline.config import PipelineConfig
 from pipeline.dag import Graph, build_graph
-from pipeline.engine import load_plugins, plan, print_plan, training_part
+from pipeline.engine import load_plugins, plan, print_plan, training_part, validate_changed
 from slurm.app import Submission, job_overrides, new_record, submit_job, wait_all
 from slurm.config import ClusterConfig, CommandJob, RayJob, load_cluster
 from slurm.jobs import SlurmError
@@ -107,6 +107,7 @@ def submit_pipeline(cfg: PipelineConfig, dcfg: DictConfig, overrides: list[str])
     load_plugins(cfg.plugins)
     graph = build_graph(cfg)
     decisions = plan(graph)
+    validate_changed(graph, decisions)  # a bad override fails here, not in a queued job
     print_plan(graph, decisions, console)
     jobs = plan_jobs(cfg, graph, decisions, overrides)
     if not jobs:
@@ -160,9 +161,7 @@ def _start_parent(cfg: PipelineConfig, graph: Graph, decisions) -> tuple[dict, l
     parent = ParentRun(cfg.tracking, graph.run_dir)
     parent.close_stale()
     resolved = OmegaConf.to_container(OmegaConf.structured(cfg))
-    parent.start(
-        resolved, {k: ("run: " if d.run else "skip: ") + d.reason for k, d in decisions.items()}
-    )
+    parent.start(resolved, {k: f"{d.action}: {d.reason}" for k, d in decisions.items()})
     parent.client.set_tag(parent.run_id, "pipeline.launcher", "slurm")
     meta = {
         "run_dir": str(graph.run_dir),

@@ -22,12 +22,34 @@ from pipeline.registry import StageContext
 class StageFailed(Exception):
     """A stage raised; carries the stage key and its log path to the driver."""
 
+    logged = False
+    """The stage's own MLflow run recorded the failure (else the driver records it)."""
+
     def __init__(self, key: str, log_path: str, message: str):
         super().__init__(key, log_path, message)
         self.key, self.log_path, self.message = key, log_path, message
 
     def __str__(self) -> str:
         return f"stage {self.key} failed: {self.message} (log: {self.log_path})"
+
+
+class InvalidConfig(ValueError):
+    """The stage's app rejected its new config; no earlier output was touched."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"stage {key}: bad config ({message}); earlier outputs left untouched")
+
+
+def validate(node: Node, decision: state.Decision) -> None:
+    """Have the stage's app check its config when running it would touch earlier outputs
+    (unless the driver did so at plan time); InvalidConfig with the app's line otherwise."""
+    if node.validated or not node.kind.validate or not decision.touches_outputs:
+        return
+    try:
+        node.kind.validate(node)
+    except ValueError as err:
+        raise InvalidConfig(node.key, str(err)) from None
+    node.validated = True
 
 
 class StagePreempted(StageFailed):
@@ -141,7 +163,13 @@ def execute(node: Node, track: Tracking | None, driver: Driver | None, *upstream
         print(f"=== stage {node.key} ({node.kind.name}) started {time.ctime(started)}", flush=True)
         run_id = None
         try:
-            state.prepare_output(node)
+            decision = state.decide(node)
+            validate(node, decision)
+            moved = state.prepare_output(node, decision)
+            if moved:
+                line = f"{node.key}: previous outputs moved aside to {moved} ({decision.reason})"
+                print(f"=== {line}", flush=True)
+                echo(f"[pipeline] {line}\n")
             live = track if track and node.kind.live_run else None
             if live:
                 run_id = tracking.start_stage_run(
@@ -153,16 +181,24 @@ def execute(node: Node, track: Tracking | None, driver: Driver | None, *upstream
             print(f"=== stage {node.key} stopped for requeue: {err.message}", flush=True)
             if run_id:
                 _kill_stage_run(track.uri, run_id, err.message)
+            err.logged = run_id is not None
             raise
         except BaseException as err:  # noqa: BLE001 - reported to the driver as StageFailed
-            traceback.print_exc()
-            message = f"{type(err).__name__}: {err}".strip()
+            if isinstance(err, InvalidConfig):
+                print(f"=== {err}", flush=True)
+                message = str(err)
+            else:
+                traceback.print_exc()
+                message = f"{type(err).__name__}: {err}".strip()
             if run_id:
                 tracking.fail_stage_run(track.uri, run_id, message, node.log_path)
-            raise StageFailed(node.key, str(node.log_path), message) from None
+            failed = StageFailed(node.key, str(node.log_path), message)
+            failed.logged = run_id is not None
+            raise failed from None
         print(f"=== stage {node.key} done in {marker['finished_at'] - started:.1f}s", flush=True)
     return {
         "key": node.key, "stats": stats, "started": started, "finished": marker["finished_at"],
+        "moved_aside": str(moved) if moved else None,
         "logged": run_id is not None, "params": ctx.params,
         "artifacts": [str(p) for p in _artifacts(node, ctx)],
         "max_mb": track.max_artifact_mb if track else 0,

@@ -87,6 +87,20 @@ class ParentRun:
             self.client.set_terminated(run.info.run_id, status="KILLED")
         return len(runs)
 
+    def end_live_stages(self, note: str) -> int:
+        """End this parent's stage runs still RUNNING (a live train stage whose task was stopped
+        with the driver) as KILLED, with a note why; returns how many."""
+        if self.run_id is None:
+            return 0
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{self.run_id}' and attributes.status = 'RUNNING'",
+        )
+        for run in runs:
+            self.client.set_tag(run.info.run_id, "mlflow.note.content", note[:5000])
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+        return len(runs)
+
     def start(self, resolved_config: dict, plan: dict[str, str]) -> str:
         run = self.client.create_run(
             self.experiment_id,

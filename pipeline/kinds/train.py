@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -183,14 +184,63 @@ def run_slurm(ctx: StageContext, opts: TrainOptions, overrides: list[str]) -> No
     )
 
 
-@register_kind("train", options=TrainOptions, code=lambda o: (o.module,), conf=("model/**", "parallel/**", "precision/**", "train/**", "trainer.yaml"), resumable=True, live_run=True)  # fmt: skip
+def trainer_overrides(overrides: list[str], output: Path) -> list[str]:
+    """The stage's overrides plus its default checkpoint.dir (in the stage folder)."""
+    if any(o.startswith("checkpoint.dir=") for o in overrides):
+        return list(overrides)
+    return [*overrides, f"checkpoint.dir={output / 'checkpoints'}"]
+
+
+def _world_size(opts: TrainOptions) -> int:
+    if opts.launcher == "local":
+        return opts.nproc_per_node
+    from slurm import load_cluster
+
+    return load_cluster(opts.cluster).world_size
+
+
+def validate(node) -> None:
+    """Run the trainer's own CLI with the stage's overrides and `dry_run=true` (it composes and
+    checks the config, plans the layout, builds nothing); ValueError with its error line."""
+    opts: TrainOptions = node.options
+    overrides = trainer_overrides(node.overrides, node.output)
+    if override_value(overrides, "world_size") is None:
+        overrides.append(f"world_size={_world_size(opts)}")
+    env = dict(os.environ, **opts.env, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="0")
+    with tempfile.TemporaryDirectory(prefix="pipeline-validate-") as scratch:
+        # Hydra's run folder defaults to checkpoint.dir/hydra/<time>: keep the stage folder as is
+        hydra = [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
+        res = subprocess.run(
+            [sys.executable, "-m", opts.module, *overrides, "dry_run=true", *hydra],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    if res.returncode != 0:
+        raise ValueError(_error_lines(res.stderr or res.stdout, res.returncode))
+
+
+def _error_lines(text: str, code: int) -> str:
+    """The trainer's error in one line (its `error: ...` line, or Hydra's few lines)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if "HYDRA_FULL_ERROR" not in ln and not ln.startswith(
+        ("full_key:", "reference_type=", "object_type="))]  # fmt: skip
+    errors = [ln.removeprefix("error: ") for ln in lines if ln.startswith("error: ")]
+    shown = errors[-1:] or lines[-3:]
+    return " ".join(shown) or f"trainer dry run exited with code {code}"
+
+
+EXTENDS = ("train.steps+", "train.eval_interval", "train.eval_iters", "train.log_interval",
+           "logging.*", "checkpoint.save_interval", "checkpoint.save_interval_s",
+           "checkpoint.keep_last")  # fmt: skip
+"""Trainer keys that only extend a finished run: changing only these continues training from the
+stage's last checkpoint (`train.steps` only when raised) instead of restarting."""
+
+
+@register_kind("train", options=TrainOptions, code=lambda o: (o.module,), conf=("model/**", "parallel/**", "precision/**", "train/**", "trainer.yaml"), resumable=True, live_run=True, validate=validate, extends=EXTENDS)  # fmt: skip
 def train(ctx: StageContext) -> dict:
     """Train (or resume training) the model; returns the trainer's summary.json as stats."""
     opts: TrainOptions = ctx.options
     ckpt = checkpoint_dir(ctx)
-    overrides = list(ctx.overrides)
-    if not any(o.startswith("checkpoint.dir=") for o in overrides):
-        overrides.append(f"checkpoint.dir={ckpt}")
+    overrides = trainer_overrides(ctx.overrides, ctx.output)
     started = time.time()
     (run_slurm if opts.launcher == "slurm" else run_local)(ctx, opts, overrides)
     summary_path = ckpt / "summary.json"

@@ -1,7 +1,8 @@
 """A stand-in trainer: `python -m pipeline_fake_trainer checkpoint.dir=D train.steps=N ...`.
 
 Writes one checkpoint per step atomically, resumes from the newest, logs `loss` to the MLflow
-run in MLFLOW_RUN_ID, writes summary.json at the end (all values deterministic).
+run in MLFLOW_RUN_ID, writes summary.json at the end (all values deterministic). `dry_run=true`
+only checks the config; a bad `train.steps` exits 2 with one `error:` line, as the trainer does.
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     args = dict(a.split("=", 1) for a in argv)
     ckpt = Path(args["checkpoint.dir"])
+    if not args.get("train.steps", "6").isdigit() or int(args.get("train.steps", 6)) < 1:
+        print(f"error: train.steps must be >= 1, got {args['train.steps']}", file=sys.stderr)
+        return 2  # like the real trainer: bad config is exit 2 and one line
+    if args.get("dry_run") == "true":
+        print("fake trainer: config ok", flush=True)
+        return 0
     steps, sleep_s = int(args.get("train.steps", 6)), float(args.get("sleep_s", 0.0))
     if args.get("fail") == "true":
         print("fake trainer: planted failure", flush=True)

@@ -65,7 +65,10 @@ def test_change_one_option_reruns_only_that_subgraph(tmp_path):
     )
     decisions = plan(changed)
     assert sorted(k for k, d in decisions.items() if d.run) == ["clean/en", "join", "train"]
-    assert "config changed (overrides)" in decisions["clean/en"].reason
+    assert decisions["clean/en"].reason == (
+        "config changed (overrides: sleep_s); restart (previous outputs moved aside to .trash/)"
+    )
+    assert decisions["clean/en"].action == "restart"
     assert "input changed (clean/en)" in decisions["join"].reason
 
 
@@ -102,11 +105,11 @@ def test_dry_run_lists_run_and_skip_with_reasons(tmp_path):
     print_plan(graph, plan(graph), console)
     text = console.export_text()
     assert "SKIP join [fake_map] <- clean/en, clean/zh: up to date" in text
-    assert "RUN  train [train] <- join: config changed (overrides)" in text
-    assert "1 to run, 5 up to date" in text
+    assert "RESTART train [train] <- join: config changed (overrides: " in text
+    assert "1 to run (1 restart), 5 up to date" in text
 
 
-def test_removed_domain_folders_are_deleted_so_globs_see_current_domains(tmp_path):
+def test_removed_domain_folders_are_moved_aside_so_globs_see_current_domains(tmp_path):
     from pipeline.engine import remove_orphans
 
     graph = build_graph(compose(tmp_path / "run"))
@@ -115,7 +118,9 @@ def test_removed_domain_folders_are_deleted_so_globs_see_current_domains(tmp_pat
     (stale / state.MARKER).write_text("{}")
     foreign = tmp_path / "run/clean/notes"  # not a stage folder of ours: left alone
     foreign.mkdir()
-    assert remove_orphans(graph) == [stale]
+    (moved,) = remove_orphans(graph)
+    assert moved.parent == tmp_path / "run" / state.TRASH and moved.name.startswith("clean.fr.")
+    assert (moved / state.MARKER).read_text() == "{}"
     assert not stale.exists() and foreign.exists()
 
 
