@@ -187,7 +187,7 @@ def signature_only(corpus_out: Path, groups: list[dict]) -> dict:
     docs = list(RecordReader(paths, ReadConfig(), Ledger(str(tmp / "l")), str(tmp / "r")).run())
     mh, res = dt_minhash.MinhashConfig(), {}
     for name, step in (
-        ("ours", FastMinhashSignature(str(tmp / "a"), mh, 5)),
+        ("ours", FastMinhashSignature(str(tmp / "a"), mh, char_n_grams=5)),
         ("plain", dt_minhash.MinhashDedupSignature(str(tmp / "b"), config=mh)),
     ):
         step.get_shingles(docs[0].text)  # load spaCy / jieba outside the timing
