@@ -183,7 +183,7 @@ def blend_weights(cfg: TokenizeConfig, files: list[str]) -> tuple[dict | None, s
         return dict(cfg.weights), "tokenize.weights"
     found = remix_targets(files) if cfg.blend != "tokens" else None
     if found:
-        return found[0], f"remix targets ({found[1]})"
+        return found[0], f"remix targets ({Path(found[1]).parent.name}/stats.json)"
     if cfg.blend == "target":
         raise ValueError(
             "tokenize.blend=target: the input is not a remix stage output (no stats.json with "
