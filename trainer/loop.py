@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -195,7 +196,12 @@ class Trainer:
             "scheduler": {"step": self.step, "total_steps": self.cfg.train.steps},
             "history": dict(self.history),
         }
-        identity = {"lineage": self.history["lineage"], "model": self.model_identity()}
+        identity = {
+            "lineage": self.history["lineage"],
+            "model": self.model_identity(),
+            "data_manifest": self.cfg.data.manifest
+            and str(Path(self.cfg.data.manifest).absolute()),
+        }
         saved = save_checkpoint(
             root, self.step, self.model, self.optimizer, extra, keep_last, identity
         )

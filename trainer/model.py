@@ -66,6 +66,8 @@ def _attention_kwargs(m: ModelConfig) -> dict[str, Any]:
         rope_type=m.rope_type,
         rotary_scaling_factor=m.rotary_scaling_factor,
         original_max_position_embeddings=m.original_max_position_embeddings,
+        mscale=m.rope_mscale,
+        mscale_all_dim=m.rope_mscale_all_dim,
     )
 
 
@@ -81,6 +83,7 @@ def _moe_kwargs(m: ModelConfig) -> dict[str, Any]:
         moe_layer_freq=m.moe_layer_pattern,
         moe_router_topk=m.router_topk,
         moe_router_score_function=m.router_score_function,
+        moe_router_pre_softmax=m.router_pre_softmax and m.router_score_function == "softmax",
         moe_router_enable_expert_bias=m.router_enable_expert_bias,
         moe_router_bias_update_rate=m.router_bias_update_rate,
         moe_router_num_groups=m.router_num_groups,
@@ -213,3 +216,17 @@ def build_model(
         mtp_block_spec=mtp,
         vp_stage=vp_stage,
     )
+
+
+@torch.no_grad()
+def lm_logits(model: GPTModel, tokens: torch.Tensor) -> torch.Tensor:
+    """Next-token logits [batch, seq, vocab] of the main model (MTP modules skipped: megatron's
+    forward runs them only to add their loss, which needs labels)."""
+    config, mtp_process = model.config, getattr(model, "mtp_process", False)
+    depth = config.mtp_num_layers
+    positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)
+    try:
+        config.mtp_num_layers, model.mtp_process = None, False
+        return model(tokens, positions.expand_as(tokens), None)
+    finally:
+        config.mtp_num_layers, model.mtp_process = depth, mtp_process

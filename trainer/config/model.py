@@ -85,6 +85,9 @@ class ModelConfig:
     """Routed experts per token."""
     router_score_function: str = "sigmoid"
     """softmax (V2) or sigmoid (V3) gate."""
+    router_pre_softmax: bool = True
+    """softmax routing: softmax over all experts, then the top-k, not renormalised (DeepSeek-V2,
+    DeepSeekMoE; transformers' deepseek_v2); false: softmax over the top-k logits only."""
     router_enable_expert_bias: bool = True
     """Aux-loss-free balancing: per-expert bias added for top-k selection (sigmoid only)."""
     router_bias_update_rate: float = 1e-3

@@ -1,0 +1,229 @@
+"""Export a trainer checkpoint (any layout) as a Hugging Face model folder.
+
+    python -m trainer.export checkpoint.dir=runs/x/checkpoints output=runs/x/hf [step=N]
+        [dtype=bfloat16] [tokenizer=PATH/manifest.json]
+
+The checkpoint records its model config, so no `model=` is needed. One process loads it through
+megatron's dist_checkpointing, which reshards any saved layout (TP, PP, VPP, EP, DP with the
+distributed optimizer) into one full copy; the tensors are renamed to the transformers family
+that expresses the model (trainer.hf.convert) and written shard by shard into a temporary
+folder that is renamed to `output` at the end. The tokenizer comes from the data manifest the
+run trained on (or `tokenizer=`). Prints one JSON line; bad input is one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from trainer.config.model import ModelConfig
+
+
+@dataclass
+class SourceConfig:
+    dir: str = MISSING
+    """checkpoint.dir of the training run (or one iter_N folder)."""
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: SourceConfig = field(default_factory=SourceConfig)
+    output: str = MISSING
+    """Hugging Face folder to write (an existing one is renamed to OUTPUT.previous-<time>)."""
+    step: int | None = None
+    """Checkpoint step to export (None: the newest complete one)."""
+    tokenizer: str | None = None
+    """manifest.json or tokenizer.json (None: the manifest the run trained on)."""
+    dtype: str = "float32"
+    """float32 or bfloat16 (DeepSeek's releases are bf16; bf16 halves the folder)."""
+    shard_size_mb: int = 2048
+    """Largest safetensors file."""
+
+
+ConfigStore.instance().store(name="export_schema", node=ExportConfig)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def find_checkpoint(root: str, step: int | None):
+    """The checkpoint to export (ValueError naming what exists when it is not there)."""
+    from trainer.checkpoint_store import checkpoint_at, complete_checkpoints, iteration_dir
+
+    if not Path(root).is_dir():
+        raise ValueError(f"checkpoint.dir={root} is not a folder")
+    if step is None:
+        try:
+            return checkpoint_at(root)
+        except ValueError:
+            raise ValueError(f"checkpoint.dir={root} holds no complete checkpoint") from None
+    complete = {c.step: c for c in complete_checkpoints(root)}
+    if step not in complete:
+        have = sorted(complete) or "none"
+        raise ValueError(
+            f"checkpoint.dir={root} has no complete checkpoint at step={step} "
+            f"({iteration_dir(root, step).name}); complete steps: {have}"
+        )
+    return complete[step]
+
+
+def saved_model(ckpt: Any) -> ModelConfig:
+    fields = ckpt.marker.get("model")
+    if not isinstance(fields, dict):
+        raise ValueError(
+            f"checkpoint {ckpt.path} records no model config (saved by an old trainer)"
+        )
+    try:
+        return ModelConfig(**fields)
+    except TypeError as err:
+        raise ValueError(f"checkpoint {ckpt.path}: model config not understood ({err})") from None
+
+
+def load_single(ckpt: Any, model_cfg: ModelConfig) -> torch.nn.Module:
+    """One full GPTModel (fp32, this process alone) holding `ckpt`'s weights."""
+    from trainer.checkpoint import load_checkpoint
+    from trainer.config.parallel import ParallelConfig
+    from trainer.model import build_model, build_transformer_config
+    from trainer.parallel import initialize_parallel
+
+    parallel = ParallelConfig()
+    initialize_parallel(model_cfg, parallel, seed=0)
+    model = build_model(model_cfg, build_transformer_config(model_cfg, parallel))
+    load_checkpoint(ckpt, [SimpleNamespace(module=model)], None, dataclasses.asdict(model_cfg))
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class TokenizerFiles:
+    path: Path
+    """tokenizer.json"""
+    eod_id: int
+    eod: str
+
+
+def tokenizer_files(spec: str | None, ckpt: Any, vocab_size: int) -> TokenizerFiles:
+    """tokenizer.json and its end-of-document token, from a manifest or a tokenizer.json."""
+    from tokenizers import Tokenizer
+
+    spec = spec or ckpt.marker.get("data_manifest")
+    if not spec:
+        raise ValueError(f"checkpoint {ckpt.path} records no data manifest: pass tokenizer=PATH")
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"tokenizer={spec}: no such file")
+    eod_id = None
+    if path.name != "tokenizer.json":
+        manifest = json.loads(path.read_text())
+        eod_id = manifest.get("eod_token_id")
+        path = path.parent / manifest.get("tokenizer", "tokenizer.json")
+    tok = Tokenizer.from_file(str(path))
+    if tok.get_vocab_size() > vocab_size:
+        raise ValueError(
+            f"tokenizer {path} has {tok.get_vocab_size()} tokens, more than the model's "
+            f"vocab_size {vocab_size}"
+        )
+    if eod_id is None:
+        specials = [t for t in tok.get_added_tokens_decoder().values() if t.special]
+        if not specials:
+            raise ValueError(f"tokenizer {path} has no special (end-of-document) token")
+        eod_id = tok.token_to_id(specials[0].content)
+    return TokenizerFiles(path, int(eod_id), tok.id_to_token(int(eod_id)))
+
+
+def hf_tensors(model_cfg: ModelConfig, state: dict[str, Any]):
+    """(HF name, tensor) for every weight, MTP laid out as in DeepSeek's release."""
+    from trainer.hf.convert import to_hf
+
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor):
+            yield from to_hf(model_cfg, name, tensor)
+    for k in range(model_cfg.mtp_num_layers):  # DeepSeek's release repeats the shared parts
+        layer = f"model.layers.{model_cfg.num_layers + k}"
+        yield f"{layer}.embed_tokens.weight", state["embedding.word_embeddings.weight"]
+        head = state.get("output_layer.weight", state["embedding.word_embeddings.weight"])
+        yield f"{layer}.shared_head.head.weight", head
+
+
+def export(cfg: ExportConfig) -> dict[str, Any]:
+    """Write the HF folder; returns what the CLI prints."""
+    from trainer.hf.convert import family, hf_config
+    from trainer.hf.folder import FolderWriter
+
+    start = time.perf_counter()
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"dtype={cfg.dtype}: expected one of {sorted(DTYPES)}")
+    ckpt = find_checkpoint(cfg.checkpoint.dir, cfg.step)
+    model_cfg = saved_model(ckpt)
+    kind = family(model_cfg)  # UnsupportedModel before any heavy work
+    tok = tokenizer_files(cfg.tokenizer, ckpt, model_cfg.vocab_size)
+    model = load_single(ckpt, model_cfg)
+    special = {"bos_token_id": tok.eod_id, "eos_token_id": tok.eod_id, "pad_token_id": tok.eod_id}
+    dtype = DTYPES[cfg.dtype]
+    state = model.state_dict()
+    with FolderWriter(cfg.output, cfg.shard_size_mb * 1024**2) as writer:
+        for name, tensor in hf_tensors(model_cfg, state):
+            keep_fp32 = name.endswith("e_score_correction_bias")  # routing stays fp32 in HF
+            writer.add(name, tensor if keep_fp32 else tensor.to(dtype))
+        config = {**hf_config(model_cfg, special), "torch_dtype": cfg.dtype}
+        generation = {**special, "do_sample": True, "temperature": 0.6, "top_p": 0.95}
+        tokenizer_config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": tok.eod, "eos_token": tok.eod, "pad_token": tok.eod,
+            "add_bos_token": False, "add_eos_token": False,
+            "model_max_length": model_cfg.max_position_embeddings,
+            "clean_up_tokenization_spaces": False,
+        }  # fmt: skip
+        files = {"tokenizer.json": tok.path, "tokenizer_config.json": tokenizer_config,
+                 "special_tokens_map.json": {k: tok.eod for k in ("bos_token", "eos_token", "pad_token")}}  # fmt: skip
+        out = writer.finish(config, generation, files)
+    return {
+        "output": str(out), "checkpoint": str(ckpt.path), "step": ckpt.step, "model_type": kind,
+        "bytes": writer.total_bytes, "dtype": cfg.dtype, "seconds": round(time.perf_counter() - start, 2),
+    }  # fmt: skip
+
+
+def _single_process_env() -> None:
+    """One process on its own (also when started from inside a torchrun job)."""
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_PORT"):
+        os.environ.pop(key, None)
+
+
+@hydra.main(config_path=None, config_name="export_schema", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from trainer.checkpoint_store import CheckpointDamaged, CheckpointIncompatible
+    from trainer.parallel import destroy_parallel
+
+    warnings.filterwarnings("ignore")
+    try:
+        config = OmegaConf.to_object(cfg)
+        assert isinstance(config, ExportConfig)
+        _single_process_env()
+        result = export(config)
+    except (ValueError, CheckpointDamaged, CheckpointIncompatible) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        destroy_parallel()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    sys.argv[1:] = [
+        *sys.argv[1:],
+        "hydra.run.dir=.",
+        "hydra.output_subdir=null",
+        "hydra/job_logging=disabled",
+        "hydra/hydra_logging=disabled",
+    ]
+    main()

@@ -1,0 +1,122 @@
+"""A Hugging Face model folder on disk: written atomically, shard by shard; read lazily.
+
+`FolderWriter` collects tensors into `model-0000k-of-0000n.safetensors` files of at most
+`shard_bytes` each (a shard is written as soon as it is full, so at most one shard is held),
+then writes the index, config.json, generation_config.json and the tokenizer, and renames the
+temporary folder into place: a failed export leaves nothing half-written under `output`.
+`FolderWeights` opens the safetensors files with `safe_open` and reads one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+INDEX = "model.safetensors.index.json"
+
+
+class FolderWriter:
+    """`with FolderWriter(output) as w: w.add(name, tensor) ...; w.finish(config, ...)`."""
+
+    def __init__(self, output: str | Path, shard_bytes: int = 2 * 1024**3):
+        self.output = Path(output)
+        self.tmp = self.output.with_name(f".{self.output.name}.tmp-{os.getpid()}")
+        self.shard_bytes = shard_bytes
+        self._pending: dict[str, torch.Tensor] = {}
+        self._pending_bytes = 0
+        self._files: list[tuple[str, list[str]]] = []
+        self.total_bytes = 0
+
+    def __enter__(self) -> FolderWriter:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        return self
+
+    def __exit__(self, exc_type, *rest: object) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if name in self._pending or any(name in names for _, names in self._files):
+            raise ValueError(f"tensor {name} written twice")
+        size = tensor.numel() * tensor.element_size()
+        if self._pending and self._pending_bytes + size > self.shard_bytes:
+            self._flush()
+        self._pending[name] = tensor.detach().contiguous().clone()
+        self._pending_bytes += size
+        self.total_bytes += size
+
+    def _flush(self) -> None:
+        name = f"part-{len(self._files):05d}.safetensors"
+        save_file(self._pending, str(self.tmp / name), metadata={"format": "pt"})
+        self._files.append((name, list(self._pending)))
+        self._pending, self._pending_bytes = {}, 0
+
+    def finish(
+        self, config: dict[str, Any], generation: dict[str, Any], extra: dict[str, Any]
+    ) -> Path:
+        """Write index + JSON files (`extra`: file name -> dict, or a Path to copy), rename."""
+        if self._pending:
+            self._flush()
+        count, weight_map = len(self._files), {}
+        for i, (name, names) in enumerate(self._files):
+            final = f"model-{i + 1:05d}-of-{count:05d}.safetensors"
+            os.replace(self.tmp / name, self.tmp / final)
+            weight_map.update(dict.fromkeys(names, final))
+        index = {
+            "metadata": {"total_size": self.total_bytes},
+            "weight_map": dict(sorted(weight_map.items())),
+        }
+        _write_json(self.tmp / INDEX, index)
+        _write_json(self.tmp / "config.json", config)
+        _write_json(self.tmp / "generation_config.json", generation)
+        for file_name, content in extra.items():
+            if isinstance(content, Path):
+                shutil.copyfile(content, self.tmp / file_name)
+            else:
+                _write_json(self.tmp / file_name, content)
+        if self.output.exists():  # an earlier export: kept beside, never deleted
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            os.replace(self.output, self.output.with_name(f"{self.output.name}.previous-{stamp}"))
+        os.replace(self.tmp, self.output)
+        return self.output
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+class FolderWeights:
+    """Tensors of an HF folder by name (model.safetensors or a sharded index)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        index = self.folder / INDEX
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+        elif (self.folder / "model.safetensors").is_file():
+            with safe_open(str(self.folder / "model.safetensors"), "pt") as f:
+                weight_map = dict.fromkeys(f.keys(), "model.safetensors")
+        else:
+            raise ValueError(f"{self.folder} holds no model.safetensors or {INDEX}")
+        self.weight_map: dict[str, str] = weight_map
+        self._open: dict[str, Any] = {}
+
+    def names(self) -> list[str]:
+        return list(self.weight_map)
+
+    def take(self, name: str) -> torch.Tensor:
+        file_name = self.weight_map.get(name)
+        if file_name is None:
+            raise KeyError(f"{self.folder}: no tensor {name}")
+        if file_name not in self._open:
+            self._open[file_name] = safe_open(str(self.folder / file_name), "pt")
+        return self._open[file_name].get_tensor(name)
