@@ -121,6 +121,25 @@ def save_checkpoint(
     return final
 
 
+def save_weights(root: str | Path, model: torch.nn.Module, identity: dict[str, Any]) -> Path:
+    """A weights-only checkpoint `root/iter_0000000` of one full model in a single process (an
+    imported model): what `checkpoint.init_from` loads under any layout."""
+    final = iteration_dir(root, 0)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _orphan_safe_write_queue()
+    state = {"model": model.sharded_state_dict(metadata=_metadata()), "rng_state": _rng_object()}
+    state["common"] = {"step": 0, "layout": _layout_key()}
+    dist_checkpointing.save(state, str(tmp))
+    write_marker(
+        tmp, {"step": 0, "layout": list(_layout_key()), "saved_at": time.time(), **identity}
+    )
+    _replace(final, tmp, identity["lineage"])
+    write_pointer(Path(root), final.name)
+    return final
+
+
 def _replace(final: Path, tmp: Path, lineage: str) -> None:
     """Give `tmp` its final name. An existing folder of that name is replaced only if it is
     this lineage's (the same step saved again); another run's is moved aside, not deleted."""

@@ -154,8 +154,9 @@ def verify_files(ckpt: Checkpoint) -> None:
 
 
 def model_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Model config fields that differ between a checkpoint and this run (name excluded)."""
-    keys = sorted((set(saved) | set(current)) - {"name"})
+    """Model config fields that differ between a checkpoint and this run (name excluded; only
+    fields both record: an imported model records the fields its config.json defines)."""
+    keys = sorted((set(saved) & set(current)) - {"name"})
     differ = [k for k in keys if saved.get(k) != current.get(k)]
     return [f"{k}={saved.get(k)!r} vs {current.get(k)!r}" for k in differ]
 

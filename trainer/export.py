@@ -123,11 +123,17 @@ def tokenizer_files(spec: str | None, ckpt: Any, vocab_size: int) -> TokenizerFi
     if not path.is_file():
         raise ValueError(f"tokenizer={spec}: no such file")
     eod_id = None
-    if path.name != "tokenizer.json":
-        manifest = json.loads(path.read_text())
-        eod_id = manifest.get("eod_token_id")
-        path = path.parent / manifest.get("tokenizer", "tokenizer.json")
-    tok = Tokenizer.from_file(str(path))
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"tokenizer={spec}: not a JSON manifest or tokenizer ({err})") from None
+    if isinstance(data, dict) and "shards" in data:  # a data manifest: its tokenizer and EOD
+        eod_id = data.get("eod_token_id")
+        path = path.parent / data.get("tokenizer", "tokenizer.json")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exception
+        raise ValueError(f"tokenizer {path} cannot be read ({err})") from None
     if tok.get_vocab_size() > vocab_size:
         raise ValueError(
             f"tokenizer {path} has {tok.get_vocab_size()} tokens, more than the model's "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -156,9 +158,36 @@ def resume(cfg: TrainerConfig, trainer: Trainer) -> str:
 def _start_fresh(cfg: TrainerConfig, trainer: Trainer) -> str:
     if not cfg.checkpoint.init_from:
         return "scratch"
-    ckpt = checkpoint_at(cfg.checkpoint.init_from)
+    source = cfg.checkpoint.init_from
+    if source.startswith("hf:"):
+        source = str(_imported(source[3:], Path(cfg.checkpoint.dir) / "hf_import"))
+    ckpt = checkpoint_at(source)
     trainer.load(ckpt, weights_only=True)
     return f"weights of {ckpt.path}"
+
+
+def _imported(folder: str, output: Path) -> Path:
+    """`init_from=hf:DIR`: rank 0 imports DIR into `output` (one process, `python -m
+    trainer.import_hf`; reused while DIR is unchanged), every rank then loads it."""
+    from trainer.import_hf import is_current
+
+    failure = [None]
+    if dist.get_rank() == 0 and not is_current(output, Path(folder)):
+        _say(f"importing Hugging Face folder {folder} into {output}")
+        cmd = [sys.executable, "-m", "trainer.import_hf", f"source={folder}", f"output={output}"]
+        env = {k: v for k, v in os.environ.items() if k not in _RANK_ENV}
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines() or ["import failed"]
+            failure = [f"checkpoint.init_from=hf:{folder}: {lines[-1].removeprefix('error: ')}"]
+    dist.broadcast_object_list(failure, src=0)
+    if failure[0]:
+        raise ValueError(failure[0])
+    return output
+
+
+_RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+             "TORCHELASTIC_RUN_ID", "GROUP_RANK", "ROLE_RANK")  # fmt: skip
 
 
 def train(cfg: TrainerConfig) -> dict[str, Any]:

@@ -54,7 +54,8 @@ class CheckpointConfig:
     """Resume from `dir/latest` (or, if it is missing or damaged, the newest complete
     checkpoint). false = start a new run: existing checkpoints are moved to dir/previous/."""
     init_from: str | None = None
-    """Checkpoint directory (iter_XXXXXXX) whose model weights initialise a fresh run."""
+    """Checkpoint directory (iter_XXXXXXX) whose model weights initialise a fresh run, or
+    `hf:DIR`, a Hugging Face folder (llama, deepseek_v2, deepseek_v3) imported first."""
     stop_file: str | None = None
     """When this file appears (checked after every step), save a checkpoint and exit with code
     75 so the job is requeued and resumes; conf/trainer.yaml reads env PRETRAIN_STOP_FILE,

@@ -1,0 +1,166 @@
+"""Import a Hugging Face model folder (llama, deepseek_v2, deepseek_v3) as a trainer checkpoint.
+
+    python -m trainer.import_hf source=path/to/hf_folder output=runs/imported [name=my_model]
+
+Writes `output/model/<name>.yaml` (our model config derived from config.json, also printed) and
+a weights-only checkpoint `output/iter_0000000` that a run of any layout starts from:
+
+    python -m trainer hydra.searchpath=[file://runs/imported] model=my_model \\
+        checkpoint.init_from=runs/imported ...
+
+`checkpoint.init_from=hf:DIR` does both steps itself (into checkpoint.dir/hf_import, reused
+while DIR is unchanged). Tensors are read one at a time from the safetensors files. Bad input
+(not an HF folder, unsupported model_type or field, a missing tensor, a wrong shape) is one
+line, exit 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+SOURCE_MARK = "hf_source.json"
+
+
+@dataclass
+class ImportConfig:
+    source: str = MISSING
+    """Hugging Face model folder (config.json + safetensors)."""
+    output: str = MISSING
+    """Folder for model/<name>.yaml and the checkpoint."""
+    name: str | None = None
+    """Model name (default: the source folder's name)."""
+
+
+ConfigStore.instance().store(name="import_schema", node=ImportConfig)
+
+
+def read_config(source: Path) -> dict[str, Any]:
+    path = source / "config.json"
+    if not path.is_file():
+        raise ValueError(f"source={source} is not a Hugging Face model folder (no config.json)")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def source_fingerprint(source: Path) -> str:
+    """Changes when config.json or any weight file of `source` changes (size + mtime)."""
+    parts = []
+    for f in sorted(source.glob("*.json")) + sorted(source.glob("*.safetensors")):
+        stat = f.stat()
+        parts.append(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def model_yaml(fields: dict[str, Any]) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(fields))
+
+
+def load_weights(model: torch.nn.Module, model_cfg: Any, source: Path) -> None:
+    """Fill every weight of `model` (one full copy) from the HF folder, tensor by tensor."""
+    from trainer.hf.convert import from_hf
+    from trainer.hf.folder import FolderWeights
+
+    weights = FolderWeights(source)
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, target in state.items():
+            if not isinstance(target, torch.Tensor) or name.endswith("_extra_state"):
+                continue
+            try:
+                tensor = from_hf(model_cfg, name, weights.take)
+            except KeyError as err:
+                raise ValueError(f"{source}: no tensor for {name} ({err.args[0]})") from None
+            if tuple(tensor.shape) != tuple(target.shape):
+                raise ValueError(
+                    f"{source}: {name} has shape {list(tensor.shape)}, the model from "
+                    f"config.json needs {list(target.shape)}"
+                )
+            target.copy_(tensor.to(target.dtype))
+
+
+def _has_mtp(source: Path, num_layers: int) -> bool:
+    from trainer.hf.folder import FolderWeights
+
+    return f"model.layers.{num_layers}.enorm.weight" in FolderWeights(source).weight_map
+
+
+def import_folder(cfg: ImportConfig) -> dict[str, Any]:
+    """Write model/<name>.yaml and the weights-only checkpoint; returns what the CLI prints."""
+    from trainer.checkpoint import save_weights
+    from trainer.config.model import ModelConfig
+    from trainer.config.parallel import ParallelConfig
+    from trainer.hf.convert import model_fields
+    from trainer.model import build_model, build_transformer_config
+    from trainer.parallel import initialize_parallel
+
+    source, output = Path(cfg.source), Path(cfg.output)
+    name = cfg.name or source.name
+    fields = model_fields(read_config(source), name)
+    if fields.get("mtp_num_layers") and not _has_mtp(source, fields["num_layers"]):
+        fields["mtp_num_layers"] = 0  # config.json names MTP layers the folder does not hold
+
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    model_cfg = ModelConfig(**{k: v for k, v in fields.items() if k in known})
+    parallel = ParallelConfig()
+    initialize_parallel(model_cfg, parallel, seed=0)
+    model = build_model(model_cfg, build_transformer_config(model_cfg, parallel))
+    load_weights(model, model_cfg, source)
+    (output / "model").mkdir(parents=True, exist_ok=True)
+    (output / "model" / f"{name}.yaml").write_text(model_yaml(fields))
+    identity = {"lineage": f"hf-{source_fingerprint(source)}", "model": fields,
+                "source": str(source.absolute())}  # fmt: skip
+    path = save_weights(output, model, identity)
+    (output / SOURCE_MARK).write_text(json.dumps({"source": str(source.absolute()),
+                                                  "fingerprint": source_fingerprint(source)}))  # fmt: skip
+    return {"checkpoint": str(path), "model_yaml": str(output / "model" / f"{name}.yaml"),
+            "model": fields}  # fmt: skip
+
+
+def is_current(output: Path, source: Path) -> bool:
+    """Whether `output` already holds the import of `source` as it is now."""
+    try:
+        mark = json.loads((output / SOURCE_MARK).read_text())
+    except (OSError, ValueError):
+        return False
+    return mark.get("fingerprint") == source_fingerprint(source)
+
+
+@hydra.main(config_path=None, config_name="import_schema", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from trainer.parallel import destroy_parallel
+
+    warnings.filterwarnings("ignore")
+    try:
+        config = OmegaConf.to_object(cfg)
+        assert isinstance(config, ImportConfig)
+        for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_PORT"):
+            os.environ.pop(key, None)  # one process on its own, even inside a torchrun job
+        result = import_folder(config)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        destroy_parallel()
+    print(model_yaml(result.pop("model")), end="")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    sys.argv[1:] = [*sys.argv[1:], "hydra.run.dir=.", "hydra.output_subdir=null",
+                    "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]  # fmt: skip
+    main()
