@@ -22,6 +22,7 @@ from pipeline_testlib import (
 
 pytestmark = pytest.mark.slow
 
+
 def _cmd(tmp: Path, run: str) -> list[str]:
     return [sys.executable, "-m", "pipeline", f"run_dir={tmp / run}",
             f"tracking.uri=sqlite:///{tmp}/mlflow.db", *TINY]  # fmt: skip
@@ -37,8 +38,6 @@ def _run(tmp: Path, run: str) -> subprocess.CompletedProcess:
 
 def _kill_when(tmp: Path, ready, what: str) -> None:
     check_stage_processes_die(sigkill_driver_when(_cmd(tmp, "run"), REPO, ready, what, 300))
-
-
 
 
 def test_real_dag_resumes_after_sigkill_in_data_stage_and_training(tmp_path):
@@ -67,6 +66,7 @@ def test_real_dag_resumes_after_sigkill_in_data_stage_and_training(tmp_path):
     reference = _run(tmp_path, "reference")
     got, want = data_outputs(run), data_outputs(tmp_path / "reference")
     assert sorted(got) == sorted(want) and any(k.endswith(".bin") for k in got)
+    assert "export/hf/config.json" in got  # the exported weights are compared byte for byte too
     for name in want:
         assert same_output(name, got[name], want[name]), (
             f"{name} differs from the uninterrupted run"
@@ -104,7 +104,11 @@ def _check_mlflow(tmp: Path, run_dir: Path) -> None:
     exp = client.get_experiment_by_name("pipeline").experiment_id
     runs = client.search_runs([exp], filter_string=f"tags.`pipeline.run_dir` = '{run_dir}'")
     by_name = {r.info.run_name: r for r in runs}
-    assert len(by_name) == 18 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len(by_name) == 19 and {r.info.status for r in runs} == {"FINISHED"}
+    export = by_name["export"].data.params
+    assert export["hf_model_type"] == "deepseek_v3" and export["hf_folder"] == str(
+        run_dir / "export" / "hf"
+    )
 
     def artifacts(name: str) -> set[str]:
         return {a.path for a in client.list_artifacts(by_name[name].info.run_id)}
@@ -123,5 +127,6 @@ def _check_mlflow(tmp: Path, run_dir: Path) -> None:
     )
     inputs = {i.dataset.name for i in by_name["tokenize"].inputs.dataset_inputs}
     assert inputs == {"remix", "train_tokenizer", "tokenize"}
+    assert {"config.json", "tokenizer_config.json"} <= artifacts("export")
     loss = client.get_metric_history(by_name["train"].info.run_id, "loss")
     assert [m.step for m in loss] == [1, 2, 3, 4]

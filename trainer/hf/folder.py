@@ -50,7 +50,10 @@ class FolderWriter:
         size = tensor.numel() * tensor.element_size()
         if self._pending and self._pending_bytes + size > self.shard_bytes:
             self._flush()
-        self._pending[name] = tensor.detach().contiguous().clone()
+        tensor = tensor.detach().contiguous()  # a view of the model's weight: no copy held
+        if tensor.data_ptr() in {t.data_ptr() for t in self._pending.values()}:
+            tensor = tensor.clone()  # safetensors refuses two names for one memory
+        self._pending[name] = tensor
         self._pending_bytes += size
         self.total_bytes += size
 

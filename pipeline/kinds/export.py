@@ -1,0 +1,40 @@
+"""Stage kind `export`: the train stage's newest checkpoint as a Hugging Face folder.
+
+Runs `python -m trainer.export` (one process of its own: it builds a single-rank process
+group) with the stage's overrides, e.g. `checkpoint.dir={deps[train]}/checkpoints` and
+`output={output}/hf`. The MLflow run records the folder's path (param `hf_folder`) and its
+config, generation config, index and tokenizer files as artifacts (the weights stay on disk).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.registry import StageContext, register_kind
+
+SMALL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json",
+               "tokenizer_config.json", "special_tokens_map.json")  # fmt: skip
+
+
+@register_kind("export", code=("trainer.export", "trainer.hf"))
+def export_stage(ctx: StageContext) -> dict:
+    """Export, then return the CLI's summary (step, bytes, seconds) as the stage's stats."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
+    cmd = [sys.executable, "-m", "trainer.export", *ctx.overrides]
+    print("launch:", " ".join(cmd), flush=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr)
+    if done.returncode != 0:
+        lines = [ln for ln in done.stderr.splitlines() if ln.strip()] or ["(no output)"]
+        raise RuntimeError(f"trainer.export exited with code {done.returncode}: {lines[-1]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    folder = Path(result["output"])
+    ctx.params["hf_folder"] = str(folder)
+    ctx.params["hf_model_type"] = result["model_type"]
+    ctx.artifacts.extend(folder / name for name in SMALL_FILES if (folder / name).is_file())
+    return {"step": result["step"], "bytes": result["bytes"], "seconds": result["seconds"]}
