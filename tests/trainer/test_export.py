@@ -130,6 +130,22 @@ def test_export_matches_transformers(corpus: Path, tmp_path: Path, model: str) -
             assert f"model.layers.4.{part}.weight" in names
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == names
+    if model == "tiny_v3":  # MTP survives ours -> HF -> ours -> HF bit for bit
+        cmd = [
+            sys.executable,
+            "-m",
+            "trainer.import_hf",
+            f"source={out}",
+            f"output={tmp_path / 'in'}",
+        ]
+        done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True)
+        assert done.returncode == 0 and "mtp_num_layers: 1" in done.stdout, done.stderr[-2000:]
+        again = export(f"checkpoint.dir={tmp_path / 'in'}", f"output={tmp_path / 'again'}",
+                       f"tokenizer={out / 'tokenizer.json'}")  # fmt: skip
+        assert again.returncode == 0, again.stderr[-2000:]
+        first, second = hf_tensors(out), hf_tensors(tmp_path / "again")
+        assert sorted(first) == sorted(second)
+        assert all(torch.equal(first[n], second[n]) for n in first)
 
 
 def test_yarn_export_matches_beyond_the_original_length(corpus: Path, tmp_path: Path) -> None:
