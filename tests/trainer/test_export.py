@@ -162,7 +162,7 @@ def test_yarn_export_matches_beyond_the_original_length(corpus: Path, tmp_path: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["tp2", "pp2", "ep2", "pp2_vpp2"])
+@pytest.mark.parametrize("layout", ["tp2", "pp2", "ep2", "pp2_vpp2", "dp2"])
 def test_export_of_every_layout_equals_the_single_process_export(
     corpus: Path, tmp_path_factory: pytest.TempPathFactory, layout: str
 ) -> None:
@@ -179,7 +179,8 @@ def test_export_of_every_layout_equals_the_single_process_export(
         exported(single / "ck", single / "hf")
     tmp = tmp_path_factory.mktemp(layout)
     init = f"checkpoint.init_from={single / 'ck'}"
-    train(corpus, tmp / "ck", *still, init, f"parallel={layout}", nproc=2)
+    distributed_optimizer = ["parallel.use_distributed_optimizer=true"] if layout == "dp2" else []
+    train(corpus, tmp / "ck", *still, init, f"parallel={layout}", *distributed_optimizer, nproc=2)
     exported(tmp / "ck", tmp / "hf")
     ref, got = hf_tensors(single / "hf"), hf_tensors(tmp / "hf")
     assert sorted(got) == sorted(ref)

@@ -157,6 +157,9 @@ def test_bad_input_is_one_line_and_writes_nothing(corpus: Path, tmp_path: Path) 
     config = json.loads((source / "config.json").read_text())
     (source / "config.json").write_text(json.dumps({**config, "attention_bias": True}))
     assert "attention_bias=true" in _one_line(import_hf(f"source={source}", f"output={out}"))
+    fp8 = {**config, "quantization_config": {"quant_method": "fp8"}}
+    (source / "config.json").write_text(json.dumps(fp8))
+    assert "dequantize" in _one_line(import_hf(f"source={source}", f"output={out}"))
     (source / "config.json").write_text(json.dumps(config))
     assert not out.exists()
     # export: no checkpoint, a missing step, a tokenizer larger than the vocabulary
