@@ -81,10 +81,13 @@ def our_logits(ckpt: Path, tokens: torch.Tensor) -> torch.Tensor:
     from trainer.parallel import destroy_parallel
 
     found = find_checkpoint(str(ckpt), None)
+    env = dict(os.environ)
     try:
         return lm_logits(load_single(found, saved_model(found)), tokens)
     finally:
         destroy_parallel()
+        os.environ.clear()  # the single-rank group set MASTER_PORT & co: later subprocesses of
+        os.environ.update(env)  # this test session must not inherit a port in TIME_WAIT
 
 
 def hf_logits(folder: Path, tokens: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,8 @@ def _args(manifest: Path, ckpt: Path, steps: int, *extra: str) -> list[str]:
 
 def _env(tag: str | None = None) -> dict[str, str]:
     env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
-    env.pop("PRETRAIN_STOP_FILE", None)
+    for key in ("PRETRAIN_STOP_FILE", "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"):
+        env.pop(key, None)  # a rank env left by an in-process test would be inherited
     if tag:
         env["NEVER_LOSE_WORK_TAG"] = tag
     return env
