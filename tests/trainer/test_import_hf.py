@@ -143,38 +143,42 @@ def _one_line(done: subprocess.CompletedProcess) -> str:
 
 
 def test_bad_input_is_one_line_and_writes_nothing(corpus: Path, tmp_path: Path) -> None:
+    from trainer.export import ExportConfig, SourceConfig
+    from trainer.export import export as export_folder
+    from trainer.import_hf import ImportConfig, import_folder
+
     out = tmp_path / "out"
+    # The CLIs: one line, exit 2 (the cases below raise the same ValueError in-process).
     assert "is not a Hugging Face model folder" in _one_line(
         import_hf(f"source={tmp_path}", f"output={out}")
     )
-    gpt2 = tmp_path / "gpt2"
-    gpt2.mkdir()
-    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    assert "model_type='gpt2' is not supported" in _one_line(
-        import_hf(f"source={gpt2}", f"output={out}")
-    )
     source = _transformers_model("llama", tmp_path / "src")
-    config = json.loads((source / "config.json").read_text())
-    (source / "config.json").write_text(json.dumps({**config, "attention_bias": True}))
-    assert "attention_bias=true" in _one_line(import_hf(f"source={source}", f"output={out}"))
-    fp8 = {**config, "quantization_config": {"quant_method": "fp8"}}
-    (source / "config.json").write_text(json.dumps(fp8))
-    assert "dequantize" in _one_line(import_hf(f"source={source}", f"output={out}"))
-    (source / "config.json").write_text(json.dumps(config))
-    assert not out.exists()
-    # export: no checkpoint, a missing step, a tokenizer larger than the vocabulary
-    assert "holds no complete checkpoint" in _one_line(
-        export(f"checkpoint.dir={tmp_path}", f"output={out}")
-    )
     assert import_hf(f"source={source}", f"output={tmp_path / 'ours'}").returncode == 0
     assert "no complete checkpoint at step=5" in _one_line(
         export(f"checkpoint.dir={tmp_path / 'ours'}", f"output={out}", "step=5")
     )
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    config = json.loads((source / "config.json").read_text())
+    bad = {
+        "model_type='gpt2' is not supported": (gpt2, None),
+        "attention_bias=true: our models have no linear biases": (source, {**config, "attention_bias": True}),
+        "quantization_config .*dequantize": (source, {**config, "quantization_config": {"quant_method": "fp8"}}),
+    }  # fmt: skip
+    for message, (folder, content) in bad.items():
+        if content is not None:
+            (folder / "config.json").write_text(json.dumps(content))
+        with pytest.raises(ValueError, match=message):
+            import_folder(ImportConfig(source=str(folder), output=str(out)))
+    (source / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="holds no complete checkpoint"):
+        export_folder(ExportConfig(SourceConfig(str(tmp_path)), output=str(out)))
     big = write_tokenizer_of(tmp_path / "big.json", 700)
-    line = _one_line(
-        export(f"checkpoint.dir={tmp_path / 'ours'}", f"output={out}", f"tokenizer={big}")
-    )
-    assert "more than the model's vocab_size 512" in line
+    with pytest.raises(ValueError, match="has 7.. tokens, more than the model's vocab_size 512"):
+        export_folder(
+            ExportConfig(SourceConfig(str(tmp_path / "ours")), str(out), tokenizer=str(big))
+        )
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
 
 
