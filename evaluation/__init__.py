@@ -1,0 +1,2 @@
+"""Evaluation suites that run offline; `sandbox` executes untrusted generated code, `humaneval`
+scores completions on the bundled HumanEval problems. A leaf: imports no app package."""
