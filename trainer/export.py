@@ -3,11 +3,12 @@
     python -m trainer.export checkpoint.dir=runs/x/checkpoints output=runs/x/hf [step=N]
         [dtype=bfloat16] [tokenizer=PATH/manifest.json]
 
-The checkpoint records its model config, so no `model=` is needed. One process loads it through
-megatron's dist_checkpointing, which reshards any saved layout (TP, PP, VPP, EP, DP with the
-distributed optimizer) into one full copy; the tensors are renamed to the transformers family
-that expresses the model (trainer.hf.convert) and written shard by shard into a temporary
-folder that is renamed to `output` at the end. The tokenizer comes from the data manifest the
+The checkpoint records its model config, so no `model=` is needed. Its files hold global,
+layout-independent tensors whatever layout wrote them (TP, PP, VPP, EP, DP with the distributed
+optimizer); trainer.hf.stream reads them one layer at a time (peak memory: one layer set plus
+one output shard; the model is built on the meta device only for its checkpoint map), trainer.hf.convert renames them to the
+transformers family that expresses the model, and they are written shard by shard into a
+temporary folder that is renamed to `output` at the end. The tokenizer comes from the data manifest the
 run trained on (or `tokenizer=`). Prints one JSON line; bad input is one line, exit 2.
 """
 
@@ -30,6 +31,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from trainer.config.model import ModelConfig
+from trainer.config.parallel import ParallelConfig
 
 
 @dataclass
@@ -147,18 +149,41 @@ def tokenizer_files(spec: str | None, ckpt: Any, vocab_size: int) -> TokenizerFi
     return TokenizerFiles(path, int(eod_id), tok.id_to_token(int(eod_id)))
 
 
-def hf_tensors(model_cfg: ModelConfig, state: dict[str, Any]):
-    """(HF name, tensor) for every weight, MTP laid out as in DeepSeek's release."""
+def hf_tensors(model_cfg: ModelConfig, reader: Any):
+    """(HF name, tensor) for every weight, read layer by layer; MTP laid out as in DeepSeek's
+    release (each MTP layer repeats the embedding and the output head)."""
+    from trainer.checkpoint_store import CheckpointDamaged
     from trainer.hf.convert import to_hf
 
-    for name, tensor in state.items():
-        if isinstance(tensor, torch.Tensor):
-            yield from to_hf(model_cfg, name, tensor)
-    for k in range(model_cfg.mtp_num_layers):  # DeepSeek's release repeats the shared parts
-        layer = f"model.layers.{model_cfg.num_layers + k}"
-        yield f"{layer}.embed_tokens.weight", state["embedding.word_embeddings.weight"]
-        head = state.get("output_layer.weight", state["embedding.word_embeddings.weight"])
-        yield f"{layer}.shared_head.head.weight", head
+    tensors = reader.model_tensors()
+    while True:
+        try:
+            name, tensor = next(tensors)
+        except StopIteration:
+            break
+        except Exception as err:  # noqa: BLE001 - any read failure of a checked folder is damage
+            detail = " ".join(str(err).split())[:300] or type(err).__name__
+            raise CheckpointDamaged(f"checkpoint {reader.path} cannot be read: {detail}") from None
+        yield from to_hf(model_cfg, name, tensor)
+    if model_cfg.mtp_num_layers:
+        head = "output_layer.weight" if "output_layer.weight" in reader else None
+        shared = reader.read([k for k in ("embedding.word_embeddings.weight", head) if k])
+        embedding = shared["embedding.word_embeddings.weight"]
+        for k in range(model_cfg.mtp_num_layers):
+            layer = f"model.layers.{model_cfg.num_layers + k}"
+            yield f"{layer}.embed_tokens.weight", embedding
+            yield f"{layer}.shared_head.head.weight", shared.get(head, embedding)
+
+
+def _reader(ckpt: Any, model_cfg: ModelConfig) -> Any:
+    """The checkpoint's tensors (CheckpointDamaged, one line, when its files are not readable)."""
+    from trainer.checkpoint_store import verify_files
+    from trainer.hf.stream import CheckpointReader
+    from trainer.parallel import initialize_parallel
+
+    verify_files(ckpt)
+    initialize_parallel(model_cfg, ParallelConfig(), seed=0)  # one rank: megatron's loader needs it
+    return CheckpointReader(ckpt.path, model_cfg)
 
 
 def export(cfg: ExportConfig) -> dict[str, Any]:
@@ -173,12 +198,11 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
     model_cfg = saved_model(ckpt)
     kind = family(model_cfg)  # UnsupportedModel before any heavy work
     tok = tokenizer_files(cfg.tokenizer, ckpt, model_cfg.vocab_size)
-    model = load_single(ckpt, model_cfg)
+    reader = _reader(ckpt, model_cfg)
     special = {"bos_token_id": tok.eod_id, "eos_token_id": tok.eod_id, "pad_token_id": tok.eod_id}
     dtype = DTYPES[cfg.dtype]
-    state = model.state_dict()
     with FolderWriter(cfg.output, cfg.shard_size_mb * 1024**2) as writer:
-        for name, tensor in hf_tensors(model_cfg, state):
+        for name, tensor in hf_tensors(model_cfg, reader):
             keep_fp32 = name.endswith("e_score_correction_bias")  # routing stays fp32 in HF
             writer.add(name, tensor if keep_fp32 else tensor.to(dtype))
         config = {**hf_config(model_cfg, special), "torch_dtype": cfg.dtype}
