@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 INDEX = "model.safetensors.index.json"
 
@@ -59,7 +58,7 @@ class FolderWriter:
 
     def _flush(self) -> None:
         name = f"part-{len(self._files):05d}.safetensors"
-        save_file(self._pending, str(self.tmp / name), metadata={"format": "pt"})
+        write_safetensors(self.tmp / name, self._pending)
         self._files.append((name, list(self._pending)))
         self._pending, self._pending_bytes = {}, 0
 
@@ -91,6 +90,32 @@ class FolderWriter:
             os.replace(self.output, self.output.with_name(f"{self.output.name}.previous-{stamp}"))
         os.replace(self.tmp, self.output)
         return self.output
+
+
+_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
+           torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
+           torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}  # fmt: skip
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """One safetensors file, tensor by tensor. Written here rather than with
+    `safetensors.torch.save_file`, which first serialises the whole file into one bytes object
+    (a second copy of the shard in memory); the format is an 8-byte header size, a JSON header
+    of dtype/shape/offsets, then the raw little-endian tensor bytes."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, t in tensors.items():
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}  # fmt: skip
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for t in tensors.values():
+            f.write(t.contiguous().view(torch.uint8).numpy().data if t.numel() else b"")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
