@@ -229,6 +229,16 @@ def _single_process_env() -> None:
         os.environ.pop(key, None)
 
 
+def _typed(cfg: DictConfig) -> ExportConfig:
+    """The typed config; a missing required key is a ValueError naming it."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except MissingMandatoryValue as err:
+        raise ValueError(f"{err.full_key}=... is required") from None
+
+
 @hydra.main(config_path=None, config_name="export_schema", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from trainer.checkpoint_store import CheckpointDamaged, CheckpointIncompatible
@@ -236,8 +246,7 @@ def main(cfg: DictConfig) -> None:
 
     warnings.filterwarnings("ignore")
     try:
-        config = OmegaConf.to_object(cfg)
-        assert isinstance(config, ExportConfig)
+        config = _typed(cfg)
         _single_process_env()
         result = export(config)
     except (ValueError, CheckpointDamaged, CheckpointIncompatible) as err:

@@ -140,14 +140,23 @@ def is_current(output: Path, source: Path) -> bool:
     return mark.get("fingerprint") == source_fingerprint(source)
 
 
+def _typed(cfg: DictConfig) -> ImportConfig:
+    """The typed config; a missing required key is a ValueError naming it."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except MissingMandatoryValue as err:
+        raise ValueError(f"{err.full_key}=... is required") from None
+
+
 @hydra.main(config_path=None, config_name="import_schema", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from trainer.parallel import destroy_parallel
 
     warnings.filterwarnings("ignore")
     try:
-        config = OmegaConf.to_object(cfg)
-        assert isinstance(config, ImportConfig)
+        config = _typed(cfg)
         for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_PORT"):
             os.environ.pop(key, None)  # one process on its own, even inside a torchrun job
         result = import_folder(config)
