@@ -6,7 +6,7 @@ For each size a LLaMA-shaped model with random weights is made and saved by tran
 - ours: `python -m trainer.import_hf` (HF -> our checkpoint) and `python -m trainer.export`
   (checkpoint -> HF), each a process of its own;
 - baseline: `AutoModelForCausalLM.from_pretrained(src).save_pretrained(dst)` in a process.
-Prints peak RSS (sampled every 20 ms with psutil) minus the RSS of the same process kind on
+Prints peak memory (PSS of the process tree, sampled every 50 ms with psutil) minus the RSS of the same process kind on
 the tiny model (imports, interpreter), divided by the fp32 weight bytes.
 """
 
@@ -51,16 +51,17 @@ def peak_rss(cmd: list[str]) -> tuple[float, float]:
     while proc.poll() is None:
         try:
             procs = [parent, *parent.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in procs))
+            # PSS: forked writer processes share the parent's pages; summed RSS counts them twice
+            peak = max(peak, sum(p.memory_full_info().pss for p in procs))
         except psutil.Error:
             pass
-        time.sleep(0.02)
+        time.sleep(0.05)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:4]} failed: {proc.stderr.read().decode()[-2000:]}")
     return peak / 2**30, time.perf_counter() - start
 
 
-def measure(size: str, tmp: Path, tokenizer: Path) -> dict:
+def measure(size: str, tmp: Path, tokenizer: Path, shard_mb: int) -> dict:
     src, ours, back, base = (tmp / f"{size}_{n}" for n in ("src", "ours", "back", "base"))
     shape = [str(v) for v in SIZES[size]]
     subprocess.run([sys.executable, "-c", MAKE, str(src), *shape], check=True, cwd=REPO)
@@ -68,7 +69,7 @@ def measure(size: str, tmp: Path, tokenizer: Path) -> dict:
     py = sys.executable
     imp = peak_rss([py, "-m", "trainer.import_hf", f"source={src}", f"output={ours}"])
     exp = peak_rss([py, "-m", "trainer.export", f"checkpoint.dir={ours}", f"output={back}",
-                    f"tokenizer={tokenizer}"])  # fmt: skip
+                    f"tokenizer={tokenizer}", f"shard_size_mb={shard_mb}"])  # fmt: skip
     baseline = peak_rss([py, "-c", BASELINE, str(src), str(base)])
     return {"size": size, "weights_gib": weight_bytes / 2**30, "import": imp, "export": exp,
             "baseline": baseline}  # fmt: skip
@@ -77,7 +78,9 @@ def measure(size: str, tmp: Path, tokenizer: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="tiny,120m")
-    sizes = parser.parse_args().sizes.split(",")
+    parser.add_argument("--shard-mb", type=int, default=2048, help="export shard_size_mb")
+    args = parser.parse_args()
+    sizes = args.sizes.split(",")
     sizes = ["tiny", *[s for s in sizes if s != "tiny"]]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -85,7 +88,7 @@ def main() -> None:
         from tests.trainer.test_export import write_tokenizer
 
         tokenizer = write_tokenizer(tmp / "tokenizer.json")
-        rows = [measure(s, tmp, tokenizer) for s in sizes]
+        rows = [measure(s, tmp, tokenizer, args.shard_mb) for s in sizes]
     floor = rows[0]
     print(f"{'size':>6} {'weights':>9} | {'import':>17} {'export':>17} | {'transformers':>17}")
     for r in rows:
@@ -97,7 +100,7 @@ def main() -> None:
         print(
             f"{r['size']:>6} {r['weights_gib']:8.3f}G | {cells[0]:>17} {cells[1]:>17} | {cells[2]:>17}"
         )
-    print("x = (peak RSS - the same step's peak on the tiny model) / fp32 weight bytes")
+    print("x = (peak PSS - the same step's peak on the tiny model) / fp32 weight bytes")
     print(json.dumps(rows))
 
 
