@@ -35,6 +35,7 @@ from trainer.checkpoint_store import (
     model_differences,
     prune,
     read_marker,
+    unreadable,
     verify_files,
     write_marker,
     write_pointer,
@@ -193,8 +194,7 @@ def load_checkpoint(
     except (CheckpointDamaged, CheckpointIncompatible):
         raise
     except Exception as err:  # noqa: BLE001 - any read failure of a checked folder is damage
-        detail = " ".join(str(err).split())[:300] or type(err).__name__
-        raise CheckpointDamaged(f"checkpoint {path} cannot be read: {detail}") from None
+        raise unreadable(path, err) from None
 
 
 def _load(path: Path, model: list, optimizer: Any | None, strict_layout: bool) -> dict[str, Any]:

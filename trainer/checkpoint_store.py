@@ -153,6 +153,12 @@ def verify_files(ckpt: Checkpoint) -> None:
             )
 
 
+def unreadable(path: Path | str, err: Exception) -> CheckpointDamaged:
+    """The one-line error for a checked checkpoint folder whose files fail to load."""
+    detail = " ".join(str(err).split())[:300] or type(err).__name__
+    return CheckpointDamaged(f"checkpoint {path} cannot be read: {detail}")
+
+
 def model_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Model config fields that differ between a checkpoint and this run (name excluded; only
     fields both record: an imported model records the fields its config.json defines)."""

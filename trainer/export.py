@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 import warnings
@@ -152,18 +151,9 @@ def tokenizer_files(spec: str | None, ckpt: Any, vocab_size: int) -> TokenizerFi
 def hf_tensors(model_cfg: ModelConfig, reader: Any):
     """(HF name, tensor) for every weight, read layer by layer; MTP laid out as in DeepSeek's
     release (each MTP layer repeats the embedding and the output head)."""
-    from trainer.checkpoint_store import CheckpointDamaged
     from trainer.hf.convert import to_hf
 
-    tensors = reader.model_tensors()
-    while True:
-        try:
-            name, tensor = next(tensors)
-        except StopIteration:
-            break
-        except Exception as err:  # noqa: BLE001 - any read failure of a checked folder is damage
-            detail = " ".join(str(err).split())[:300] or type(err).__name__
-            raise CheckpointDamaged(f"checkpoint {reader.path} cannot be read: {detail}") from None
+    for name, tensor in reader.model_tensors():
         yield from to_hf(model_cfg, name, tensor)
     if model_cfg.mtp_num_layers:
         head = "output_layer.weight" if "output_layer.weight" in reader else None
@@ -176,7 +166,8 @@ def hf_tensors(model_cfg: ModelConfig, reader: Any):
 
 
 def _reader(ckpt: Any, model_cfg: ModelConfig) -> Any:
-    """The checkpoint's tensors (CheckpointDamaged, one line, when its files are not readable)."""
+    """The checkpoint's tensors, one layer at a time (CheckpointDamaged when its files do not
+    have the sizes its marker records, or cannot be read)."""
     from trainer.checkpoint_store import verify_files
     from trainer.hf.stream import CheckpointReader
     from trainer.parallel import initialize_parallel
@@ -223,12 +214,6 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _single_process_env() -> None:
-    """One process on its own (also when started from inside a torchrun job)."""
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_PORT"):
-        os.environ.pop(key, None)
-
-
 def _typed(cfg: DictConfig) -> ExportConfig:
     """The typed config; a missing required key is a ValueError naming it."""
     from omegaconf.errors import MissingMandatoryValue
@@ -242,12 +227,12 @@ def _typed(cfg: DictConfig) -> ExportConfig:
 @hydra.main(config_path=None, config_name="export_schema", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from trainer.checkpoint_store import CheckpointDamaged, CheckpointIncompatible
-    from trainer.parallel import destroy_parallel
+    from trainer.parallel import destroy_parallel, single_process_env
 
     warnings.filterwarnings("ignore")
     try:
         config = _typed(cfg)
-        _single_process_env()
+        single_process_env()
         result = export(config)
     except (ValueError, CheckpointDamaged, CheckpointIncompatible) as err:
         print(f"error: {err}", file=sys.stderr)

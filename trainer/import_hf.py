@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -152,13 +151,12 @@ def _typed(cfg: DictConfig) -> ImportConfig:
 
 @hydra.main(config_path=None, config_name="import_schema", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from trainer.parallel import destroy_parallel
+    from trainer.parallel import destroy_parallel, single_process_env
 
     warnings.filterwarnings("ignore")
     try:
         config = _typed(cfg)
-        for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_PORT"):
-            os.environ.pop(key, None)  # one process on its own, even inside a torchrun job
+        single_process_env()
         result = import_folder(config)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

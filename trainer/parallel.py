@@ -127,6 +127,20 @@ def _init_process_group(timeout_s: int) -> None:
     )
 
 
+RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+            "TORCHELASTIC_RUN_ID", "GROUP_RANK", "ROLE_RANK")  # fmt: skip
+"""Variables through which torchrun (or srun via _SLURM_ENV) places a process in a job."""
+
+
+def single_process_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this process' environment, edited in place) without RANK_ENV: a tool
+    that builds its own one-rank group (export, import) runs alone even inside a torchrun job."""
+    env = os.environ if env is None else env
+    for key in RANK_ENV:
+        env.pop(key, None)
+    return env  # type: ignore[return-value]
+
+
 def initialize_parallel(
     model: ModelConfig, parallel: ParallelConfig, seed: int, timeout_s: int = 600
 ) -> Layout:

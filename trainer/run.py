@@ -170,12 +170,13 @@ def _imported(folder: str, output: Path) -> Path:
     """`init_from=hf:DIR`: rank 0 imports DIR into `output` (one process, `python -m
     trainer.import_hf`; reused while DIR is unchanged), every rank then loads it."""
     from trainer.import_hf import is_current
+    from trainer.parallel import single_process_env
 
     failure = [None]
     if dist.get_rank() == 0 and not is_current(output, Path(folder)):
         _say(f"importing Hugging Face folder {folder} into {output}")
         cmd = [sys.executable, "-m", "trainer.import_hf", f"source={folder}", f"output={output}"]
-        env = {k: v for k, v in os.environ.items() if k not in _RANK_ENV}
+        env = single_process_env(dict(os.environ))
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             lines = done.stderr.strip().splitlines() or ["import failed"]
@@ -184,10 +185,6 @@ def _imported(folder: str, output: Path) -> Path:
     if failure[0]:
         raise ValueError(failure[0])
     return output
-
-
-_RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-             "TORCHELASTIC_RUN_ID", "GROUP_RANK", "ROLE_RANK")  # fmt: skip
 
 
 def train(cfg: TrainerConfig) -> dict[str, Any]:

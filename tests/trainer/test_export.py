@@ -18,20 +18,19 @@ REPO = Path(__file__).resolve().parents[2]
 TOL = 1e-4
 
 
-def write_tokenizer(path: Path) -> Path:
-    """A byte-level BPE with `<|endoftext|>` at id 0 (the tiny corpus' EOD), en and zh merges."""
+def write_tokenizer(path: Path, size: int = 400, texts: list[str] | None = None) -> Path:
+    """A byte-level BPE with `<|endoftext|>` at id 0 (the tiny corpus' EOD); en and zh merges."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], show_progress=False,
+        vocab_size=size, special_tokens=["<|endoftext|>"], show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )  # fmt: skip
-    tok.train_from_iterator(
-        ["the quick brown fox jumps over the lazy dog 你好世界 中文文本"] * 50, trainer
-    )
+    texts = texts or ["the quick brown fox jumps over the lazy dog 你好世界 中文文本"] * 50
+    tok.train_from_iterator(texts, trainer)
     tok.save(str(path))
     return path
 

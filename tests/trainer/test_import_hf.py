@@ -174,25 +174,10 @@ def test_bad_input_is_one_line_and_writes_nothing(corpus: Path, tmp_path: Path) 
     (source / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="holds no complete checkpoint"):
         export_folder(ExportConfig(SourceConfig(str(tmp_path)), output=str(out)))
-    big = write_tokenizer_of(tmp_path / "big.json", 700)
+    words = [f"w{i} x{i * 7} y{i * 13}" for i in range(3000)]
+    big = write_tokenizer(tmp_path / "big.json", 700, words)
     with pytest.raises(ValueError, match="has 7.. tokens, more than the model's vocab_size 512"):
         export_folder(
             ExportConfig(SourceConfig(str(tmp_path / "ours")), str(out), tokenizer=str(big))
         )
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
-
-
-def write_tokenizer_of(path: Path, size: int) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=size, special_tokens=["<|endoftext|>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )  # fmt: skip
-    words = [f"w{i} x{i * 7} y{i * 13}" for i in range(3000)]
-    tok.train_from_iterator(words, trainer)
-    assert tok.get_vocab_size() > 512
-    tok.save(str(path))
-    return path

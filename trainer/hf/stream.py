@@ -21,6 +21,7 @@ import torch
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
+from trainer.checkpoint_store import unreadable
 from trainer.config.model import ModelConfig
 from trainer.config.parallel import ParallelConfig
 
@@ -50,7 +51,10 @@ class CheckpointReader:
         subset = {name: _materialized(self.entries[name]) for name in names}
         # A subset of the model is a partial read by design: skip the check that the
         # requested shards cover every tensor of the checkpoint.
-        return dist_checkpointing.load(subset, self.path, validate_access_integrity=False)
+        try:
+            return dist_checkpointing.load(subset, self.path, validate_access_integrity=False)
+        except Exception as err:  # noqa: BLE001 - any read failure of the folder is damage
+            raise unreadable(self.path, err) from None
 
     def groups(self) -> list[list[str]]:
         """Names to load together: one layer's tensors, except that entries stored as one
