@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,17 +123,22 @@ def save_checkpoint(
     return final
 
 
-def save_weights(root: str | Path, model: torch.nn.Module, identity: dict[str, Any]) -> Path:
+def save_weights(
+    root: str | Path, identity: dict[str, Any], write: Callable[[Path, dict[str, Any]], None]
+) -> Path:
     """A weights-only checkpoint `root/iter_0000000` of one full model in a single process (an
-    imported model): what `checkpoint.init_from` loads under any layout."""
+    imported model): what `checkpoint.init_from` loads under any layout. `write(folder, extra)`
+    writes the model's weights and `extra` (rng_state, common) into `folder` as
+    `dist_checkpointing.save` would (trainer.hf.stream.write_weights streams them)."""
     final = iteration_dir(root, 0)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _orphan_safe_write_queue()
-    state = {"model": model.sharded_state_dict(metadata=_metadata()), "rng_state": _rng_object()}
-    state["common"] = {"step": 0, "layout": _layout_key()}
-    dist_checkpointing.save(state, str(tmp))
+    try:
+        write(tmp, {"rng_state": _rng_object(), "common": {"step": 0, "layout": _layout_key()}})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     write_marker(
         tmp, {"step": 0, "layout": list(_layout_key()), "saved_at": time.time(), **identity}
     )

@@ -9,7 +9,8 @@ a weights-only checkpoint `output/iter_0000000` that a run of any layout starts 
         checkpoint.init_from=runs/imported ...
 
 `checkpoint.init_from=hf:DIR` does both steps itself (into checkpoint.dir/hf_import, reused
-while DIR is unchanged). Tensors are read one at a time from the safetensors files. Bad input
+while DIR is unchanged). Tensors are read, converted and written one at a time (peak memory is
+the largest tensor and its sources, not the model). Bad input
 (not an HF folder, unsupported model_type or field, a missing tensor, a wrong shape) is one
 line, exit 2.
 """
@@ -69,27 +70,34 @@ def model_yaml(fields: dict[str, Any]) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(fields))
 
 
-def load_weights(model: torch.nn.Module, model_cfg: Any, source: Path) -> None:
-    """Fill every weight of `model` (one full copy) from the HF folder, tensor by tensor."""
+def converted(model_cfg: Any, source: Path, entries: dict[str, Any]):
+    """`tensor_of(name)`: the full megatron tensor `name` read and converted from the HF folder.
+
+    Every name is first converted on the `meta` device (shapes from the safetensors headers, no
+    data), so a missing tensor or a wrong shape is a ValueError before anything is written."""
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
     from trainer.hf.convert import from_hf
     from trainer.hf.folder import FolderWeights
 
     weights = FolderWeights(source)
-    state = model.state_dict()
-    with torch.no_grad():
-        for name, target in state.items():
-            if not isinstance(target, torch.Tensor) or name.endswith("_extra_state"):
-                continue
-            try:
-                tensor = from_hf(model_cfg, name, weights.take)
-            except KeyError as err:
-                raise ValueError(f"{source}: no tensor for {name} ({err.args[0]})") from None
-            if tuple(tensor.shape) != tuple(target.shape):
-                raise ValueError(
-                    f"{source}: {name} has shape {list(tensor.shape)}, the model from "
-                    f"config.json needs {list(target.shape)}"
-                )
-            target.copy_(tensor.to(target.dtype))
+
+    def convert(name: str, take) -> torch.Tensor:
+        try:
+            return from_hf(model_cfg, name, take)
+        except KeyError as err:
+            raise ValueError(f"{source}: no tensor for {name} ({err.args[0]})") from None
+
+    for name, entry in entries.items():
+        if isinstance(entry, ShardedObject):
+            continue
+        shape, need = tuple(convert(name, weights.meta).shape), tuple(entry.data.shape)
+        if shape != need:
+            raise ValueError(
+                f"{source}: {name} has shape {list(shape)}, the model from config.json "
+                f"needs {list(need)}"
+            )
+    return lambda name: convert(name, weights.take)
 
 
 def _has_mtp(source: Path, num_layers: int) -> bool:
@@ -104,7 +112,7 @@ def import_folder(cfg: ImportConfig) -> dict[str, Any]:
     from trainer.config.model import ModelConfig
     from trainer.config.parallel import ParallelConfig
     from trainer.hf.convert import model_fields
-    from trainer.model import build_model, build_transformer_config
+    from trainer.hf.stream import model_entries, write_weights
     from trainer.parallel import initialize_parallel
 
     source, output = Path(cfg.source), Path(cfg.output)
@@ -117,13 +125,14 @@ def import_folder(cfg: ImportConfig) -> dict[str, Any]:
     model_cfg = ModelConfig(**{k: v for k, v in fields.items() if k in known})
     parallel = ParallelConfig()
     initialize_parallel(model_cfg, parallel, seed=0)
-    model = build_model(model_cfg, build_transformer_config(model_cfg, parallel))
-    load_weights(model, model_cfg, source)
-    (output / "model").mkdir(parents=True, exist_ok=True)
-    (output / "model" / f"{name}.yaml").write_text(model_yaml(fields))
+    tensor_of = converted(model_cfg, source, model_entries(model_cfg))
     identity = {"lineage": f"hf-{source_fingerprint(source)}", "model": fields,
                 "source": str(source.absolute())}  # fmt: skip
-    path = save_weights(output, model, identity)
+    path = save_weights(
+        output, identity, lambda folder, extra: write_weights(folder, model_cfg, tensor_of, extra)
+    )
+    (output / "model").mkdir(exist_ok=True)  # written once the checkpoint is complete
+    (output / "model" / f"{name}.yaml").write_text(model_yaml(fields))
     (output / SOURCE_MARK).write_text(json.dumps({"source": str(source.absolute()),
                                                   "fingerprint": source_fingerprint(source)}))  # fmt: skip
     return {"checkpoint": str(path), "model_yaml": str(output / "model" / f"{name}.yaml"),

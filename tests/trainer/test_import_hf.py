@@ -4,6 +4,7 @@ with equal logits, train, and round-trip HF -> ours -> HF bit for bit; bad input
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -142,6 +143,28 @@ def _one_line(done: subprocess.CompletedProcess) -> str:
     return done.stderr.strip().splitlines()[-1]
 
 
+def _bad_weights_are_one_line(source: Path, config: dict, out: Path) -> None:
+    """Weights that disagree with config.json, or are missing or cut short: the tensor named,
+    nothing left under `out` (shapes are checked from the headers before anything is written)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = source / "model.safetensors"
+    original = weights.read_bytes()
+    (source / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
+    line = _one_line(import_hf(f"source={source}", f"output={out}"))
+    assert re.search(r"mlp.linear_fc1.weight has shape \[256, 64\], .* needs \[192, 64\]", line)
+    (source / "config.json").write_text(json.dumps(config))
+    tensors = load_file(weights)
+    del tensors["model.norm.weight"]
+    save_file(tensors, weights, metadata={"format": "pt"})
+    line = _one_line(import_hf(f"source={source}", f"output={out}"))
+    assert "no tensor for decoder.final_layernorm.weight" in line and "model.norm.weight" in line
+    weights.write_bytes(original[: len(original) - 1000])
+    assert "truncated file" in _one_line(import_hf(f"source={source}", f"output={out}"))
+    weights.write_bytes(original)
+    assert not out.exists() or not list(out.iterdir())
+
+
 def test_bad_input_is_one_line_and_writes_nothing(corpus: Path, tmp_path: Path) -> None:
     from trainer.export import ExportConfig, SourceConfig
     from trainer.export import export as export_folder
@@ -172,6 +195,7 @@ def test_bad_input_is_one_line_and_writes_nothing(corpus: Path, tmp_path: Path) 
         with pytest.raises(ValueError, match=message):
             import_folder(ImportConfig(source=str(folder), output=str(out)))
     (source / "config.json").write_text(json.dumps(config))
+    _bad_weights_are_one_line(source, config, tmp_path / "partial")
     with pytest.raises(ValueError, match="holds no complete checkpoint"):
         export_folder(ExportConfig(SourceConfig(str(tmp_path)), output=str(out)))
     words = [f"w{i} x{i * 7} y{i * 13}" for i in range(3000)]

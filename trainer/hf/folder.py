@@ -4,7 +4,7 @@
 `shard_bytes` each (a shard is written as soon as it is full, so at most one shard is held),
 then writes the index, config.json, generation_config.json and the tokenizer, and renames the
 temporary folder into place: a failed export leaves nothing half-written under `output`.
-`FolderWeights` opens the safetensors files with `safe_open` and reads one tensor at a time.
+`FolderWeights` reads one tensor at a time.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 INDEX = "model.safetensors.index.json"
 
@@ -123,7 +122,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 class FolderWeights:
-    """Tensors of an HF folder by name (model.safetensors or a sharded index)."""
+    """Tensors of an HF folder by name (model.safetensors or a sharded index).
+
+    Read with plain file reads into a fresh tensor, one tensor per call. Not `safe_open`: it
+    maps each whole file, and every page a read touches stays in the process's memory until the
+    file is closed, so reading a model through it costs one more copy of the model."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -131,20 +134,55 @@ class FolderWeights:
         if index.is_file():
             weight_map = json.loads(index.read_text())["weight_map"]
         elif (self.folder / "model.safetensors").is_file():
-            with safe_open(str(self.folder / "model.safetensors"), "pt") as f:
-                weight_map = dict.fromkeys(f.keys(), "model.safetensors")
+            weight_map = dict.fromkeys(
+                _header(self.folder / "model.safetensors")[0], "model.safetensors"
+            )
         else:
             raise ValueError(f"{self.folder} holds no model.safetensors or {INDEX}")
         self.weight_map: dict[str, str] = weight_map
-        self._open: dict[str, Any] = {}
+        self._headers: dict[str, tuple[dict[str, Any], int]] = {}
 
     def names(self) -> list[str]:
         return list(self.weight_map)
 
-    def take(self, name: str) -> torch.Tensor:
+    def _entry(self, name: str) -> tuple[Path, dict[str, Any], int]:
         file_name = self.weight_map.get(name)
         if file_name is None:
             raise KeyError(f"{self.folder}: no tensor {name}")
-        if file_name not in self._open:
-            self._open[file_name] = safe_open(str(self.folder / file_name), "pt")
-        return self._open[file_name].get_tensor(name)
+        if file_name not in self._headers:
+            self._headers[file_name] = _header(self.folder / file_name)
+        header, data_start = self._headers[file_name]
+        if name not in header:
+            raise KeyError(f"{self.folder / file_name}: no tensor {name} (the index names it)")
+        return self.folder / file_name, header[name], data_start
+
+    def meta(self, name: str) -> torch.Tensor:
+        """A `meta` tensor of `name`'s shape and dtype (read from the header, no data)."""
+        _, entry, _ = self._entry(name)
+        return torch.empty(entry["shape"], dtype=_TORCH[entry["dtype"]], device="meta")
+
+    def take(self, name: str) -> torch.Tensor:
+        path, entry, data_start = self._entry(name)
+        begin, end = entry["data_offsets"]
+        out = torch.empty(entry["shape"], dtype=_TORCH[entry["dtype"]])
+        if end > begin:
+            with open(path, "rb") as f:
+                f.seek(data_start + begin)
+                if f.readinto(out.view(-1).view(torch.uint8).numpy()) != end - begin:
+                    raise ValueError(f"{path}: truncated file (tensor {name})")
+        return out
+
+
+_TORCH = {code: dtype for dtype, code in _DTYPES.items()}
+
+
+def _header(path: Path) -> tuple[dict[str, Any], int]:
+    """(tensor name -> {dtype, shape, data_offsets}, offset of the data) of a safetensors file."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    header.pop("__metadata__", None)
+    return header, 8 + size
