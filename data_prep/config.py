@@ -234,8 +234,13 @@ class RemixConfig:
     """Size of the remixed corpus in (approximate) tokens; None: same as the input."""
     seed: int = 0
     """Seed of the document order used for sampling."""
+    holdout: float = 0.0
+    """Share of each domain's documents held out for evaluation (bits per byte, local tasks):
+    written to `<output>/holdout/<domain>.jsonl`, never part of the remixed (training) output.
+    Chosen by a seeded hash of the document id, independent of the sampling."""
 
     def __post_init__(self) -> None:
+        _check(0.0 <= self.holdout < 1.0, f"remix.holdout must be in [0, 1), got {self.holdout}")
         weights = self.weights or {}
         _check(
             isinstance(weights, dict),

@@ -25,6 +25,8 @@ _TOKEN = re.compile(
     r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\s\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+"
 )
 REASON = "remix:downsampled"
+HOLDOUT = "remix:holdout"
+_HOLDOUT_SALT = 0x5EED_0FF
 
 
 def approx_tokens(text: str) -> int:
@@ -36,20 +38,28 @@ def doc_hash(doc_id: str, seed: int) -> int:
     return xxhash.xxh64_intdigest(doc_id, seed=seed)
 
 
+def held_out(doc_id: str, seed: int, share: float) -> bool:
+    """Whether the document goes to the held-out set (a hash independent of the sampling's)."""
+    return share > 0 and doc_hash(doc_id, seed ^ _HOLDOUT_SALT) < share * 2.0**64
+
+
 class RemixCount(PipelineStep):
     """Phase 1: write (hash, tokens) arrays per domain for this task."""
 
     name = "RemixCount"
     type = "REMIX"
 
-    def __init__(self, folder: str, seed: int):
+    def __init__(self, folder: str, seed: int, holdout: float = 0.0):
         super().__init__()
         self.folder = folder
         self.seed = seed
+        self.holdout = holdout
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         per_domain: dict[str, tuple[list, list]] = {}
         for doc in data:
+            if held_out(doc.id, self.seed, self.holdout):
+                continue
             hashes, tokens = per_domain.setdefault(doc.metadata["domain"], ([], []))
             hashes.append(doc_hash(doc.id, self.seed))
             tokens.append(approx_tokens(doc.text))
@@ -132,21 +142,59 @@ class RemixSample(PipelineStep):
     name = "RemixSample"
     type = "REMIX"
 
-    def __init__(self, plan_path: str, seed: int, ledger: Ledger):
+    def __init__(
+        self, plan_path: str, seed: int, ledger: Ledger, holdout: float = 0.0, holdout_dir: str = ""
+    ):
         super().__init__()
         self.plan_path = plan_path
         self.seed = seed
         self.ledger = ledger
+        self.holdout = holdout
+        self.holdout_dir = holdout_dir
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         plan = json.loads(Path(self.plan_path).read_text())
-        for doc in data:
-            p = plan[doc.metadata["domain"]]
-            n = p["copies"] + (1 if doc_hash(doc.id, self.seed) <= p["cutoff"] else 0)
-            if n == 0:
-                self.ledger.remove(REASON, doc)
-                continue
-            yield doc
-            for i in range(1, n):
-                self.ledger.added += 1
-                yield Document(text=doc.text, id=f"{doc.id}#rep{i}", metadata=dict(doc.metadata))
+        with HoldoutWriter(self.holdout_dir, rank) as holdout:
+            for doc in data:
+                if held_out(doc.id, self.seed, self.holdout):
+                    holdout.write(doc)
+                    self.ledger.remove(HOLDOUT, doc)
+                    continue
+                yield from self._sampled(plan, doc)
+
+    def _sampled(self, plan: dict, doc: Document) -> DocumentsPipeline:
+        """The document 0..k times, as the plan says."""
+        p = plan[doc.metadata["domain"]]
+        n = p["copies"] + (1 if doc_hash(doc.id, self.seed) <= p["cutoff"] else 0)
+        if n == 0:
+            self.ledger.remove(REASON, doc)
+            return
+        yield doc
+        for i in range(1, n):
+            self.ledger.added += 1
+            yield Document(text=doc.text, id=f"{doc.id}#rep{i}", metadata=dict(doc.metadata))
+
+
+class HoldoutWriter:
+    """`<folder>/<domain>/<rank>.jsonl` files of held-out documents (id, text, metadata),
+    opened on first use; plain JSONL so that evaluation tools read them directly."""
+
+    def __init__(self, folder: str, rank: int):
+        self.folder, self.rank = folder, rank
+        self._files: dict[str, object] = {}
+
+    def __enter__(self) -> HoldoutWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for f in self._files.values():
+            f.close()
+
+    def write(self, doc: Document) -> None:
+        domain = doc.metadata.get("domain", "default")
+        if domain not in self._files:
+            path = Path(self.folder) / domain / f"{self.rank:05d}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._files[domain] = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in __exit__
+        record = {"id": doc.id, "text": doc.text, "metadata": doc.metadata}
+        self._files[domain].write(json.dumps(record, ensure_ascii=False) + "\n")

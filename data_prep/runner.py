@@ -44,6 +44,7 @@ _OUTPUT_GLOBS = (
     "manifest.json",
     "rejects",
     "removed_samples",
+    "holdout",
 )
 
 

@@ -99,9 +99,22 @@ def _remix(ctx: StageContext, tasks: int) -> list[Phase]:
         return {"remix": p}
 
     return [
-        Phase("count", lambda: [*ctx.read(), remix.RemixCount(counts, cfg.seed)], tasks, plan),
         Phase(
-            "sample", ctx.simple(lambda led: [remix.RemixSample(plan_path, cfg.seed, led)]), tasks
+            "count",
+            lambda: [*ctx.read(), remix.RemixCount(counts, cfg.seed, cfg.holdout)],
+            tasks,
+            plan,
+        ),
+        Phase(
+            "sample",
+            ctx.simple(
+                lambda led: [
+                    remix.RemixSample(
+                        plan_path, cfg.seed, led, cfg.holdout, str(ctx.out / "holdout")
+                    )
+                ]
+            ),
+            tasks,
         ),
     ]
 

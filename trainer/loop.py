@@ -201,6 +201,7 @@ class Trainer:
             "model": self.model_identity(),
             "data_manifest": self.cfg.data.manifest
             and str(Path(self.cfg.data.manifest).absolute()),
+            "seq_length": self.cfg.data.seq_length,
         }
         saved = save_checkpoint(
             root, self.step, self.model, self.optimizer, extra, keep_last, identity

@@ -163,7 +163,10 @@ def chain(planted, tmp_path_factory) -> dict:
 
     base = tmp_path_factory.mktemp("chain")
     extra = {
-        "remix": ["remix.weights={zh_man:0.4,zh_poems:0.1,en_docs:0.4,en_fortunes:0.1}"],
+        "remix": [
+            "remix.weights={zh_man:0.4,zh_poems:0.1,en_docs:0.4,en_fortunes:0.1}",
+            "remix.holdout=0.05",
+        ],
         "tokenize": [f"tokenize.tokenizer={base}/train_tokenizer/tokenizer.json"],
     }
     results, prev = {}, str(planted.raw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -94,8 +95,48 @@ def test_remix_is_deterministic(chain, tmp_path, docs_of):
     _, out = chain["remix"]
     prev = chain["minhash_dedup"][1]
     weights = "remix.weights={zh_man:0.4,zh_poems:0.1,en_docs:0.4,en_fortunes:0.1}"
-    run_stage("remix", [f"input={prev}", f"output={tmp_path}", "progress=false", weights])
+    run_stage(
+        "remix",
+        [f"input={prev}", f"output={tmp_path}", "progress=false", weights, "remix.holdout=0.05"],
+    )
     assert [d["id"] for d in docs_of(tmp_path)] == [d["id"] for d in docs_of(out)]
+
+
+def _holdout(folder: Path) -> list[dict]:
+    return [json.loads(line) for f in sorted(folder.glob("holdout/*/*.jsonl"))
+            for line in f.read_text().splitlines()]  # fmt: skip
+
+
+def test_held_out_documents_never_reach_training_shards(chain, docs_of):
+    """remix.holdout: ~5% of each domain's documents, kept apart with their text, counted in
+    the ledger, and absent from the remix output and from every tokenized shard (by id and by
+    text hash)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from tokenizers import Tokenizer
+
+    stats, out = chain["remix"]
+    held = _holdout(out)
+    entering = docs_of(chain["minhash_dedup"][1])
+    assert stats["removed"]["remix:holdout"] == len(held)
+    for domain in ("zh_man", "zh_poems", "en_docs", "en_fortunes"):
+        total = sum(d["metadata"]["domain"] == domain for d in entering)
+        mine = [d for d in held if d["metadata"]["domain"] == domain]
+        assert {d["metadata"]["domain"] for d in mine} <= {domain}
+        assert 0.01 * total <= len(mine) <= 0.12 * total + 1, (domain, len(mine), total)
+    digest = lambda text: hashlib.sha256(text.encode()).hexdigest()  # noqa: E731
+    held_ids, held_hashes = {d["id"] for d in held}, {digest(d["text"]) for d in held}
+    trained = docs_of(out)
+    assert not held_ids & {d["id"].split("#rep")[0] for d in trained}
+    assert not held_hashes & {digest(d["text"]) for d in trained}
+    tok_out = chain["tokenize"][1]
+    manifest = json.loads((tok_out / "manifest.json").read_text())
+    tok = Tokenizer.from_file(str(tok_out / manifest["tokenizer"]))
+    shard_texts = set()
+    for shard in manifest["shards"]:
+        ds = IndexedDataset(str(tok_out / shard["prefix"]))
+        shard_texts |= {digest(tok.decode(np.asarray(ds[i]).tolist()[:-1])) for i in range(len(ds))}
+    assert len(shard_texts) >= len({digest(d["text"]) for d in trained}) * 0.99
+    assert not held_hashes & shard_texts
 
 
 def test_tokenizer_is_byte_level_bpe_with_tiny_vocab(chain):

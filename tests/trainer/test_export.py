@@ -192,3 +192,12 @@ def test_export_of_every_layout_equals_the_single_process_export(
         assert diff <= 1e-8, f"{layout}: {name} differs by {diff}"
     diff = (our_logits(tmp / "ck", TOKENS) - hf_logits(tmp / "hf", TOKENS)).abs().max().item()
     assert diff <= TOL
+    # held-out bits per byte (trainer.bpb) is the same number whichever layout saved the weights
+    from tests.trainer.test_bpb import bpb_of, write_holdout
+
+    holdout = single / "remix"
+    if not holdout.exists():
+        write_holdout(holdout)
+    ref_bpb, got_bpb = bpb_of(single / "ck", holdout), bpb_of(tmp / "ck", holdout)
+    for domain, value in ref_bpb.items():
+        assert abs(got_bpb[domain] - value) <= 1e-6 * value, (layout, domain, got_bpb, ref_bpb)

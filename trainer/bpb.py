@@ -1,0 +1,116 @@
+"""Held-out bits per byte of a trainer checkpoint, per domain, with our own model.
+
+    python -m trainer.bpb checkpoint.dir=runs/x/train/checkpoints holdout=runs/x/remix \\
+        [step=N] [tokenizer=PATH] [max_docs=N] [seq_length=N] [batch_size=8]
+
+The checkpoint may come from any TP/PP/VPP/EP/DP layout: its weights are read into one
+single-process model (trainer.export.load_single), so every layout gives the same number.
+`holdout` is a remix stage's output (its `holdout/<domain>/*.jsonl`, never tokenized into
+training shards) or such a holdout folder. The tokenizer and end-of-document token come from the
+data manifest the run trained on. Prints one JSON line: `{"bpb": {domain: value, "all": value},
+"documents": ..., ...}`; bad input is one line, exit 2, before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from trainer.export import SourceConfig
+
+
+@dataclass
+class BpbConfig:
+    checkpoint: SourceConfig = field(default_factory=SourceConfig)
+    holdout: str = MISSING
+    """A remix stage's output folder (or its holdout/ folder)."""
+    step: int | None = None
+    """Checkpoint step (None: the newest complete one)."""
+    tokenizer: str | None = None
+    """manifest.json or tokenizer.json (None: the manifest the run trained on)."""
+    max_docs: int | None = None
+    """At most this many documents per domain (None: all)."""
+    seq_length: int | None = None
+    """Window length (None: the run's data.seq_length, else the model's position limit)."""
+    batch_size: int = 8
+
+
+ConfigStore.instance().store(name="bpb_schema", node=BpbConfig)
+
+
+def evaluate(cfg: BpbConfig) -> dict[str, Any]:
+    """Bits per byte per domain of `cfg`'s checkpoint; returns what the CLI prints."""
+    from tokenizers import Tokenizer
+
+    from evaluation.bpb import bits_per_byte, read_holdout
+    from trainer.export import find_checkpoint, load_single, saved_model, tokenizer_files
+    from trainer.model import lm_logits
+
+    start = time.perf_counter()
+    ckpt = find_checkpoint(cfg.checkpoint.dir, cfg.step)
+    model_cfg = saved_model(ckpt)
+    tok = tokenizer_files(cfg.tokenizer, ckpt, model_cfg.vocab_size)
+    domains = read_holdout(cfg.holdout, cfg.max_docs)
+    seq_length = (
+        cfg.seq_length or ckpt.marker.get("seq_length") or model_cfg.max_position_embeddings
+    )
+    if seq_length < 1 or cfg.batch_size < 1:
+        raise ValueError(f"seq_length={seq_length} and batch_size={cfg.batch_size} must be >= 1")
+    tokenizer = Tokenizer.from_file(str(tok.path))
+    model = load_single(ckpt, model_cfg)
+    scores = bits_per_byte(
+        lambda tokens: lm_logits(model, tokens),
+        lambda text: tokenizer.encode(text, add_special_tokens=False).ids,
+        domains, tok.eod_id, seq_length, cfg.batch_size,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    total = scores["all"]
+    return {
+        "checkpoint": str(ckpt.path), "step": ckpt.step, "seq_length": seq_length,
+        "bpb": {domain: s.bpb for domain, s in scores.items()},
+        "documents": {domain: s.documents for domain, s in scores.items()},
+        "bytes": total.bytes, "tokens": total.tokens,
+        "seconds": round(seconds, 2), "tokens_per_s": round(total.tokens / seconds, 1),
+    }  # fmt: skip
+
+
+def _typed(cfg: DictConfig) -> BpbConfig:
+    """The typed config; a missing required key is a ValueError naming it."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except MissingMandatoryValue as err:
+        raise ValueError(f"{err.full_key}=... is required") from None
+
+
+@hydra.main(config_path=None, config_name="bpb_schema", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from trainer.checkpoint_store import CheckpointDamaged, CheckpointIncompatible
+    from trainer.parallel import destroy_parallel, single_process_env
+
+    warnings.filterwarnings("ignore")
+    try:
+        config = _typed(cfg)
+        single_process_env()
+        result = evaluate(config)
+    except (ValueError, CheckpointDamaged, CheckpointIncompatible) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        destroy_parallel()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    sys.argv[1:] = [*sys.argv[1:], "hydra.run.dir=.", "hydra.output_subdir=null",
+                    "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]  # fmt: skip
+    main()
