@@ -9,6 +9,7 @@
         jobs (data on a Ray cluster, then training, then a finishing job); dry_run=true prints them
     python -m slurm status runs/demo/slurm          # their states, log tails and MLflow run
     python -m pipeline trash run_dir=runs/exp1 [purge=true]   # earlier outputs moved aside
+    python -m pipeline compare runs/exp1 runs/exp2  # eval tables side by side, with differences
 
 Rerunning with the same run_dir skips finished stages and resumes interrupted ones; a stage
 that must rerun over finished work moves it aside (run_dir/.trash) after its new config passed
@@ -52,11 +53,23 @@ def print_outcome(result: RunResult) -> None:
         print(f"Training summary ({summary}):")
         print(f"  steps {info.get('final_step')}, validation loss {info.get('valid_loss_first', float('nan')):.3f}"
               f" -> {info.get('valid_loss_last', float('nan')):.3f}, {info.get('tokens_per_s', 0):,.0f} tokens/s")  # fmt: skip
+    _print_eval(result.run_dir)
     if result.tracking_uri:
         print(f"MLflow parent run: {result.parent_run_id}")
         if result.tracking_uri.startswith(("sqlite:", "/")):
             print(f"Open the MLflow UI:  mlflow ui --backend-store-uri {result.tracking_uri}")
             print("then browse http://127.0.0.1:5000")
+
+
+def _print_eval(run_dir) -> None:
+    from pipeline.compare import eval_metrics, table
+
+    try:
+        metrics = eval_metrics(run_dir)
+    except ValueError:
+        return  # no eval stage in this pipeline
+    print(f"Evaluation (python -m pipeline compare {run_dir} OTHER_RUN_DIR to compare):")
+    print("  " + table({run_dir.name: metrics}).replace("\n", "\n  "))
 
 
 def _submit(cfg: DictConfig, config: PipelineConfig) -> int:
@@ -128,5 +141,9 @@ if __name__ == "__main__":
         from pipeline.trash import main as trash_main
 
         sys.exit(trash_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["compare"]:
+        from pipeline.compare import main as compare_main
+
+        sys.exit(compare_main(sys.argv[2:]))
     precheck(sys.argv[1:])
     main()
