@@ -23,6 +23,7 @@ STAGES = (
     "quality",
     "exact_dedup",
     "minhash_dedup",
+    "decontaminate",
     "remix",
     "train_tokenizer",
     "tokenize",
@@ -257,6 +258,27 @@ class RemixConfig:
 
 
 @dataclass
+class DecontaminateConfig:
+    """Remove documents sharing a long n-gram with an evaluation item (data_prep.decontaminate)."""
+
+    tasks: list[str] = field(default_factory=lambda: ["humaneval"])
+    """Evaluation sets: `humaneval` (bundled), JSONL files, lm-eval task YAMLs with local data."""
+    word_ngram: int = 13
+    """n-gram of words for items in alphabetic scripts (GPT-3's 13-gram, Brown et al. 2020)."""
+    char_ngram: int = 25
+    """n-gram of characters for CJK items (~13 words of Chinese)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.word_ngram >= 4, f"decontaminate.word_ngram must be >= 4, got {self.word_ngram}"
+        )
+        _check(
+            self.char_ngram >= 4, f"decontaminate.char_ngram must be >= 4, got {self.char_ngram}"
+        )
+        _check(bool(self.tasks), "decontaminate.tasks is empty: name at least one evaluation set")
+
+
+@dataclass
 class TrainTokenizerConfig:
     """Byte-level BPE training with HF tokenizers."""
 
@@ -313,8 +335,8 @@ class DataPrepConfig:
     """`python -m data_prep stage=NAME input=PATH output=DIR [section.key=value ...]`."""
 
     stage: str = MISSING
-    """Stage to run: read, normalize, langid, quality, exact_dedup, minhash_dedup, remix,
-    train_tokenizer, tokenize."""
+    """Stage to run: read, normalize, langid, quality, exact_dedup, minhash_dedup,
+    decontaminate, remix, train_tokenizer, tokenize."""
     input: str = MISSING
     """Input file, folder or glob of JSONL / JSONL.gz / Parquet."""
     output: str = MISSING
@@ -332,6 +354,7 @@ class DataPrepConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     exact_dedup: ExactDedupConfig = field(default_factory=ExactDedupConfig)
     minhash: MinhashDedupConfig = field(default_factory=MinhashDedupConfig)
+    decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)
     remix: RemixConfig = field(default_factory=RemixConfig)
     train_tokenizer: TrainTokenizerConfig = field(default_factory=TrainTokenizerConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)

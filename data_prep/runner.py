@@ -32,6 +32,7 @@ STAGE_SECTION = {  # the config section each stage reads (others do not affect i
     "quality": "quality",
     "exact_dedup": "exact_dedup",
     "minhash_dedup": "minhash",
+    "decontaminate": "decontaminate",
     "remix": "remix",
     "train_tokenizer": "train_tokenizer",
     "tokenize": "tokenize",

@@ -16,7 +16,7 @@ import fsspec.compression
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 from datatrove.utils.logging import logger
 
-from data_prep import dedup, remix, shards
+from data_prep import decontaminate, dedup, remix, shards
 from data_prep.accounting import CountIn, Finish, Ledger, LedgerExclusionWriter
 from data_prep.config import DataPrepConfig
 from data_prep.reader import RecordReader
@@ -119,6 +119,20 @@ def _remix(ctx: StageContext, tasks: int) -> list[Phase]:
     ]
 
 
+def _decontaminate(ctx: StageContext, tasks: int) -> list[Phase]:
+    cfg = ctx.cfg.decontaminate
+    index = decontaminate.build_index(cfg.tasks, cfg.word_ngram, cfg.char_ngram)
+
+    def stats() -> dict:
+        return {"decontaminate": {
+            task: {"items": n, "items_skipped": index.skipped.get(task, 0)}
+            for task, n in index.items.items()
+        }}  # fmt: skip
+
+    build = ctx.simple(lambda led: [decontaminate.Decontaminate(index, led)])
+    return [Phase("main", build, tasks, stats)]
+
+
 def _train_tokenizer(ctx: StageContext, tasks: int) -> list[Phase]:
     cfg = ctx.cfg.train_tokenizer
     folder = str(ctx.work / "tokenizer_sample")
@@ -188,6 +202,8 @@ def build_phases(ctx: StageContext) -> list[Phase]:
         else:
             raw = dedup.minhash_phases(cfg.minhash, work, ctx.read, tail, tasks)
         return [Phase(name, build, n) for name, build, n in raw]
+    if stage == "decontaminate":
+        return _decontaminate(ctx, tasks)
     if stage == "remix":
         return _remix(ctx, tasks)
     if stage == "train_tokenizer":

@@ -29,6 +29,9 @@ TINY = (
     "'logging.mlflow=true','train.steps=4',"
     "'train.eval_interval=2','train.eval_iters=1','checkpoint.save_interval=2',"
     "'data.split=\"90,10,0\"']",  # a 2% valid split of a tiny shard would be empty
+    # 30% held out: enough documents per domain for the eval stage's local tasks
+    "stages.remix.overrides=['input={run_dir}/decontaminate/*/*.jsonl.gz','output={output}',"
+    "'+remix.weights.en=0.5','+remix.weights.zh=0.5','remix.holdout=0.3']",
 )
 
 
@@ -86,9 +89,11 @@ def output_files(run_dir: Path) -> dict[str, bytes]:
 
 
 def data_outputs(run: Path) -> dict[str, bytes]:
-    """Every data stage output (not training, not Slurm job files) -> its bytes."""
+    """Every data stage output (not training, evaluation or Slurm job files) -> its bytes."""
     return {
-        k: v for k, v in output_files(run).items() if not k.startswith(("train/", "slurm/"))
+        k: v
+        for k, v in output_files(run).items()
+        if not k.startswith(("train/", "slurm/", "eval/"))
     }
 
 

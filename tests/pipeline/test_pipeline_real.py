@@ -71,6 +71,12 @@ def test_real_dag_resumes_after_sigkill_in_data_stage_and_training(tmp_path):
         assert same_output(name, got[name], want[name]), (
             f"{name} differs from the uninterrupted run"
         )
+    # evaluation is seeded too: the resumed run's model scores exactly like the reference's
+    got_eval, want_eval = (json.loads((r / "eval/results.json").read_text())["metrics"]
+                           for r in (run, tmp_path / "reference"))  # fmt: skip
+    assert got_eval == want_eval and {"bpb/en", "bpb/zh", "eval/next_sentence_zh/acc"} <= set(
+        got_eval
+    )
     summary = json.loads((ckpt / "summary.json").read_text())
     ref_summary = json.loads((tmp_path / "reference/train/checkpoints/summary.json").read_text())
     assert summary["final_step"] == ref_summary["final_step"] == 4
@@ -104,7 +110,7 @@ def _check_mlflow(tmp: Path, run_dir: Path) -> None:
     exp = client.get_experiment_by_name("pipeline").experiment_id
     runs = client.search_runs([exp], filter_string=f"tags.`pipeline.run_dir` = '{run_dir}'")
     by_name = {r.info.run_name: r for r in runs}
-    assert len(by_name) == 19 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len(by_name) == 22 and {r.info.status for r in runs} == {"FINISHED"}
     export = by_name["export"].data.params
     assert export["hf_model_type"] == "deepseek_v3" and export["hf_folder"] == str(
         run_dir / "export" / "hf"

@@ -228,8 +228,7 @@ class _StreamingPlanner(DefaultSavePlanner):
             if isinstance(entry, ShardedObject):
                 self._add_object(name, entry)
                 continue
-            pieces = entry.build() if isinstance(entry, ShardedTensorFactory) else entry
-            for piece in nested_values([pieces]):
+            for piece in _pieces(entry, entry.data):
                 self._add_tensor(name, entry, piece)
         for obj in objects:
             self._add_object(obj.key, obj)
@@ -237,13 +236,12 @@ class _StreamingPlanner(DefaultSavePlanner):
         self.error: ValueError | None = None
 
     def _add_tensor(self, name: str, entry: Any, piece: ShardedTensor) -> None:
-        offsets = torch.Size(piece.global_offset)
-        sizes = torch.Size((1,) * piece.prepend_axis_num + tuple(piece.local_shape))
-        index = MetadataIndex(piece.key, offsets)
+        chunk, _ = _chunk_view(piece)
+        index = MetadataIndex(piece.key, chunk.offsets)
         self._items.append(WriteItem(
             index=index, type=WriteItemType.SHARD,
             tensor_data=TensorWriteData(
-                chunk=ChunkStorageMetadata(offsets=offsets, sizes=sizes),
+                chunk=chunk,
                 properties=TensorProperties(dtype=piece.dtype),
                 size=torch.Size(piece.global_shape),
             ),
@@ -266,10 +264,8 @@ class _StreamingPlanner(DefaultSavePlanner):
             torch.save([entry.data], data)
             return data
         full = self._full(name).to(piece.dtype)
-        if isinstance(entry, ShardedTensorFactory):  # split the real tensor as the factory does
-            built = nested_values([dataclasses.replace(entry, data=full).build()])
-            full = next(p.data for p in built if p.global_offset == piece.global_offset)
-        return full.reshape(write_item.tensor_data.chunk.sizes)
+        real = next(p for p in _pieces(entry, full) if p.global_offset == piece.global_offset)
+        return _chunk_view(real)[1]
 
     def _full(self, name: str) -> torch.Tensor:
         """`tensor_of(name)`, kept until the next name (a factory's pieces share one tensor)."""
