@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -156,3 +162,77 @@ def _status(p: psutil.Process) -> str | None:
         return p.status()
     except psutil.NoSuchProcess:
         return None
+
+
+# MLflow server and headless Chromium (UI checks)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def post_json(url: str, body: dict) -> dict:
+    req = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a process we started (its own session) and everything it spawned."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def start_mlflow_server(uri: str, tmp: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    log = open(tmp / "mlflow_server.log", "w")
+    proc = subprocess.Popen(
+        cmd, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(base + "/health", timeout=2)
+            return proc, base
+        except OSError:
+            assert proc.poll() is None, (tmp / "mlflow_server.log").read_text()[-3000:]
+            time.sleep(0.5)
+    stop_group(proc)
+    pytest.fail("mlflow server did not come up in 120 s")
+
+
+def page_text(url: str, tmp: Path) -> str:
+    """Visible text of a page after Chromium ran its JavaScript for a while."""
+    cmd = [CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={tmp / 'chrome'}", "--virtual-time-budget=20000",
+           "--dump-dom", url]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        dom, _ = proc.communicate(timeout=90)
+    finally:
+        stop_group(proc)
+    text = re.sub(
+        r"<script.*?</script>|<style.*?</style>", " ", dom.decode(errors="replace"), flags=re.S
+    )
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)))

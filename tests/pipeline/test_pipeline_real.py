@@ -11,26 +11,34 @@ from pathlib import Path
 
 import pytest
 from pipeline_testlib import (
+    CHROMIUM,
     REPO,
     TINY,
     check_stage_processes_die,
     cli_env,
     data_outputs,
+    get_json,
+    page_text,
+    post_json,
     same_output,
     sigkill_driver_when,
+    start_mlflow_server,
+    stop_group,
 )
 
 pytestmark = pytest.mark.slow
 
 
-def _cmd(tmp: Path, run: str) -> list[str]:
+def _cmd(tmp: Path, run: str, remix: str | None = None) -> list[str]:
+    """The real pipeline on TINY settings; `remix` replaces TINY's remix overrides."""
+    tiny = [t for t in TINY if not (remix and t.startswith("stages.remix.overrides="))]
     return [sys.executable, "-m", "pipeline", f"run_dir={tmp / run}",
-            f"tracking.uri=sqlite:///{tmp}/mlflow.db", *TINY]  # fmt: skip
+            f"tracking.uri=sqlite:///{tmp}/mlflow.db", *tiny, *([remix] if remix else [])]  # fmt: skip
 
 
-def _run(tmp: Path, run: str) -> subprocess.CompletedProcess:
+def _run(tmp: Path, run: str, remix: str | None = None) -> subprocess.CompletedProcess:
     res = subprocess.run(
-        _cmd(tmp, run), cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=400
+        _cmd(tmp, run, remix), cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=400
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res
@@ -86,6 +94,55 @@ def test_real_dag_resumes_after_sigkill_in_data_stage_and_training(tmp_path):
     assert "Open the MLflow UI" in reference.stdout
     _check_mlflow(tmp_path, tmp_path / "reference")
     _check_resumed_curve(tmp_path, run)
+    _check_compare_and_ui(tmp_path)
+
+
+def _check_compare_and_ui(tmp: Path) -> None:
+    """A second pipeline with another remix weight: `pipeline compare` lines the eval tables
+    up, and MLflow (REST and headless Chromium) shows both parents' eval metrics side by side
+    and the eval table artifact."""
+    remix = ("stages.remix.overrides=['input={run_dir}/decontaminate/*/*.jsonl.gz',"
+             "'output={output}','+remix.weights.en=0.8','+remix.weights.zh=0.2','remix.holdout=0.3']")  # fmt: skip
+    other = _run(tmp, "mix80", remix)
+    assert "bpb/en" in other.stdout  # the run ends with its eval table
+    done = subprocess.run([sys.executable, "-m", "pipeline", "compare", str(tmp / "reference"),
+                           str(tmp / "mix80")], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()}
+    assert rows["metric"] == ["reference", "mix80", "Δ", "mix80"]
+    for key in ("bpb/en", "bpb/zh", "bpb/all", "eval/next_sentence_en/acc_norm"):
+        ref, mix, delta = map(float, rows[key])
+        assert abs(mix - ref - delta) < 2e-4, key
+    assert float(rows["bpb/en"][2]) != 0.0  # another mix, another model
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (scripts/setup.sh installs it)")
+    proc, base = start_mlflow_server(f"sqlite:///{tmp}/mlflow.db", tmp)
+    try:
+        api = base + "/api/2.0/mlflow"
+        exp = get_json(api + "/experiments/get-by-name?experiment_name=pipeline")["experiment"]
+        runs = post_json(api + "/runs/search", {"experiment_ids": [exp["experiment_id"]],
+                                                "max_results": 200})["runs"]  # fmt: skip
+        parents = {
+            r["info"]["run_name"]: r
+            for r in runs
+            if r["info"]["run_name"] in ("reference", "mix80")
+        }
+        assert len(parents) == 2
+        for parent in parents.values():
+            metrics = {m["key"] for m in parent["data"]["metrics"]}
+            assert {"bpb/en", "bpb/zh", "eval/next_sentence_zh/acc"} <= metrics
+            files = get_json(api + f"/artifacts/list?run_id={parent['info']['run_id']}")["files"]
+            assert "eval_table.json" in {f["path"] for f in files}
+        ids = json.dumps(
+            [parents["reference"]["info"]["run_id"], parents["mix80"]["info"]["run_id"]]
+        )
+        page = page_text(
+            f'{base}/#/compare-runs?runs={ids}&experiments=["{exp["experiment_id"]}"]', tmp
+        )
+        assert "Comparing 2 Runs" in page and "reference" in page and "mix80" in page, page[:2000]
+        assert "bpb/en" in page and "eval/next_sentence_en/acc" in page, page[:3000]
+    finally:
+        stop_group(proc)
 
 
 def _check_resumed_curve(tmp: Path, run_dir: Path) -> None:
