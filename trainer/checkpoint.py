@@ -26,6 +26,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.strategies import filesystem_async
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
 from appconf.lifetime import die_with_parent
 from trainer.checkpoint_store import (
@@ -199,7 +200,7 @@ def load_checkpoint(
         return _load(path, model, optimizer, strict_layout)
     except (CheckpointDamaged, CheckpointIncompatible):
         raise
-    except Exception as err:  # noqa: BLE001 - any read failure of a checked folder is damage
+    except (Exception, CheckpointException) as err:  # noqa: BLE001 - any read failure is damage
         raise unreadable(path, err) from None
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 LATEST = "latest"
+SUMMARY = "summary.json"
+"""Written by a training run that ended (trainer.run), next to its checkpoints."""
 MARKER = "checkpoint.json"
 PREVIOUS = "previous"
 _ITER = re.compile(r"^iter_(\d{7,})$")
@@ -195,7 +197,7 @@ def set_aside(root: str | Path) -> Path | None:
     """Move every checkpoint, `latest` and summary.json of `root` into previous/<UTC time>/
     (a rename: cheap, nothing deleted). Returns that folder, or None when there was nothing."""
     base = Path(root)
-    movable = [*iteration_folders(base), base / LATEST, base / "summary.json"]
+    movable = [*iteration_folders(base), base / LATEST, base / SUMMARY]
     movable = [p for p in movable if p.exists()]
     if not movable:
         return None

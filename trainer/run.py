@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from trainer.callbacks import Callback, build_callbacks, mlflow_run_id
 from trainer.checkpoint_store import (
+    SUMMARY,
     CheckpointDamaged,
     check_dir_usable,
     checkpoint_at,
@@ -200,7 +201,7 @@ def train(cfg: TrainerConfig) -> dict[str, Any]:
     )  # fmt: skip
     trainer = Trainer(cfg, train_ds, valid_ds)
     resumed_from = resume(cfg, trainer)
-    summary_path = Path(cfg.checkpoint.dir) / "summary.json"
+    summary_path = Path(cfg.checkpoint.dir) / SUMMARY
     if trainer.step >= cfg.train.steps and summary_path.exists():
         return json.loads(summary_path.read_text())
     rank = dist.get_rank()

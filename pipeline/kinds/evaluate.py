@@ -9,6 +9,12 @@ A part without overrides is skipped. Results are MLflow metrics with stable keys
 `bpb/<domain>` and `eval/<task>/<metric>`, on the stage's run and on the pipeline's parent run
 (so MLflow's run comparison shows two pipelines side by side), an `eval_table.json` table
 artifact, and `results.json` in the stage folder (what `python -m pipeline compare` reads).
+
+Periodic evaluation while training runs: a second stage of this kind with only
+`bpb.watch=true` overrides, `after` the data stages but not `train`, and
+`bpb.checkpoint.dir={run_dir}/train/checkpoints`, scores each checkpoint as it appears and logs
+`bpb/<domain>` curves (by step) on its run, ending with the training run. Ray starts it beside
+training when the cluster has a CPU to spare.
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ def split_overrides(overrides: list[str]) -> dict[str, list[str]]:
     return parts
 
 
-def _run_app(module: str, args: list[str]) -> dict[str, Any]:
+def _run_app(module: str, args: list[str], ctx: StageContext) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
+    if ctx.mlflow_run_id and ctx.tracking_uri:  # trainer.bpb watch=true logs its curve there
+        env |= {"MLFLOW_RUN_ID": ctx.mlflow_run_id, "MLFLOW_TRACKING_URI": ctx.tracking_uri}
     cmd = [sys.executable, "-m", module, *args]
     print("launch:", " ".join(cmd), flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -48,7 +56,7 @@ def _run_app(module: str, args: list[str]) -> dict[str, Any]:
     if done.returncode != 0:
         lines = [ln for ln in done.stderr.splitlines() if ln.strip()] or ["(no output)"]
         raise RuntimeError(f"{module} exited with code {done.returncode}: {lines[-1]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])  # watch=true: the last checkpoint
 
 
 def metrics_of(bpb: dict | None, harness: dict | None) -> dict[str, float]:
@@ -92,11 +100,11 @@ def _log_to_mlflow(ctx: StageContext, metrics: dict[str, float]) -> None:
 def eval_stage(ctx: StageContext) -> dict:
     """Run the configured parts; the metrics (and throughputs) are the stage's stats."""
     parts = split_overrides(ctx.overrides)
-    bpb = _run_app(APPS["bpb"], parts["bpb"]) if parts["bpb"] else None
+    bpb = _run_app(APPS["bpb"], parts["bpb"], ctx) if parts["bpb"] else None
     harness = None
     if parts["harness"]:
         out = ctx.output / "harness"
-        harness = _run_app(APPS["harness"], [*parts["harness"], f"output={out}"])
+        harness = _run_app(APPS["harness"], [*parts["harness"], f"output={out}"], ctx)
     metrics = metrics_of(bpb, harness)
     results = {"metrics": metrics, "bpb": bpb, "harness": harness}
     (ctx.output / RESULTS).write_text(json.dumps(results, indent=1) + "\n")

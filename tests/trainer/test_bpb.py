@@ -105,3 +105,36 @@ def test_bad_input_is_one_line(run: Path, tmp_path: Path) -> None:
         bpb(f"checkpoint.dir={tmp_path}", f"holdout={run / 'remix'}")
     )
     assert "holdout=... is required" in _one_line(bpb(ck))
+
+
+def test_watch_scores_each_checkpoint_while_training_runs(tmp_path: Path) -> None:
+    """`watch=true` started before training: every checkpoint (steps 2, 4, 6) is scored once,
+    in order, logged at its step into an MLflow run, and the watcher ends with the run; the
+    last score equals a plain evaluation of that step."""
+    from mlflow import MlflowClient
+
+    write_tokenizer(tmp_path / "tokenizer.json")
+    write_tiny_manifest(tmp_path)
+    holdout = write_holdout(tmp_path / "remix")
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("bpb")).info.run_id
+    cmd = [sys.executable, "-m", "trainer.bpb", f"checkpoint.dir={ck}", f"holdout={holdout}",
+           "watch=true", "poll_s=0.2", f"mlflow_run_id={run_id}", f"tracking_uri={uri}"]  # fmt: skip
+    watcher = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        train(tmp_path / "manifest.json", ck, "model=tiny_dense", "train.steps=6",
+              "checkpoint.save_interval=2", "checkpoint.keep_last=3")  # fmt: skip
+        out, err = watcher.communicate(timeout=300)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 0, err[-3000:]
+    results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["step"] for r in results] == [2, 4, 6]
+    history = client.get_metric_history(run_id, "bpb/all")
+    assert [m.step for m in history] == [2, 4, 6]
+    assert [m.value for m in history] == [r["bpb"]["all"] for r in results]
+    assert results[-1]["bpb"] == bpb_of(ck, holdout)
