@@ -28,6 +28,7 @@ from trainer.loop import Trainer
 from trainer.parallel import initialize_parallel
 from trainer.precision import check_precision_supported
 from trainer.preemption import SignalWatch, TrainingStopped, poll
+from trainer.watchdog import HangWatchdog, inject_hang
 
 
 def preflight(cfg: TrainerConfig) -> None:
@@ -45,11 +46,18 @@ def _eval_steps(cfg: TrainerConfig) -> int:
 
 
 def fit(
-    cfg: TrainerConfig, trainer: Trainer, callbacks: list[Callback], info: dict[str, Any]
+    cfg: TrainerConfig,
+    trainer: Trainer,
+    callbacks: list[Callback],
+    info: dict[str, Any],
+    dog: HangWatchdog | None = None,
 ) -> dict[str, Any]:
     """Train from `trainer.step` to cfg.train.steps; returns the summary (all ranks).
 
-    SIGTERM/SIGINT, the stop file and the periodic save are handled at step boundaries."""
+    SIGTERM/SIGINT, the stop file and the periodic save are handled at step boundaries; each
+    step, eval and save is progress for the hang watchdog `dog`."""
+    beat = dog.beat if dog is not None else (lambda step: None)
+    hang = cfg.resilience
     t, ck = cfg.train, cfg.checkpoint
     for cb in callbacks:
         cb.on_train_start(cfg, info)
@@ -64,13 +72,18 @@ def fit(
     last_save = time.monotonic()
     with SignalWatch() as watch:
         while trainer.step < t.steps:
+            inject_hang(
+                dist.get_rank(), trainer.step + 1, hang.inject_hang_rank, hang.inject_hang_step
+            )
             metrics = trainer.train_step()
+            beat(trainer.step)
             speeds.append(metrics["tokens_per_s"])
             if trainer.step % t.log_interval == 0 or trainer.step == t.steps:
                 for cb in callbacks:
                     cb.on_step(trainer.step, metrics)
             if t.eval_interval and (trainer.step % t.eval_interval == 0 or trainer.step == t.steps):
                 valid.append(trainer.evaluate())
+                beat(trainer.step)
                 trainer.history.setdefault("valid_loss_first", valid[0])
                 for cb in callbacks:
                     cb.on_eval(trainer.step, valid[-1])
@@ -81,6 +94,7 @@ def fit(
             saved = asked.save or bool(ck.save_interval and trainer.step % ck.save_interval == 0)
             if saved:
                 trainer.save(ck.dir, ck.keep_last)
+                beat(trainer.step)
                 last_save = time.monotonic()
             if asked.stop:
                 _stop(trainer, ck, callbacks, asked.stop, saved_now=saved)
@@ -211,7 +225,9 @@ def train(cfg: TrainerConfig) -> dict[str, Any]:
         run_id = [mlflow_run_id(callbacks)]
         dist.broadcast_object_list(run_id, src=0)
         trainer.history["mlflow_run_id"] = run_id[0]
-    summary = fit(cfg, trainer, callbacks, info)
+    hang_dir = Path(cfg.checkpoint.dir) / "hang"
+    with HangWatchdog(cfg.resilience.hang_timeout_s, rank, dist.get_world_size(), hang_dir) as dog:
+        summary = fit(cfg, trainer, callbacks, info, dog)
     if rank == 0:
         summary_path.parent.mkdir(parents=True, exist_ok=True)
         summary_path.write_text(json.dumps(summary, indent=2))

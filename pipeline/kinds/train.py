@@ -230,7 +230,7 @@ def _error_lines(text: str, code: int) -> str:
 
 EXTENDS = ("train.steps+", "train.eval_interval", "train.eval_iters", "train.log_interval",
            "logging.*", "checkpoint.save_interval", "checkpoint.save_interval_s",
-           "checkpoint.keep_last")  # fmt: skip
+           "checkpoint.keep_last", "resilience.hang_timeout_s")  # fmt: skip
 """Trainer keys that only extend a finished run: changing only these continues training from the
 stage's last checkpoint (`train.steps` only when raised) instead of restarting."""
 

@@ -105,6 +105,11 @@ def test_bad_input_is_one_line(run: Path, tmp_path: Path) -> None:
         bpb(f"checkpoint.dir={tmp_path}", f"holdout={run / 'remix'}")
     )
     assert "holdout=... is required" in _one_line(bpb(ck))
+    # a checkpoint whose tokenizer cannot be found
+    missing = tmp_path / "no_tokenizer.json"
+    assert f"tokenizer={missing}: no such file" in _one_line(
+        bpb(ck, f"holdout={run / 'remix'}", f"tokenizer={missing}")
+    )
 
 
 def test_watch_scores_each_checkpoint_while_training_runs(tmp_path: Path) -> None:

@@ -84,6 +84,23 @@ class LoggingConfig:
 
 
 @dataclass
+class ResilienceConfig:
+    """Failure detection (trainer.watchdog)."""
+
+    hang_timeout_s: float = 1800.0
+    """A rank without progress (a step, an eval, a save) this long dumps its stacks, writes
+    checkpoint.dir/hang/ and exits 76; 0 turns the watchdog off. Keep it above the slowest save
+    and first step; it is independent of the collectives' own (distributed) timeout."""
+    inject_hang_rank: int = -1
+    """Test only: this rank sleeps forever at the start of step `inject_hang_step`."""
+    inject_hang_step: int = -1
+
+    def __post_init__(self) -> None:
+        if self.hang_timeout_s < 0:
+            raise ValueError(f"resilience.hang_timeout_s must be >= 0, got {self.hang_timeout_s}")
+
+
+@dataclass
 class TrainerConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Architecture (conf/model/*)."""
@@ -101,6 +118,8 @@ class TrainerConfig:
     """Where and how often checkpoints are written."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Metric callbacks."""
+    resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
+    """Hang detection."""
     dry_run: bool = False
     """Build nothing heavy: print layout, parameter counts, memory estimate and a JSON line."""
     world_size: int | None = None
