@@ -20,11 +20,9 @@ training when the cluster has a CPU to spare.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from typing import Any
 
+from pipeline.kinds.app_process import run_app
 from pipeline.registry import StageContext, register_kind
 
 APPS = {"bpb": "trainer.bpb", "harness": "evaluation.harness"}
@@ -45,18 +43,12 @@ def split_overrides(overrides: list[str]) -> dict[str, list[str]]:
 
 
 def _run_app(module: str, args: list[str], ctx: StageContext) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
-    if ctx.mlflow_run_id and ctx.tracking_uri:  # trainer.bpb watch=true logs its curve there
-        env |= {"MLFLOW_RUN_ID": ctx.mlflow_run_id, "MLFLOW_TRACKING_URI": ctx.tracking_uri}
-    cmd = [sys.executable, "-m", module, *args]
-    print("launch:", " ".join(cmd), flush=True)
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    sys.stdout.write(done.stdout)
-    sys.stderr.write(done.stderr)
-    if done.returncode != 0:
-        lines = [ln for ln in done.stderr.splitlines() if ln.strip()] or ["(no output)"]
-        raise RuntimeError(f"{module} exited with code {done.returncode}: {lines[-1]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])  # watch=true: the last checkpoint
+    """The app's result (watch=true: the last checkpoint's); trainer.bpb watch=true logs its
+    curve into the stage's MLflow run."""
+    env = {}
+    if ctx.mlflow_run_id and ctx.tracking_uri:
+        env = {"MLFLOW_RUN_ID": ctx.mlflow_run_id, "MLFLOW_TRACKING_URI": ctx.tracking_uri}
+    return run_app(module, args, env)
 
 
 def metrics_of(bpb: dict | None, harness: dict | None) -> dict[str, float]:

@@ -8,12 +8,9 @@ config, generation config, index and tokenizer files as artifacts (the weights s
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+from pipeline.kinds.app_process import run_app
 from pipeline.registry import StageContext, register_kind
 
 SMALL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json",
@@ -23,16 +20,7 @@ SMALL_FILES = ("config.json", "generation_config.json", "model.safetensors.index
 @register_kind("export", code=("trainer.export", "trainer.hf"))
 def export_stage(ctx: StageContext) -> dict:
     """Export, then return the CLI's summary (step, bytes, seconds) as the stage's stats."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
-    cmd = [sys.executable, "-m", "trainer.export", *ctx.overrides]
-    print("launch:", " ".join(cmd), flush=True)
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    sys.stdout.write(done.stdout)
-    sys.stderr.write(done.stderr)
-    if done.returncode != 0:
-        lines = [ln for ln in done.stderr.splitlines() if ln.strip()] or ["(no output)"]
-        raise RuntimeError(f"trainer.export exited with code {done.returncode}: {lines[-1]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_app("trainer.export", ctx.overrides)
     folder = Path(result["output"])
     ctx.params["hf_folder"] = str(folder)
     ctx.params["hf_model_type"] = result["model_type"]
