@@ -28,7 +28,9 @@ from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
+
+from appconf.cli import QUIET_HYDRA, typed
 
 LOCAL = "next_sentence"
 HUMANEVAL = "humaneval"
@@ -201,20 +203,11 @@ def _metrics(values: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _typed(cfg: DictConfig) -> HarnessConfig:
-    from omegaconf.errors import MissingMandatoryValue
-
-    try:
-        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
-    except MissingMandatoryValue as err:
-        raise ValueError(f"{err.full_key}=... is required") from None
-
-
 @hydra.main(config_path=None, config_name="harness_schema", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     warnings.filterwarnings("ignore")
     try:
-        result = run_harness(_typed(cfg))
+        result = run_harness(typed(cfg))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -222,6 +215,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = [*sys.argv[1:], "hydra.run.dir=.", "hydra.output_subdir=null",
-                    "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]  # fmt: skip
+    sys.argv[1:] = [*sys.argv[1:], *QUIET_HYDRA]
     main()

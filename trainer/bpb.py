@@ -32,8 +32,9 @@ from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 
+from appconf.cli import QUIET_HYDRA, typed
 from trainer.export import SourceConfig
 
 
@@ -157,16 +158,6 @@ def _mlflow_logger(cfg: BpbConfig):
     return log
 
 
-def _typed(cfg: DictConfig) -> BpbConfig:
-    """The typed config; a missing required key is a ValueError naming it."""
-    from omegaconf.errors import MissingMandatoryValue
-
-    try:
-        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
-    except MissingMandatoryValue as err:
-        raise ValueError(f"{err.full_key}=... is required") from None
-
-
 @hydra.main(config_path=None, config_name="bpb_schema", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from trainer.checkpoint_store import CheckpointDamaged, CheckpointIncompatible
@@ -174,7 +165,7 @@ def main(cfg: DictConfig) -> None:
 
     warnings.filterwarnings("ignore")
     try:
-        config = _typed(cfg)
+        config = typed(cfg)
         single_process_env()
         if config.watch:
             watch(config, lambda result: print(json.dumps(result), flush=True))
@@ -189,6 +180,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = [*sys.argv[1:], "hydra.run.dir=.", "hydra.output_subdir=null",
-                    "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]  # fmt: skip
+    sys.argv[1:] = [*sys.argv[1:], *QUIET_HYDRA]
     main()

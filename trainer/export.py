@@ -27,8 +27,9 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 
+from appconf.cli import QUIET_HYDRA, typed
 from trainer.config.model import ModelConfig
 from trainer.config.parallel import ParallelConfig
 
@@ -214,16 +215,6 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _typed(cfg: DictConfig) -> ExportConfig:
-    """The typed config; a missing required key is a ValueError naming it."""
-    from omegaconf.errors import MissingMandatoryValue
-
-    try:
-        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
-    except MissingMandatoryValue as err:
-        raise ValueError(f"{err.full_key}=... is required") from None
-
-
 @hydra.main(config_path=None, config_name="export_schema", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from trainer.checkpoint_store import CheckpointDamaged, CheckpointIncompatible
@@ -231,7 +222,7 @@ def main(cfg: DictConfig) -> None:
 
     warnings.filterwarnings("ignore")
     try:
-        config = _typed(cfg)
+        config = typed(cfg)
         single_process_env()
         result = export(config)
     except (ValueError, CheckpointDamaged, CheckpointIncompatible) as err:
@@ -243,11 +234,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = [
-        *sys.argv[1:],
-        "hydra.run.dir=.",
-        "hydra.output_subdir=null",
-        "hydra/job_logging=disabled",
-        "hydra/hydra_logging=disabled",
-    ]
+    sys.argv[1:] = [*sys.argv[1:], *QUIET_HYDRA]
     main()

@@ -31,6 +31,8 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from appconf.cli import QUIET_HYDRA, typed
+
 SOURCE_MARK = "hf_source.json"
 
 
@@ -148,23 +150,13 @@ def is_current(output: Path, source: Path) -> bool:
     return mark.get("fingerprint") == source_fingerprint(source)
 
 
-def _typed(cfg: DictConfig) -> ImportConfig:
-    """The typed config; a missing required key is a ValueError naming it."""
-    from omegaconf.errors import MissingMandatoryValue
-
-    try:
-        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
-    except MissingMandatoryValue as err:
-        raise ValueError(f"{err.full_key}=... is required") from None
-
-
 @hydra.main(config_path=None, config_name="import_schema", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from trainer.parallel import destroy_parallel, single_process_env
 
     warnings.filterwarnings("ignore")
     try:
-        config = _typed(cfg)
+        config = typed(cfg)
         single_process_env()
         result = import_folder(config)
     except ValueError as err:
@@ -177,6 +169,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = [*sys.argv[1:], "hydra.run.dir=.", "hydra.output_subdir=null",
-                    "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]  # fmt: skip
+    sys.argv[1:] = [*sys.argv[1:], *QUIET_HYDRA]
     main()
