@@ -25,7 +25,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,8 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from appconf.cli import QUIET_HYDRA, typed
+from appconf.cli import QUIET_HYDRA
+from trainer.cli import run_one_process
 from trainer.export import SourceConfig
 
 
@@ -160,23 +160,15 @@ def _mlflow_logger(cfg: BpbConfig):
 
 @hydra.main(config_path=None, config_name="bpb_schema", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from trainer.checkpoint_store import CheckpointDamaged, CheckpointIncompatible
-    from trainer.parallel import destroy_parallel, single_process_env
-
-    warnings.filterwarnings("ignore")
-    try:
-        config = typed(cfg)
-        single_process_env()
+    def work(config: BpbConfig) -> dict[str, Any] | None:
         if config.watch:
             watch(config, lambda result: print(json.dumps(result), flush=True))
-            return
-        result = evaluate(config)
-    except (ValueError, CheckpointDamaged, CheckpointIncompatible) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        destroy_parallel()
-    print(json.dumps(result))
+            return None
+        return evaluate(config)
+
+    result = run_one_process(cfg, work)
+    if result is not None:
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

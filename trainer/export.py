@@ -18,7 +18,6 @@ import dataclasses
 import json
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,7 +28,8 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from appconf.cli import QUIET_HYDRA, typed
+from appconf.cli import QUIET_HYDRA
+from trainer.cli import run_one_process
 from trainer.config.model import ModelConfig
 from trainer.config.parallel import ParallelConfig
 
@@ -217,20 +217,7 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=None, config_name="export_schema", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from trainer.checkpoint_store import CheckpointDamaged, CheckpointIncompatible
-    from trainer.parallel import destroy_parallel, single_process_env
-
-    warnings.filterwarnings("ignore")
-    try:
-        config = typed(cfg)
-        single_process_env()
-        result = export(config)
-    except (ValueError, CheckpointDamaged, CheckpointIncompatible) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        destroy_parallel()
-    print(json.dumps(result))
+    print(json.dumps(run_one_process(cfg, export)))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,8 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from appconf.cli import QUIET_HYDRA, typed
+from appconf.cli import QUIET_HYDRA
+from trainer.cli import run_one_process
 
 SOURCE_MARK = "hf_source.json"
 
@@ -152,18 +152,7 @@ def is_current(output: Path, source: Path) -> bool:
 
 @hydra.main(config_path=None, config_name="import_schema", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from trainer.parallel import destroy_parallel, single_process_env
-
-    warnings.filterwarnings("ignore")
-    try:
-        config = typed(cfg)
-        single_process_env()
-        result = import_folder(config)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        destroy_parallel()
+    result = run_one_process(cfg, import_folder)
     print(model_yaml(result.pop("model")), end="")
     print(json.dumps(result))
 
