@@ -127,16 +127,9 @@ def _strings(value: object) -> list[str]:
 
 
 def _lm_eval_task(path: Path) -> tuple[str, list[str]]:
-    import yaml
+    from evaluation.task_file import read_task_yaml
 
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise ValueError(
-            f"{path}{where}: task file does not parse ({getattr(err, 'problem', err)})"
-        ) from None
+    spec = read_task_yaml(path)
     files = ((spec or {}).get("dataset_kwargs") or {}).get("data_files")
     if not isinstance(spec, dict) or spec.get("dataset_path") != "json" or not files:
         raise ValueError(

@@ -94,20 +94,15 @@ def expand_tasks(cfg: HarnessConfig) -> tuple[list[str], list[Path]]:
 def check_tasks(names: list[str], include: list[Path]) -> Any:
     """lm-eval's TaskManager over its own tasks and `include`; ValueError for a folder that does
     not exist, a task file that does not parse, or an unknown task name."""
-    import yaml
     from lm_eval.tasks import TaskManager
+
+    from evaluation.task_file import read_task_yaml
 
     for folder in include:
         if not folder.is_dir():
             raise ValueError(f"include={folder}: no such folder")
         for path in sorted(folder.rglob("*.yaml")):
-            try:
-                spec = yaml.safe_load(path.read_text())
-            except (OSError, yaml.YAMLError) as err:
-                where = getattr(err, "problem_mark", None)
-                line = f":{where.line + 1}" if where else ""
-                why = getattr(err, "problem", None) or str(err).splitlines()[0]
-                raise ValueError(f"task file {path}{line}: does not parse ({why})") from None
+            spec = read_task_yaml(path)
             if not isinstance(spec, dict) or not ("task" in spec or "group" in spec):
                 raise ValueError(f"task file {path}: no 'task' or 'group' key")
     manager = TaskManager(include_path=[str(p) for p in include] or None, verbosity="ERROR")
