@@ -60,12 +60,12 @@ class StagePreempted(StageFailed):
         return f"stage {self.key} stopped for requeue: {self.message} (log: {self.log_path})"
 
 
-def _kill_stage_run(uri: str, run_id: str, message: str) -> None:
+def _kill_stage_run(uri: str, run_id: str, note: str) -> None:
     """End the stage's MLflow run as KILLED (not FAILED) with a note why."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    client.set_tag(run_id, "mlflow.note.content", f"stopped for requeue: {message}")
+    client.set_tag(run_id, "mlflow.note.content", note)
     client.set_terminated(run_id, status="KILLED")
 
 
@@ -100,6 +100,20 @@ def _watch_driver(driver: Driver | None) -> None:
             time.sleep(0.1)
 
     threading.Thread(target=watch, name="driver-watchdog", daemon=True).start()
+
+
+def _driver_gone(driver: Driver | None) -> bool:
+    """The driver on this host has died (Ray may stop this task with SystemExit before the
+    watchdog's SIGKILL lands: that is a killed run, not a failed stage)."""
+    if driver is None or driver.host != socket.gethostname() or driver.pid == os.getpid():
+        return False
+    try:
+        os.kill(driver.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return True
+    return False
 
 
 @dataclass
@@ -180,7 +194,7 @@ def execute(node: Node, track: Tracking | None, driver: Driver | None, *upstream
         except StagePreempted as err:
             print(f"=== stage {node.key} stopped for requeue: {err.message}", flush=True)
             if run_id:
-                _kill_stage_run(track.uri, run_id, err.message)
+                _kill_stage_run(track.uri, run_id, f"stopped for requeue: {err.message}")
             err.logged = run_id is not None
             raise
         except BaseException as err:  # noqa: BLE001 - reported to the driver as StageFailed
@@ -190,7 +204,9 @@ def execute(node: Node, track: Tracking | None, driver: Driver | None, *upstream
             else:
                 traceback.print_exc()
                 message = f"{type(err).__name__}: {err}".strip()
-            if run_id:
+            if run_id and _driver_gone(driver):
+                _kill_stage_run(track.uri, run_id, "the pipeline driver was killed")
+            elif run_id:
                 tracking.fail_stage_run(track.uri, run_id, message, node.log_path)
             failed = StageFailed(node.key, str(node.log_path), message)
             failed.logged = run_id is not None

@@ -81,6 +81,10 @@ class ClusterConfig:
     checkpoints, stops and requeues. 0 = no signal."""
     max_requeues: int = 3
     """Bounded retries: a job stopped by the signal requeues at most this many times."""
+    max_restarts: int = 2
+    """Training jobs that fail (a rank crashed or was killed, the hang watchdog fired) are
+    requeued at most this many times, resuming from the last checkpoint; a node-local failure
+    also excludes the node (see slurm.recover). Locally: `torchrun --max-restarts`."""
     ray_port: int | None = None
     """Data jobs: Ray head port on the first node; None = 30000 + job id % 20000."""
     ray_object_store_mb: int = 1024
@@ -127,7 +131,7 @@ class ClusterConfig:
             )
         if self.launch not in LAUNCHES:
             raise ValueError(f"cluster.launch must be one of {LAUNCHES}, got {self.launch!r}")
-        for name in ("signal_before_s", "max_requeues"):
+        for name in ("signal_before_s", "max_requeues", "max_restarts"):
             if getattr(self, name) < 0:
                 raise ValueError(f"cluster.{name} must be >= 0, got {getattr(self, name)}")
         if self.executor == "local" and self.nodes != 1:

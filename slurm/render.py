@@ -14,7 +14,10 @@ until all nodes joined, the driver with RAY_ADDRESS set, then the cluster is sto
 
 Every job runs its work in the background under a SIGUSR1 trap (`--signal=B:USR1@N`): the trap
 touches $PRETRAIN_STOP_FILE, the trainer checkpoints and stops, and the script requeues the job
-(`scontrol requeue`, at most `cluster.max_requeues` times).
+(`scontrol requeue`, at most `cluster.max_requeues` times). A training job that fails (crash,
+killed rank, hang watchdog) is requeued at most `cluster.max_restarts` times, the failing node
+excluded when the failure is node-local (`python -m slurm.recover` decides and keeps the attempt
+ledger `<run_dir>/attempts.json`); locally torchrun restarts it (`--max-restarts`).
 
 Quoting: every config value that reaches a shell line goes through `shlex.quote`; values in
 `#SBATCH` lines are validated by ClusterConfig (no spaces, quotes or line breaks). The one
@@ -126,7 +129,8 @@ def _train_launch(job: TrainJob, cluster: ClusterConfig, run_dir: str, workdir: 
         rdzv = rdzv_options('"$SLURM_JOB_NUM_NODES"', cluster.nproc_per_node,
                             '"$MASTER_ADDR:$MASTER_PORT"', '"$SLURM_JOB_ID"')  # fmt: skip
     else:
-        rdzv = ["--standalone", f"--nproc-per-node={cluster.nproc_per_node}"]
+        rdzv = ["--standalone", f"--nproc-per-node={cluster.nproc_per_node}",
+                f"--max-restarts={cluster.max_restarts}"]  # fmt: skip
     torchrun = f"{python} -m torch.distributed.run"
     return _CONT.join([*srun, torchrun, *rdzv, f"-m {job.module}", *overrides])
 

@@ -11,6 +11,7 @@ import os
 from dataclasses import asdict
 from typing import Any
 
+from trainer import attempts
 from trainer.config.trainer import LoggingConfig, TrainerConfig
 
 
@@ -18,6 +19,28 @@ class Callback:
     """Hooks of a training run (all optional)."""
 
     def on_train_start(self, cfg: TrainerConfig, info: dict[str, Any]) -> None: ...
+
+    def _log_attempts(self) -> None:
+        """This attempt's number, the earlier ones' causes (tags, `attempts.json` table) and
+        the restart count; records this run in the launch layer's ledger."""
+        ledger, torchrun = attempts.read(), attempts.torchrun_restarts()
+        ended = ledger.get("attempts", [])
+        run_id = self.run.info.run_id
+        attempts.record_run(self.mlflow.get_tracking_uri(), run_id)
+        self.mlflow.set_tag("attempt", str(len(ended) + torchrun + 1))
+        for a in ended:
+            self.mlflow.set_tag(
+                f"attempt.{a['attempt']}", f"{a['cause']}: {a['detail']} ({a['action']})"[:5000]
+            )
+        if torchrun:
+            self.mlflow.set_tag(
+                f"attempt.torchrun_restart.{torchrun}",
+                "torchrun restarted the workers after a failure",
+            )
+        restarts = sum(a["action"] in ("restart", "requeue") for a in ended) + torchrun
+        self.mlflow.log_metric("restarts", restarts)
+        if ended:
+            self.mlflow.log_table(attempts.table(ledger), artifact_file="attempts.json")
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None: ...
 
@@ -43,6 +66,28 @@ class ConsoleCallback(Callback):
     def on_train_start(self, cfg: TrainerConfig, info: dict[str, Any]) -> None:
         for key, value in info.items():
             self.console.print(f"[bold]{key}[/bold]: {value}")
+
+    def _log_attempts(self) -> None:
+        """This attempt's number, the earlier ones' causes (tags, `attempts.json` table) and
+        the restart count; records this run in the launch layer's ledger."""
+        ledger, torchrun = attempts.read(), attempts.torchrun_restarts()
+        ended = ledger.get("attempts", [])
+        run_id = self.run.info.run_id
+        attempts.record_run(self.mlflow.get_tracking_uri(), run_id)
+        self.mlflow.set_tag("attempt", str(len(ended) + torchrun + 1))
+        for a in ended:
+            self.mlflow.set_tag(
+                f"attempt.{a['attempt']}", f"{a['cause']}: {a['detail']} ({a['action']})"[:5000]
+            )
+        if torchrun:
+            self.mlflow.set_tag(
+                f"attempt.torchrun_restart.{torchrun}",
+                "torchrun restarted the workers after a failure",
+            )
+        restarts = sum(a["action"] in ("restart", "requeue") for a in ended) + torchrun
+        self.mlflow.log_metric("restarts", restarts)
+        if ended:
+            self.mlflow.log_table(attempts.table(ledger), artifact_file="attempts.json")
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         parts = [f"{k}={metrics[k]:.4g}" for k in self.KEYS if k in metrics]
@@ -90,12 +135,35 @@ class MLflowCallback(Callback):
             self.run = mlflow.start_run()
 
     def on_train_start(self, cfg: TrainerConfig, info: dict[str, Any]) -> None:
+        self._log_attempts()
         params = _flatten("", asdict(cfg), {})
         try:
             self.mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         except self.mlflow.exceptions.MlflowException as err:
             # A resumed run (or the pipeline's stage run) may already hold other values.
             print(f"warning: MLflow params not logged: {str(err).splitlines()[0]}")
+
+    def _log_attempts(self) -> None:
+        """This attempt's number, the earlier ones' causes (tags, `attempts.json` table) and
+        the restart count; records this run in the launch layer's ledger."""
+        ledger, torchrun = attempts.read(), attempts.torchrun_restarts()
+        ended = ledger.get("attempts", [])
+        run_id = self.run.info.run_id
+        attempts.record_run(self.mlflow.get_tracking_uri(), run_id)
+        self.mlflow.set_tag("attempt", str(len(ended) + torchrun + 1))
+        for a in ended:
+            self.mlflow.set_tag(
+                f"attempt.{a['attempt']}", f"{a['cause']}: {a['detail']} ({a['action']})"[:5000]
+            )
+        if torchrun:
+            self.mlflow.set_tag(
+                f"attempt.torchrun_restart.{torchrun}",
+                "torchrun restarted the workers after a failure",
+            )
+        restarts = sum(a["action"] in ("restart", "requeue") for a in ended) + torchrun
+        self.mlflow.log_metric("restarts", restarts)
+        if ended:
+            self.mlflow.log_table(attempts.table(ledger), artifact_file="attempts.json")
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k.replace("/", "."): float(v) for k, v in metrics.items()}

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 import torch.distributed as dist
 
+from trainer import attempts
 from trainer.callbacks import Callback, build_callbacks, mlflow_run_id
 from trainer.checkpoint_store import (
     SUMMARY,
@@ -28,7 +29,7 @@ from trainer.loop import Trainer
 from trainer.parallel import initialize_parallel
 from trainer.precision import check_precision_supported
 from trainer.preemption import SignalWatch, TrainingStopped, poll
-from trainer.watchdog import HangWatchdog, inject_hang
+from trainer.watchdog import HangWatchdog, inject_fault
 
 
 def preflight(cfg: TrainerConfig) -> None:
@@ -57,7 +58,6 @@ def fit(
     SIGTERM/SIGINT, the stop file and the periodic save are handled at step boundaries; each
     step, eval and save is progress for the hang watchdog `dog`."""
     beat = dog.beat if dog is not None else (lambda step: None)
-    hang = cfg.resilience
     t, ck = cfg.train, cfg.checkpoint
     for cb in callbacks:
         cb.on_train_start(cfg, info)
@@ -72,9 +72,7 @@ def fit(
     last_save = time.monotonic()
     with SignalWatch() as watch:
         while trainer.step < t.steps:
-            inject_hang(
-                dist.get_rank(), trainer.step + 1, hang.inject_hang_rank, hang.inject_hang_step
-            )
+            inject_fault(cfg.resilience, dist.get_rank(), trainer.step + 1)
             metrics = trainer.train_step()
             beat(trainer.step)
             speeds.append(metrics["tokens_per_s"])
@@ -220,7 +218,9 @@ def train(cfg: TrainerConfig) -> dict[str, Any]:
         return json.loads(summary_path.read_text())
     rank = dist.get_rank()
     info = {"layout": layout.describe(), "resumed_from": resumed_from}
-    callbacks = build_callbacks(cfg.logging, rank, trainer.history.get("mlflow_run_id"))
+    callbacks = build_callbacks(
+        cfg.logging, rank, trainer.history.get("mlflow_run_id") or attempts.tracked_run_id()
+    )
     if cfg.logging.mlflow:  # a requeued attempt continues the same run (all ranks keep the id)
         run_id = [mlflow_run_id(callbacks)]
         dist.broadcast_object_list(run_id, src=0)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
+import signal
+import socket
 import sys
 import threading
 import time
@@ -29,6 +31,8 @@ from typing import Any
 
 HANG_EXIT = 76
 """Process exit code of a rank stopped by the watchdog (75 is a requested stop)."""
+REPORT_ENV = "PRETRAIN_HANG_REPORT"
+"""Set by the batch script: rank 0 writes the hang report there too."""
 _SAME_HANG_S = 60.0
 """Records fired this close together belong to one hang (the ranks' timers differ by a poll)."""
 _COLLECTIVES = (f"torch{os.sep}distributed{os.sep}", f"megatron{os.sep}core{os.sep}distributed{os.sep}",
@@ -76,6 +80,8 @@ class HangWatchdog:
         if self.rank == 0:
             report = self._report(record["fired_at"])
             _write_json(self.folder / "report.json", report)
+            if os.environ.get(REPORT_ENV):  # where the launch layer looks (slurm.recover)
+                _write_json(Path(os.environ[REPORT_ENV]), report)
             print(f"[watchdog] {report['summary']}", file=sys.stderr, flush=True)
         else:  # stay until rank 0 reported: once one rank is gone the others' collectives fail
             self._wait_for_report(record["fired_at"])
@@ -97,7 +103,7 @@ class HangWatchdog:
         frame = sys._current_frames().get(threading.main_thread().ident)
         stack = traceback.format_stack(frame) if frame is not None else []
         return {
-            "rank": self.rank, "step": self._step, "idle_s": round(idle, 1), "fired_at": time.time(),
+            "rank": self.rank, "host": socket.gethostname(), "step": self._step, "idle_s": round(idle, 1), "fired_at": time.time(),
             "in_collective": any(m in line for line in stack for m in _COLLECTIVES),
             "where": stack[-1].strip().splitlines()[0] if stack else "?", "stack": stack,
         }  # fmt: skip
@@ -135,10 +141,23 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def inject_hang(rank: int, step: int, at_rank: int, at_step: int) -> None:
-    """Test-only hook (`resilience.inject_hang_rank/_step`): this rank sleeps inside the step."""
-    if rank == at_rank and step == at_step:
+def first_attempt() -> bool:
+    """Neither Slurm nor torchrun has restarted this job."""
+    return all(os.environ.get(v, "0") == "0"
+               for v in ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT"))  # fmt: skip
+
+
+def inject_fault(cfg: Any, rank: int, step: int) -> None:
+    """Test-only hooks (`resilience.inject_hang_*`, `inject_kill_*`), first attempt only: this
+    rank sleeps inside the step, or SIGKILLs itself, at the start of the given step."""
+    if not first_attempt():
+        return
+    if (rank, step) == (cfg.inject_hang_rank, cfg.inject_hang_step):
         print(
             f"[watchdog] test hook: rank {rank} sleeps in step {step}", file=sys.stderr, flush=True
         )
         time.sleep(10**6)
+    if (rank, step) == (cfg.inject_kill_rank, cfg.inject_kill_step):
+        print(f"[watchdog] test hook: rank {rank} kills itself in step {step}", file=sys.stderr,
+              flush=True)  # fmt: skip
+        os.kill(os.getpid(), signal.SIGKILL)

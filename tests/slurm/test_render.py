@@ -126,6 +126,7 @@ def test_local_script_passes_overrides_verbatim(tmp_path):
     rec = _run_script(render_sbatch(job, cluster), tmp_path, {})
     argv = (rec / "python.argv").read_text().splitlines()
     assert argv == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                    "--max-restarts=2",
                     "-m", "trainer", *TRICKY, f"hydra.run.dir={tmp_path}/run/hydra"]  # fmt: skip
     assert (tmp_path / "run" / "logs").is_dir()
 

@@ -1,6 +1,10 @@
-"""Preemption on the real dev cluster: a 2-process CPU training job gets the pre-timeout signal
-(sent as Slurm sends it, `scancel --signal=USR1 --batch`), checkpoints, requeues, resumes and
-ends with the losses of an uninterrupted run; max_requeues bounds the retries.
+"""Requeue on the real dev cluster, 2-process CPU training jobs:
+- the pre-timeout signal (sent as Slurm sends it, `scancel --signal=USR1 --batch`): checkpoint,
+  requeue, resume, the losses of an uninterrupted run; max_requeues bounds the retries;
+- a rank SIGKILLed mid-run: slurm.recover requeues (cluster.max_restarts), the job resumes from
+  the last checkpoint and ends with the same losses, the MLflow run holds both attempts;
+- a hang past max_restarts: the watchdog's report names the rank, the job and the MLflow run
+  end FAILED with that cause.
 
 Slurm holds a requeued job back for `AuthInfo=cred_expire` seconds (default 120) and then for
 the next scheduler pass; slurm/dev_cluster.sh sets cred_expire=10 and sched_interval=2, so the
@@ -9,6 +13,7 @@ requeued job restarts ~11 s after the signal (the test prints the timings it saw
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -25,21 +30,29 @@ STEPS = 12
 STEP_LINE = re.compile(r"^step (\d+) loss=", re.M)
 
 
-def _overrides(tmp_path: Path, name: str, steps: int = STEPS) -> list[str]:
+def _overrides(tmp_path: Path, name: str, steps: int = STEPS, extra: tuple = ()) -> list[str]:
     return [
         "model=tiny_v3", f"data.manifest={tmp_path / 'manifest.json'}", "data.seq_length=64",
         f"train.steps={steps}", "train.global_batch_size=4", "train.micro_batch_size=1",
         "train.eval_interval=4", "train.eval_iters=1", f"checkpoint.dir={tmp_path / name}",
         "logging.mlflow=true", f"logging.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-        f"logging.experiment={name}",
+        f"logging.experiment={name}", *extra,
     ]  # fmt: skip
 
 
-def _submit(tmp_path: Path, name: str, max_requeues: int, steps: int = STEPS) -> tuple:
+def _submit(
+    tmp_path: Path,
+    name: str,
+    max_requeues: int,
+    steps: int = STEPS,
+    max_restarts: int = 0,
+    extra: tuple = (),
+) -> tuple:
     cluster = load_cluster("slurm_dev")
     cluster.time, cluster.max_requeues, cluster.job_name = "00:05:00", max_requeues, name
+    cluster.max_restarts = max_restarts
     cluster.env = {**cluster.env, "PYTHONUNBUFFERED": "1"}  # the test follows the log live
-    job = TrainJob(overrides=_overrides(tmp_path, name, steps), run_dir=str(tmp_path / name))
+    job = TrainJob(overrides=_overrides(tmp_path, name, steps, extra), run_dir=str(tmp_path / name))
     script = prepare(job, cluster)
     job_id = submit(script)
     return job_id, log_path_for(script, job_id)
@@ -66,15 +79,38 @@ def _signal_at_step(job_id: str, log: Path, step: int) -> float:
     return time.monotonic()
 
 
-def _losses(tmp_path: Path, experiment: str) -> list[tuple[int, float]]:
+def _the_run(tmp_path: Path, experiment: str):
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment_by_name(experiment).experiment_id
     runs = client.search_runs([exp])
     assert len(runs) == 1, f"{experiment}: every attempt must log into one MLflow run"
-    history = client.get_metric_history(runs[0].info.run_id, "loss")
+    return client, runs[0]
+
+
+def _losses(tmp_path: Path, experiment: str) -> list[tuple[int, float]]:
+    client, run = _the_run(tmp_path, experiment)
+    history = client.get_metric_history(run.info.run_id, "loss")
     return sorted((m.step, m.value) for m in history)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> list[tuple[int, float]]:
+    """The losses of an uninterrupted job (what every recovered job must reproduce)."""
+    tmp_path = tmp_path_factory.mktemp("reference")
+    write_tiny_manifest(tmp_path)
+    ref_id, ref_log = _submit(tmp_path, "reference", max_requeues=1)
+    result = wait(ref_id, log_path=ref_log, poll_s=0.5, timeout_s=150)
+    assert result.state == "COMPLETED", _read(ref_log)
+    return _losses(tmp_path, "reference")
+
+
+def _same_losses(resumed: list, uninterrupted: list) -> float:
+    assert [s for s, _ in resumed] == [s for s, _ in uninterrupted] == list(range(1, STEPS + 1))
+    worst = max(abs(a - b) for (_, a), (_, b) in zip(resumed, uninterrupted, strict=True))
+    assert worst <= 1e-6, (resumed, uninterrupted)
+    return worst
 
 
 def _sacct_states(job_id: str) -> list[str]:
@@ -91,7 +127,7 @@ def _sacct_states(job_id: str) -> list[str]:
     return _wait_for(f"accounting of job {job_id}", states, timeout_s=30, poll_s=0.5)
 
 
-def test_signalled_job_checkpoints_requeues_and_matches_an_uninterrupted_run(tmp_path):
+def test_signalled_job_checkpoints_requeues_and_matches_an_uninterrupted_run(tmp_path, reference):
     write_tiny_manifest(tmp_path)
     started = time.monotonic()
     job_id, log = _submit(tmp_path, "requeued", max_requeues=1)
@@ -113,13 +149,7 @@ def test_signalled_job_checkpoints_requeues_and_matches_an_uninterrupted_run(tmp
     assert f"resumed_from: {tmp_path / 'requeued'}/iter_{stop_step:07d}" in text
     assert _sacct_states(job_id) == ["REQUEUED", "COMPLETED"]
 
-    ref_id, ref_log = _submit(tmp_path, "reference", max_requeues=1)
-    reference = wait(ref_id, log_path=ref_log, poll_s=0.5, timeout_s=150)
-    assert reference.state == "COMPLETED", _read(ref_log)
-    resumed, uninterrupted = _losses(tmp_path, "requeued"), _losses(tmp_path, "reference")
-    assert [s for s, _ in resumed] == [s for s, _ in uninterrupted] == list(range(1, STEPS + 1))
-    worst = max(abs(a - b) for (_, a), (_, b) in zip(resumed, uninterrupted, strict=True))
-    assert worst <= 1e-6, (resumed, uninterrupted)
+    worst = _same_losses(_losses(tmp_path, "requeued"), reference)
     print(
         f"\nrequeue timings: signal at {signalled - started:.1f}s after submit (stop at step "
         f"{stop_step}); attempt 2 started {restarted - signalled:.1f}s after the signal; "
@@ -141,4 +171,48 @@ def test_max_requeues_bounds_the_retries(tmp_path):
     assert latest == f"iter_{int(stop.group(1)):07d}"
     assert not (tmp_path / "bounded" / "summary.json").exists()
     assert "attempt 2" not in text
+    assert _sacct_states(job_id) == ["FAILED"]
+
+
+def test_killed_rank_restarts_resumes_and_matches_an_uninterrupted_run(tmp_path, reference):
+    write_tiny_manifest(tmp_path)
+    kill = ("checkpoint.save_interval=2", "resilience.inject_kill_rank=1",
+            "resilience.inject_kill_step=5")  # fmt: skip
+    job_id, log = _submit(tmp_path, "killed", max_requeues=0, max_restarts=1, extra=kill)
+    result = wait(job_id, log_path=log, poll_s=0.5, timeout_s=300)
+    text = _read(log)
+    assert result.state == "COMPLETED", text
+    assert (
+        "[slurm] killed: rank 1 on " in text
+        and "was killed by SIGKILL; restarting from "
+        "the last checkpoint (restart 1 of 1); not excluding"
+        in text
+    ), text  # one-node cluster
+    assert f"[slurm] job {job_id} attempt 2 on 1 node(s)" in text
+    assert f"resumed_from: {tmp_path / 'killed'}/iter_0000004" in text
+    assert _sacct_states(job_id) == ["REQUEUED", "COMPLETED"]
+    _same_losses(_losses(tmp_path, "killed"), reference)
+    client, run = _the_run(tmp_path, "killed")
+    assert run.info.status == "FINISHED" and run.data.tags["attempt"] == "2"
+    assert "was killed by SIGKILL (restart)" in run.data.tags["attempt.1"]
+    assert run.data.metrics["restarts"] == 1
+    path = client.download_artifacts(run.info.run_id, "attempts.json", str(tmp_path))
+    table = json.loads(Path(path).read_text())
+    assert table["columns"][:5] == ["attempt", "job_id", "nodes", "exit", "cause"]
+    assert table["data"][0][4] == "killed"
+
+
+def test_hang_past_max_restarts_fails_naming_the_hung_rank(tmp_path):
+    write_tiny_manifest(tmp_path)
+    hang = ("resilience.hang_timeout_s=5", "resilience.inject_hang_rank=1",
+            "resilience.inject_hang_step=3")  # fmt: skip
+    job_id, log = _submit(tmp_path, "hung", max_requeues=1, max_restarts=0, extra=hang)
+    result = wait(job_id, log_path=log, poll_s=0.5, timeout_s=200)
+    text = _read(log)
+    assert result.state == "FAILED", text
+    assert "[slurm] hang: hang after step 2: suspects [1] (rank 1 at " in text, text
+    assert "no restart left (cluster.max_restarts=0)" in text and "attempt 2" not in text
+    _, run = _the_run(tmp_path, "hung")
+    assert run.info.status == "FAILED"
+    assert "suspects [1]" in run.data.tags["failure"], run.data.tags
     assert _sacct_states(job_id) == ["FAILED"]

@@ -92,8 +92,13 @@ class ResilienceConfig:
     checkpoint.dir/hang/ and exits 76; 0 turns the watchdog off. Keep it above the slowest save
     and first step; it is independent of the collectives' own (distributed) timeout."""
     inject_hang_rank: int = -1
-    """Test only: this rank sleeps forever at the start of step `inject_hang_step`."""
+    """Test only: this rank sleeps forever at the start of step `inject_hang_step` (first
+    attempt only: a restarted job runs through)."""
     inject_hang_step: int = -1
+    inject_kill_rank: int = -1
+    """Test only: this rank SIGKILLs itself at the start of step `inject_kill_step` (first
+    attempt only)."""
+    inject_kill_step: int = -1
 
     def __post_init__(self) -> None:
         if self.hang_timeout_s < 0:
