@@ -122,9 +122,22 @@ def _init_process_group(timeout_s: int) -> None:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    timeout = timedelta(seconds=timeout_s)
     dist.init_process_group(
-        backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
+        backend, rank=rank, world_size=world, timeout=timeout, store=_restart_store(world, timeout)
     )
+
+
+def _restart_store(world: int, timeout: timedelta) -> dist.Store | None:
+    """After a torchrun restart (`--max-restarts`), the agent's store under a fresh prefix:
+    torchrun keeps one store across restarts, and the failed attempt's keys (e.g. the gloo
+    addresses of its ranks) would otherwise be read by the new ranks. None = the default."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=False, timeout=timeout)  # fmt: skip
+    return dist.PrefixStore(f"/trainer/restart_{restart}", store)
 
 
 RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",

@@ -44,8 +44,14 @@ class TrainOptions:
     partition, container, ...)."""
     timeout_s: float | None = None
     """launcher=slurm: give up waiting for the job after this many seconds (null = never)."""
+    max_restarts: int = 0
+    """launcher=local with nproc_per_node > 1: torchrun restarts the workers after a failure
+    this many times (`--max-restarts`); each restart resumes from the last checkpoint.
+    launcher=slurm|srun use the cluster's `max_restarts` (requeue)."""
 
     def __post_init__(self) -> None:
+        if self.max_restarts < 0:
+            raise ValueError(f"train option max_restarts must be >= 0, got {self.max_restarts}")
         if self.nproc_per_node < 1:
             raise ValueError(f"train option nproc_per_node must be >= 1, got {self.nproc_per_node}")
         if self.launcher not in ("local", "slurm", "srun"):
@@ -76,7 +82,8 @@ def command(opts: TrainOptions, overrides: list[str]) -> tuple[list[str], dict[s
     if opts.nproc_per_node == 1:
         return [sys.executable, "-m", opts.module, *overrides], {}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    argv = [*launcher, f"--nproc-per-node={opts.nproc_per_node}", "-m", opts.module, *overrides]
+    argv = [*launcher, f"--nproc-per-node={opts.nproc_per_node}",
+            f"--max-restarts={opts.max_restarts}", "-m", opts.module, *overrides]  # fmt: skip
     return argv, {}
 
 

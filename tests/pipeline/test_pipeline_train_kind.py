@@ -25,7 +25,7 @@ def test_command_uses_torchrun_for_several_processes():
     assert command(TrainOptions(), ["a=1"]) == ([sys.executable, "-m", "trainer", "a=1"], {})
     cmd, _ = command(TrainOptions(nproc_per_node=4), ["a=1"])
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"]
-    assert cmd[4:] == ["--nproc-per-node=4", "-m", "trainer", "a=1"]
+    assert cmd[4:] == ["--nproc-per-node=4", "--max-restarts=0", "-m", "trainer", "a=1"]
 
 
 def test_bad_options_are_clear_errors():

@@ -4,6 +4,8 @@ node is blamed, and the two budgets (time-limit requeues, failure restarts)."""
 
 from __future__ import annotations
 
+import json
+
 from slurm.recover import classify, decide, parse_args
 
 TORCHRUN_SIGKILL = """\
@@ -114,3 +116,36 @@ def test_only_training_jobs_restart_and_only_when_requeueable():
         "not restarted (only training jobs restart on failure)"
     )
     assert decide(_args("--train", "--no-requeue"), {"attempts": []}, crash)[0] == "fail"
+
+
+def test_local_job_is_restarted_by_torchrun_and_resumes(tmp_path):
+    """cluster=local: the rendered script runs `torchrun --max-restarts`; a SIGKILLed rank
+    restarts both workers, which resume from the last checkpoint, and MLflow counts the restart."""
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from tests.tiny_corpus import write_tiny_manifest
+    from tests.trainer.test_export import REPO, _env
+
+    write_tiny_manifest(tmp_path)
+    ck = tmp_path / "ck"
+    cmd = [sys.executable, "-m", "slurm", "submit", "cluster=local", "cluster.max_restarts=1",
+           f"run_dir={tmp_path / 'run'}", "--", f"data.manifest={tmp_path / 'manifest.json'}",
+           "data.seq_length=64", "model=tiny_dense", "parallel=dp2", "train.steps=6",
+           "train.global_batch_size=4", "train.micro_batch_size=1", "train.eval_interval=0",
+           f"checkpoint.dir={ck}", "checkpoint.save_interval=2", "logging.mlflow=true",
+           f"logging.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "logging.experiment=local",
+           "resilience.inject_kill_rank=1", "resilience.inject_kill_step=3"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    logs = "".join(p.read_text() for p in sorted((tmp_path / "run" / "logs").glob("*")))
+    out = done.stdout + done.stderr + logs
+    assert done.returncode == 0, out[-3000:]
+    assert "test hook: rank 1 kills itself in step 3" in out
+    assert f"resumed_from: {ck}/iter_0000002" in out, out[-3000:]
+    assert json.loads((ck / "summary.json").read_text())["final_step"] == 6
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("local").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the restart continued the run
+    assert runs[0].data.metrics["restarts"] == 1 and runs[0].data.tags["attempt"] == "2"
