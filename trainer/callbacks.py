@@ -20,31 +20,12 @@ class Callback:
 
     def on_train_start(self, cfg: TrainerConfig, info: dict[str, Any]) -> None: ...
 
-    def _log_attempts(self) -> None:
-        """This attempt's number, the earlier ones' causes (tags, `attempts.json` table) and
-        the restart count; records this run in the launch layer's ledger."""
-        ledger, torchrun = attempts.read(), attempts.torchrun_restarts()
-        ended = ledger.get("attempts", [])
-        run_id = self.run.info.run_id
-        attempts.record_run(self.mlflow.get_tracking_uri(), run_id)
-        self.mlflow.set_tag("attempt", str(len(ended) + torchrun + 1))
-        for a in ended:
-            self.mlflow.set_tag(
-                f"attempt.{a['attempt']}", f"{a['cause']}: {a['detail']} ({a['action']})"[:5000]
-            )
-        if torchrun:
-            self.mlflow.set_tag(
-                f"attempt.torchrun_restart.{torchrun}",
-                "torchrun restarted the workers after a failure",
-            )
-        restarts = sum(a["action"] in ("restart", "requeue") for a in ended) + torchrun
-        self.mlflow.log_metric("restarts", restarts)
-        if ended:
-            self.mlflow.log_table(attempts.table(ledger), artifact_file="attempts.json")
-
     def on_step(self, step: int, metrics: dict[str, float]) -> None: ...
 
     def on_eval(self, step: int, valid_loss: float) -> None: ...
+
+    def on_straggler(self, step: int, line: str) -> None:
+        """A straggler report found a rank slower than `resilience.straggler_ratio`."""
 
     def on_train_end(self, summary: dict[str, Any]) -> None: ...
 
@@ -67,28 +48,6 @@ class ConsoleCallback(Callback):
         for key, value in info.items():
             self.console.print(f"[bold]{key}[/bold]: {value}")
 
-    def _log_attempts(self) -> None:
-        """This attempt's number, the earlier ones' causes (tags, `attempts.json` table) and
-        the restart count; records this run in the launch layer's ledger."""
-        ledger, torchrun = attempts.read(), attempts.torchrun_restarts()
-        ended = ledger.get("attempts", [])
-        run_id = self.run.info.run_id
-        attempts.record_run(self.mlflow.get_tracking_uri(), run_id)
-        self.mlflow.set_tag("attempt", str(len(ended) + torchrun + 1))
-        for a in ended:
-            self.mlflow.set_tag(
-                f"attempt.{a['attempt']}", f"{a['cause']}: {a['detail']} ({a['action']})"[:5000]
-            )
-        if torchrun:
-            self.mlflow.set_tag(
-                f"attempt.torchrun_restart.{torchrun}",
-                "torchrun restarted the workers after a failure",
-            )
-        restarts = sum(a["action"] in ("restart", "requeue") for a in ended) + torchrun
-        self.mlflow.log_metric("restarts", restarts)
-        if ended:
-            self.mlflow.log_table(attempts.table(ledger), artifact_file="attempts.json")
-
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         parts = [f"{k}={metrics[k]:.4g}" for k in self.KEYS if k in metrics]
         self.console.print(f"[cyan]step {step}[/cyan] " + " ".join(parts))
@@ -109,6 +68,11 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def tracking_uri(cfg: LoggingConfig) -> str:
+    """Config, else env MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."""
+    return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+
+
 class MLflowCallback(Callback):
     """Logs the resolved config as params and every metric per step to MLflow.
 
@@ -121,8 +85,7 @@ class MLflowCallback(Callback):
         import mlflow
 
         self.mlflow = mlflow
-        uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-        mlflow.set_tracking_uri(uri)
+        mlflow.set_tracking_uri(tracking_uri(cfg))
         run_id = os.environ.get("MLFLOW_RUN_ID") or resume_run_id
         if not os.environ.get("MLFLOW_RUN_ID"):
             mlflow.set_experiment(cfg.experiment)
@@ -160,24 +123,31 @@ class MLflowCallback(Callback):
                 f"attempt.torchrun_restart.{torchrun}",
                 "torchrun restarted the workers after a failure",
             )
-        restarts = sum(a["action"] in ("restart", "requeue") for a in ended) + torchrun
-        self.mlflow.log_metric("restarts", restarts)
+        restarts = sum(a["action"] == "restart" for a in ended) + torchrun
+        requeues = sum(a["action"] == "requeue" for a in ended)
+        self.mlflow.log_metrics({"restarts": restarts, "requeues": requeues})
         if ended:
             self.mlflow.log_table(attempts.table(ledger), artifact_file="attempts.json")
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        """Queued (MLflow's async logging): a V3 step has ~260 keys; the step does not wait."""
         clean = {k.replace("/", "."): float(v) for k, v in metrics.items()}
-        self.mlflow.log_metrics(clean, step=step)
+        self.mlflow.log_metrics(clean, step=step, synchronous=False)
+
+    def on_straggler(self, step: int, line: str) -> None:
+        self.mlflow.set_tag("straggler", line[:5000])
 
     def on_eval(self, step: int, valid_loss: float) -> None:
         self.mlflow.log_metric("valid_loss", valid_loss, step=step)
 
     def on_train_end(self, summary: dict[str, Any]) -> None:
         self.mlflow.log_dict(summary, "summary.json")
+        self.mlflow.flush_async_logging()
         self.mlflow.end_run()
 
     def on_stop(self, step: int, reason: str) -> None:
         self.mlflow.set_tag("trainer.stopped", reason)
+        self.mlflow.flush_async_logging()
         self.mlflow.end_run(status="KILLED")
 
 

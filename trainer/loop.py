@@ -36,6 +36,7 @@ from trainer.metrics import MetricsCollector
 from trainer.model import build_model, build_transformer_config
 from trainer.precision import megatron_precision_kwargs
 from trainer.schedule import lr_at
+from trainer.straggler import Report, StragglerMonitor
 
 
 def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor) -> tuple:
@@ -86,6 +87,15 @@ class Trainer:
         self.optimizer = self._build_optimizer()
         self._wire_config()
         self.metrics = MetricsCollector(cfg.model, self.model, self.tconfig)
+        res = cfg.resilience
+        slow = (
+            res.inject_slow_factor if torch.distributed.get_rank() == res.inject_slow_rank else 1.0
+        )
+        self.straggler = StragglerMonitor(
+            res.straggler_interval, ps.get_pipeline_model_parallel_rank(), slow
+        )
+        self.straggler_report: Report | None = None
+        """The straggler report of the last step, on the steps that make one."""
         self.step = 0
         self.history: dict[str, Any] = {}
         """Run-level values that survive resume (e.g. the first validation loss, the lineage)."""
@@ -144,8 +154,13 @@ class Trainer:
         c = self.tconfig
         no_sync = [m.no_sync for m in self.model]
         c.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
-        c.finalize_model_grads_func = finalize_model_grads
+        c.finalize_model_grads_func = self._finalize_grads
         c.grad_scale_func = self.optimizer.scale_loss
+
+    def _finalize_grads(self, *args: Any, **kwargs: Any) -> Any:
+        """megatron's gradient reduction; the rank's compute for this step ends here."""
+        self.straggler.arrived()
+        return finalize_model_grads(*args, **kwargs)
 
     # ---- steps ----------------------------------------------------------------------------
     def _run_schedule(self, batches: list[dict], forward_only: bool) -> list[dict]:
@@ -172,6 +187,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One optimizer step on global batch `self.step`; returns reduced metrics."""
         start = time.perf_counter()
+        self.straggler.begin()
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
@@ -187,6 +203,9 @@ class Trainer:
         metrics = self.metrics.reduce(losses, self.num_microbatches)
         metrics.update(grad_norm=float(grad_norm or 0.0), lr=lr)
         metrics.update(self.metrics.throughput(time.perf_counter() - start, self.cfg))
+        self.straggler_report = self.straggler.end(self.step)
+        if self.straggler_report:
+            metrics.update(self.straggler_report.metrics())
         return metrics
 
     def save(self, root: str, keep_last: int) -> str:

@@ -29,6 +29,7 @@ from trainer.loop import Trainer
 from trainer.parallel import initialize_parallel
 from trainer.precision import check_precision_supported
 from trainer.preemption import SignalWatch, TrainingStopped, poll
+from trainer.system_metrics import system_metrics
 from trainer.watchdog import HangWatchdog, inject_fault
 
 
@@ -76,7 +77,12 @@ def fit(
             metrics = trainer.train_step()
             beat(trainer.step)
             speeds.append(metrics["tokens_per_s"])
-            if trainer.step % t.log_interval == 0 or trainer.step == t.steps:
+            _report_stragglers(trainer, cfg.resilience.straggler_ratio, callbacks)
+            if (
+                trainer.step % t.log_interval == 0
+                or trainer.step == t.steps
+                or trainer.straggler_report
+            ):
                 for cb in callbacks:
                     cb.on_step(trainer.step, metrics)
             if t.eval_interval and (trainer.step % t.eval_interval == 0 or trainer.step == t.steps):
@@ -200,6 +206,14 @@ def _imported(folder: str, output: Path) -> Path:
     return output
 
 
+def _report_stragglers(trainer: Trainer, ratio: float, callbacks: list[Callback]) -> None:
+    report = trainer.straggler_report
+    if report and dist.get_rank() == 0 and report.metrics()["straggler/max_ratio"] >= ratio:
+        print(f"[straggler] {report.line()}", flush=True)
+        for cb in callbacks:
+            cb.on_straggler(report.step, report.line())
+
+
 def train(cfg: TrainerConfig) -> dict[str, Any]:
     """Entry for `python -m trainer`: validate, set up, resume, train, write summary.json.
 
@@ -226,7 +240,8 @@ def train(cfg: TrainerConfig) -> dict[str, Any]:
         dist.broadcast_object_list(run_id, src=0)
         trainer.history["mlflow_run_id"] = run_id[0]
     hang_dir = Path(cfg.checkpoint.dir) / "hang"
-    with HangWatchdog(cfg.resilience.hang_timeout_s, rank, dist.get_world_size(), hang_dir) as dog:
+    dog = HangWatchdog(cfg.resilience.hang_timeout_s, rank, dist.get_world_size(), hang_dir)
+    with dog, system_metrics(cfg.logging, trainer.history.get("mlflow_run_id")):
         summary = fit(cfg, trainer, callbacks, info, dog)
     if rank == 0:
         summary_path.parent.mkdir(parents=True, exist_ok=True)

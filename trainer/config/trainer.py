@@ -79,6 +79,10 @@ class LoggingConfig:
     """MLflow tracking URI; None = env MLFLOW_TRACKING_URI or sqlite:///mlflow.db."""
     experiment: str = "trainer"
     """MLflow experiment name when no run id is given."""
+    system_metrics_interval_s: float = 10.0
+    """With mlflow: one process per node samples CPU, memory, disk, network (and GPU where
+    there is one) every this many seconds in a background thread, logged as `system/<host>/*`
+    (MLflow's SystemMetricsMonitor). 0 = off."""
     peak_flops_per_device: float = 1.0e12
     """Peak FLOP/s of one device, the MFU denominator (H100 bf16 dense: 989e12)."""
 
@@ -91,6 +95,14 @@ class ResilienceConfig:
     """A rank without progress (a step, an eval, a save) this long dumps its stacks, writes
     checkpoint.dir/hang/ and exits 76; 0 turns the watchdog off. Keep it above the slowest save
     and first step; it is independent of the collectives' own (distributed) timeout."""
+    straggler_interval: int = 50
+    """Every this many steps compare the ranks' compute times (one all-gather of 3 numbers per
+    rank): `straggler/*` metrics, and a line naming the slowest ranks when one is
+    `straggler_ratio` times its pipeline stage's median or slower. 0 = off."""
+    straggler_ratio: float = 1.2
+    inject_slow_rank: int = -1
+    """Test only: this rank's compute takes `inject_slow_factor` times as long (it sleeps)."""
+    inject_slow_factor: float = 2.0
     inject_hang_rank: int = -1
     """Test only: this rank sleeps forever at the start of step `inject_hang_step` (first
     attempt only: a restarted job runs through)."""
@@ -103,6 +115,10 @@ class ResilienceConfig:
     def __post_init__(self) -> None:
         if self.hang_timeout_s < 0:
             raise ValueError(f"resilience.hang_timeout_s must be >= 0, got {self.hang_timeout_s}")
+        if self.straggler_interval < 0:
+            raise ValueError(
+                f"resilience.straggler_interval must be >= 0, got {self.straggler_interval}"
+            )
 
 
 @dataclass

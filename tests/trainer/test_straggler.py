@@ -1,0 +1,47 @@
+"""resilience.straggler_*: a rank made 2x slower (test hook) is named with its ratio on the
+console and in MLflow; the same run shows per-node system metrics sampled off the step, and
+the steps' metrics arrive although they are logged asynchronously."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from mlflow import MlflowClient
+
+from tests.tiny_corpus import write_tiny_manifest
+from tests.trainer.test_export import REPO, _env
+
+STEPS = 6
+
+
+def test_slow_rank_is_named_and_system_metrics_are_logged(tmp_path):
+    write_tiny_manifest(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "trainer", f"data.manifest={tmp_path / 'manifest.json'}", "data.seq_length=64",
+           "model=tiny_dense", "parallel=dp2", f"train.steps={STEPS}", "train.global_batch_size=4",
+           "train.micro_batch_size=1", "train.eval_interval=0", f"checkpoint.dir={tmp_path / 'ck'}",
+           "resilience.straggler_interval=3", "resilience.inject_slow_rank=1",
+           "resilience.inject_slow_factor=2", "logging.mlflow=true", f"logging.tracking_uri={uri}",
+           "logging.experiment=straggler", "logging.system_metrics_interval_s=0.5"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = re.findall(r"\[straggler\] step (\d+): slowest rank (\d) \((\S+)\) [\d.]+ s = ([\d.]+)x",
+                       done.stdout)  # fmt: skip
+    assert [(int(s), int(r)) for s, r, _, _ in lines] == [(3, 1), (6, 1)], done.stdout[-3000:]
+    assert all(1.6 <= float(x) <= 2.6 for *_, x in lines), lines  # slept as long as it computed
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("straggler").experiment_id])[0]
+    slowest = client.get_metric_history(run.info.run_id, "straggler.slowest_rank")
+    assert [(m.step, m.value) for m in slowest] == [(3, 1.0), (6, 1.0)]
+    assert run.data.metrics["straggler.max_ratio"] >= 1.6
+    assert run.data.tags["straggler"].startswith(f"step {STEPS}: slowest rank 1 (")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(
+        range(1, STEPS + 1)
+    )
+    host = lines[0][2]
+    system = {k for k in run.data.metrics if k.startswith(f"system/{host}/")}
+    assert {f"system/{host}/cpu_utilization_percentage",
+            f"system/{host}/system_memory_usage_megabytes"} <= system, sorted(run.data.metrics)  # fmt: skip
