@@ -7,10 +7,13 @@ after the rename; older checkpoints of the same lineage beyond `keep_last` are p
 Weights are stored as global ShardedTensors, so a checkpoint saved under TP2 or PP2 loads under
 TP1/PP1. Loading checks the marker first: a damaged checkpoint raises CheckpointDamaged and an
 other model's checkpoint CheckpointIncompatible, each one line naming the folder.
+With `checkpoint.async_save` a forked process writes the files while training continues; the
+marker, the rename and `latest` follow only once every rank's write finished (AsyncSaves).
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 import shutil
@@ -23,8 +26,14 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
-from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
+from megatron.core.dist_checkpointing.mapping import (
+    ShardedObject,
+    ShardedTensor,
+    ShardedTensorFactory,
+)
 from megatron.core.dist_checkpointing.strategies import filesystem_async
+from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
@@ -98,30 +107,115 @@ def save_checkpoint(
     extra: dict[str, Any],
     keep_last: int,
     identity: dict[str, Any],
+    saves: AsyncSaves | None = None,
+    write_delay_s: float = 0.0,
 ) -> Path:
     """Write checkpoint `step` atomically, point `latest` at it, prune old ones of its lineage.
 
-    `identity` = {"lineage": ..., "model": {model config fields}} goes into the marker."""
+    `identity` = {"lineage": ..., "model": {model config fields}} goes into the marker. With
+    `saves` the files are written by a forked process while training goes on: the marker,
+    the final name and `latest` come when the write is finalized (`saves.poll/wait`), after
+    megatron gathered every rank's write result and wrote `.metadata`."""
+    if saves is not None:
+        saves.wait()  # at most one save in flight
     final = iteration_dir(root, step)
     tmp = final.with_name(final.name + ".tmp")
-    rank0 = dist.get_rank() == 0
-    if rank0:
+    if dist.get_rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
     _orphan_safe_write_queue()
     state = _full_state(model, optimizer, for_loading=False)
     state["common"] = {"step": step, "layout": _layout_key(), **extra}
-    dist_checkpointing.save(state, str(tmp))
+    finish = functools.partial(_publish, Path(root), final, tmp, step, keep_last, identity)
+    if saves is None:
+        dist_checkpointing.save(state, str(tmp))
+        finish()
+        return final
+    _own_cpu_copies(state)
+    request = dist_checkpointing.save(state, str(tmp), async_sharded_save=True)
+    if write_delay_s and request.async_fn is not None:  # test hook: a slow file system
+        request = request._replace(async_fn=_delayed(request.async_fn, write_delay_s))
+    request.add_finalize_fn(finish)
+    saves.schedule(request, step)
+    return final
+
+
+def _publish(
+    root: Path, final: Path, tmp: Path, step: int, keep_last: int, identity: dict[str, Any]
+) -> None:
+    """Every rank's files are written: marker, final name, `latest`, pruning (rank 0)."""
     dist.barrier()
-    if rank0:
+    if dist.get_rank() == 0:
         marker = {"step": step, "layout": list(_layout_key()), "saved_at": time.time(), **identity}
         write_marker(tmp, marker)
         _replace(final, tmp, identity["lineage"])
-        write_pointer(Path(root), final.name)
-        prune(Path(root), keep_last, identity["lineage"])
+        write_pointer(root, final.name)
+        prune(root, keep_last, identity["lineage"])
     dist.barrier()
-    return final
+
+
+def _own_cpu_copies(state: dict[str, Any]) -> None:
+    """Give an async save its own copy of every CPU tensor. On a GPU megatron stages tensors to
+    host memory before the writer forks; CPU tensors it passes by reference (filesystem_async
+    `_clone_if_needed` clones only views), so the next optimizer step would change what the
+    writer is still writing."""
+
+    def own(value: Any) -> Any:
+        data = getattr(value, "data", None)
+        if isinstance(value, ShardedTensor | ShardedTensorFactory) and isinstance(
+            data, torch.Tensor
+        ):
+            if data.device.type == "cpu":
+                value.data = data.detach().clone()
+        return value
+
+    dict_list_map_inplace(own, state)
+
+
+def _delayed(fn: Callable[..., Any], delay_s: float) -> Callable[..., Any]:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(delay_s)
+        return fn(*args, **kwargs)
+
+    return run
+
+
+class AsyncSaves:
+    """Checkpoint writes in flight (megatron's AsyncCallsQueue: one forked writer per save).
+    `poll()` and `wait()` are collective: call them on every rank together."""
+
+    def __init__(self) -> None:
+        self.queue = AsyncCallsQueue(persistent=False)
+        self.steps: list[int] = []
+
+    @property
+    def pending(self) -> bool:
+        return self.queue.get_num_unfinalized_calls() > 0
+
+    def schedule(self, request: Any, step: int) -> None:
+        self.queue.schedule_async_request(request)
+        self.steps.append(step)
+
+    def poll(self) -> list[int]:
+        """Finalize the saves whose writes ended on every rank; their steps."""
+        return (
+            self._finalized(self.queue.maybe_finalize_async_calls(blocking=False))
+            if self.pending
+            else []
+        )
+
+    def wait(self) -> list[int]:
+        """Block until every save in flight is written and finalized; their steps."""
+        return (
+            self._finalized(self.queue.maybe_finalize_async_calls(blocking=True))
+            if self.pending
+            else []
+        )
+
+    def _finalized(self, calls: list[int]) -> list[int]:
+        done, self.steps = self.steps[: len(calls)], self.steps[len(calls) :]
+        return done
 
 
 def save_weights(

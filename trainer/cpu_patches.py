@@ -435,6 +435,10 @@ _CUDA_FACTORY_MODULES = {  # module: (where upstream needs it, marker in its sou
         "torch.cuda.synchronize()",
     ),
     "megatron.core.dist_checkpointing.exchange_utils": ("load exchange", 'device="cuda"'),
+    "megatron.core.dist_checkpointing.strategies.async_utils": (
+        "async save: TemporalAsyncCaller, AsyncCallsQueue",
+        "torch.cuda.synchronize()",
+    ),
 }
 for _module, (_where, _marker) in _CUDA_FACTORY_MODULES.items():
     PATCHES.append(

@@ -29,7 +29,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 
 from trainer.batches import microbatches
-from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.checkpoint import AsyncSaves, load_checkpoint, save_checkpoint
 from trainer.checkpoint_store import Checkpoint, checkpoint_at
 from trainer.config.trainer import TrainerConfig
 from trainer.metrics import MetricsCollector
@@ -94,6 +94,7 @@ class Trainer:
         self.straggler = StragglerMonitor(
             res.straggler_interval, ps.get_pipeline_model_parallel_rank(), slow
         )
+        self.saves = AsyncSaves() if cfg.checkpoint.async_save else None
         self.straggler_report: Report | None = None
         """The straggler report of the last step, on the steps that make one."""
         self.step = 0
@@ -208,8 +209,17 @@ class Trainer:
             metrics.update(self.straggler_report.metrics())
         return metrics
 
+    def poll_saves(self) -> list[int]:
+        """Finalize async saves that finished on every rank (collective); their steps."""
+        return self.saves.poll() if self.saves else []
+
+    def wait_saves(self) -> list[int]:
+        """Finish every async save in flight (collective); their steps."""
+        return self.saves.wait() if self.saves else []
+
     def save(self, root: str, keep_last: int) -> str:
-        """Checkpoint model, optimizer, RNG and data position (= step) under `root`."""
+        """Checkpoint model, optimizer, RNG and data position (= step) under `root` (written
+        in the background with checkpoint.async_save; see poll_saves/wait_saves)."""
         extra = {
             "consumed_samples": self.step * self.cfg.train.global_batch_size,
             "scheduler": {"step": self.step, "total_steps": self.cfg.train.steps},
@@ -223,7 +233,15 @@ class Trainer:
             "seq_length": self.cfg.data.seq_length,
         }
         saved = save_checkpoint(
-            root, self.step, self.model, self.optimizer, extra, keep_last, identity
+            root,
+            self.step,
+            self.model,
+            self.optimizer,
+            extra,
+            keep_last,
+            identity,
+            self.saves,
+            self.cfg.checkpoint.inject_write_delay_s,
         )
         return str(saved)
 

@@ -75,6 +75,7 @@ def fit(
         while trainer.step < t.steps:
             inject_fault(cfg.resilience, dist.get_rank(), trainer.step + 1)
             metrics = trainer.train_step()
+            _say_saved(trainer.poll_saves())
             beat(trainer.step)
             speeds.append(metrics["tokens_per_s"])
             _report_stragglers(trainer, cfg.resilience.straggler_ratio, callbacks)
@@ -97,13 +98,17 @@ def fit(
             asked = poll(ck.stop_file, watch, due)
             saved = asked.save or bool(ck.save_interval and trainer.step % ck.save_interval == 0)
             if saved:
+                _say_saved(trainer.wait_saves())  # at most one save in flight
                 trainer.save(ck.dir, ck.keep_last)
                 beat(trainer.step)
                 last_save = time.monotonic()
             if asked.stop:
                 _stop(trainer, ck, callbacks, asked.stop, saved_now=saved)
     if metrics:
+        _say_saved(trainer.wait_saves())
         trainer.save(ck.dir, ck.keep_last)
+    _say_saved(trainer.wait_saves())
+    beat(trainer.step)
     warm = speeds[1:] or speeds
     summary = {
         "final_step": trainer.step,
@@ -126,8 +131,10 @@ def _stop(
     saved_now: bool,
 ) -> NoReturn:
     """Checkpoint at the current step (unless just saved), tell the callbacks, raise."""
+    _say_saved(trainer.wait_saves())
     if not saved_now:
         trainer.save(ck.dir, ck.keep_last)
+    _say_saved(trainer.wait_saves())
     stopped = TrainingStopped(trainer.step, reason)
     if dist.get_rank() == 0:
         print(f"[trainer] {stopped}", flush=True)
@@ -204,6 +211,12 @@ def _imported(folder: str, output: Path) -> Path:
     if failure[0]:
         raise ValueError(failure[0])
     return output
+
+
+def _say_saved(steps: list[int]) -> None:
+    if steps and dist.get_rank() == 0:
+        for step in steps:
+            print(f"[checkpoint] iter_{step:07d} complete (written in the background)", flush=True)
 
 
 def _report_stragglers(trainer: Trainer, ratio: float, callbacks: list[Callback]) -> None:

@@ -56,6 +56,12 @@ class CheckpointConfig:
     init_from: str | None = None
     """Checkpoint directory (iter_XXXXXXX) whose model weights initialise a fresh run, or
     `hf:DIR`, a Hugging Face folder (llama, deepseek_v2, deepseek_v3) imported first."""
+    async_save: bool = False
+    """Write checkpoints in a forked process while training continues (megatron-core's async
+    dist_checkpointing save); `latest` moves when every rank's write is finished, checked after
+    each step. Costs one more host copy of the saved state while a save is in flight."""
+    inject_write_delay_s: float = 0.0
+    """Test only: an async save's writer waits this long before writing (a slow file system)."""
     stop_file: str | None = None
     """When this file appears (checked after every step), save a checkpoint and exit with code
     75 so the job is requeued and resumes; conf/trainer.yaml reads env PRETRAIN_STOP_FILE,
