@@ -74,7 +74,7 @@ def plan_jobs(
         jobs.append(
             PlannedJob(
                 "train",
-                CommandJob(command, str(job_dir), per_node=False),
+                CommandJob(command, str(job_dir), per_node=False, restart_on_failure=True),
                 train_cluster,
                 "afterok" if jobs else None,
             )  # fmt: skip

@@ -180,6 +180,9 @@ class CommandJob:
     per_node: bool = True
     """True: `srun` runs it on every node; False: the batch script runs it on the first node
     (a driver that starts its own job steps, e.g. the pipeline's training part)."""
+    restart_on_failure: bool = False
+    """Requeue after a failure (at most `cluster.max_restarts` times): for commands that resume
+    where they stopped, e.g. the pipeline's training part."""
 
     def __post_init__(self) -> None:
         if not self.command:

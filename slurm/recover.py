@@ -1,14 +1,15 @@
 """What a job does when its work ends non-zero: requeue, restart elsewhere, or end with the cause.
 
-    python -m slurm.recover --run-dir D --exit STATUS [--stopped] [--train] \\
+    python -m slurm.recover --run-dir D --exit STATUS [--stopped] [--restartable] \\
         --max-requeues N --max-restarts M [--requeue/--no-requeue] [--err-log F --err-offset B]
 
 The batch script calls it (SIGTERM ignored: a requeue signals the script) after the work ended
 with STATUS != 0. Two budgets, counted in the attempt ledger `<run_dir>/attempts.json`:
 - a stop on the time-limit signal (the stop file exists; the trainer saved a checkpoint) is
   requeued at most `cluster.max_requeues` times;
-- a training job that crashed (a rank died, a Python error) or hung (the trainer's watchdog,
-  exit 76, report in `$PRETRAIN_HANG_REPORT`) is requeued at most `cluster.max_restarts` times.
+- a restartable job (training, the pipeline's training part) that crashed (a rank died, a
+  Python error) or hung (the trainer's watchdog, exit 76, report in `$PRETRAIN_HANG_REPORT`) is
+  requeued at most `cluster.max_restarts` times.
   A node-local failure (a rank killed by a signal, a hang whose suspects all ran on one host)
   also excludes that node from the requeued job (`scontrol requeuehold`, `update
   ExcNodeList=...`, `release`; Slurm refuses ExcNodeList on a running job), unless the
@@ -161,10 +162,10 @@ def decide(args: argparse.Namespace, ledger: dict, failure: Failure) -> tuple[st
         return "stop", (f"stopped on the time-limit signal; no requeue left "
                         f"(cluster.max_requeues={args.max_requeues})")  # fmt: skip
     used = sum(a["action"] == "restart" for a in done)
-    if args.train and args.requeue and used < args.max_restarts:
+    if args.restartable and args.requeue and used < args.max_restarts:
         return "restart", (f"{failure.cause}: {failure.detail}; restarting from the last "
                            f"checkpoint (restart {used + 1} of {args.max_restarts})")  # fmt: skip
-    budget = (f"no restart left (cluster.max_restarts={args.max_restarts})" if args.train
+    budget = (f"no restart left (cluster.max_restarts={args.max_restarts})" if args.restartable
               else "not restarted (only training jobs restart on failure)")  # fmt: skip
     return "fail", f"{failure.cause}: {failure.detail}; {budget}"
 
@@ -263,7 +264,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--exit", type=int, required=True, help="the work's exit status")
     p.add_argument("--stopped", action="store_true", help="the stop file exists (time limit)")
-    p.add_argument("--train", action="store_true", help="a training job (restarts on failure)")
+    p.add_argument("--restartable", action="store_true", help="restart on failure (training)")
     p.add_argument("--requeue", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--max-requeues", type=int, default=0)
     p.add_argument("--max-restarts", type=int, default=0)

@@ -88,6 +88,7 @@ def render_sbatch(job: Job, cluster: ClusterConfig) -> str:
         tasks_per_node=tasks_per_node,
         python=python,
         ray_cli=f"{shlex.quote(python)} -m ray.scripts.scripts",
+        restartable=isinstance(job, TrainJob) or getattr(job, "restart_on_failure", False),
     )
 
 

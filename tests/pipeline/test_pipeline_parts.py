@@ -49,6 +49,8 @@ def test_slurm_job_plan_follows_what_is_left_to_run(tmp_path):
     assert jobs[0].job.command[-2:] == ["part=data", "ray.address=auto"]
     assert "cluster=local" in jobs[1].job.command and "part=train" in jobs[1].job.command
     assert "++stages.train.options.launcher=srun" in jobs[1].job.command
+    # a failed training part is requeued (cluster.max_restarts) and resumes; data jobs are not
+    assert jobs[1].job.restart_on_failure and not jobs[2].job.restart_on_failure
     assert jobs[2].cluster.cpus_per_task == 1 and not jobs[2].cluster.requeue
 
     decisions = plan(graph)

@@ -95,16 +95,16 @@ def test_budgets_are_counted_apart():
     hang = classify(76, False, "", {"summary": "hang after step 3: suspects [1]"}, NODES)
     ledger = {"attempts": []}
     for expected in ("restart", "restart", "fail"):
-        action, message = decide(_args("--train"), ledger, hang)
+        action, message = decide(_args("--restartable"), ledger, hang)
         assert action == expected, message
         ledger["attempts"].append({"action": action})
     assert (
         message == "hang: hang after step 3: suspects [1]; no restart left (cluster.max_restarts=2)"
     )
     stop = classify(75, True, "", None, NODES)  # restarts used up: the time-limit budget is apart
-    assert decide(_args("--train"), ledger, stop)[0] == "requeue"
+    assert decide(_args("--restartable"), ledger, stop)[0] == "requeue"
     ledger["attempts"].append({"action": "requeue"})
-    assert decide(_args("--train"), ledger, stop) == (
+    assert decide(_args("--restartable"), ledger, stop) == (
         "stop",
         "stopped on the time-limit signal; no requeue left (cluster.max_requeues=1)",
     )
@@ -115,7 +115,7 @@ def test_only_training_jobs_restart_and_only_when_requeueable():
     assert decide(_args(), {"attempts": []}, crash)[1].endswith(
         "not restarted (only training jobs restart on failure)"
     )
-    assert decide(_args("--train", "--no-requeue"), {"attempts": []}, crash)[0] == "fail"
+    assert decide(_args("--restartable", "--no-requeue"), {"attempts": []}, crash)[0] == "fail"
 
 
 def test_local_job_is_restarted_by_torchrun_and_resumes(tmp_path):
