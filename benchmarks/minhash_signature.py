@@ -14,7 +14,8 @@ REV (e.g. the fast path before the fix), loaded with `git show REV:data_prep/ded
    pairs built as in datatrove's test_signatures (first X% of the text kept, the rest reversed)
    at X = 25/45/65/85%: lorem ipsum at seed 1 (the pair datatrove's test checks) and averaged
    over 200 permutation seeds; man pages and code averaged over --pairs documents at seed 1.
-3. LSH recall of 1%, 3%, 5% word-edited copies (a pair is a candidate when one bucket of 8
+3. LSH recall of 1%, 3%, 5% word-edited copies (mixed zh/en documents: CJK characters and
+   ASCII words edited alike) (a pair is a candidate when one bucket of 8
    hashes agrees fully) and the false-positive rate: the share of random pairs of documents of
    the same kind with true Jaccard < 0.5 that become candidates (man pages and code share
    boilerplate; "lorem remixes" are 30 sentences drawn with replacement from the lorem text).
@@ -26,6 +27,7 @@ import argparse
 import gzip
 import importlib.util
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -42,6 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from data_prep.dedup import FastMinhashSignature  # noqa: E402
+from data_prep.sample_corpus import CorpusError, en_docs, fetch_packages, zh_man  # noqa: E402
+from data_prep.scripts import CJK  # noqa: E402
 
 XS = (0.25, 0.45, 0.65, 0.85)
 MAX_CHARS = 50_000
@@ -113,6 +117,30 @@ def edit(text: str, frac: float, rng: random.Random) -> str:
     for i in rng.sample(real, max(1, round(len(real) * frac))):
         words[i] = rng.choice(("alpha", "beta", "gamma", "delta", "omega")) + str(rng.randrange(99))
     return " ".join(words)
+
+
+def edit_mixed(text: str, frac: float, rng: random.Random) -> str:
+    """Replace `frac` of the units of a mixed document: CJK characters and ASCII words alike."""
+    toks = re.findall(r"[\u3400-\u9fff]|[A-Za-z0-9]+|\s+|.", text)
+    units = [i for i, t in enumerate(toks) if CJK.match(t) or t[0].isascii() and t[0].isalnum()]
+    for i in rng.sample(units, max(1, round(frac * len(units)))):
+        toks[i] = rng.choice("的一是在不了有和人这") if CJK.match(toks[i]) else "zqxw"
+    return "".join(toks)
+
+
+def mixed_docs(n: int) -> list[str]:
+    """Chinese manual pages (Debian manpages-zh) behind 40 lines of English commands and code
+    (Python's docs): the mix of Chinese technical text, English for its first 2000 characters."""
+    try:
+        root = fetch_packages()
+    except CorpusError as err:
+        print(f"(no mixed zh/en documents: {err})")
+        return []
+    rng = random.Random(11)
+    lines = [ln for _, t in en_docs(root) for ln in t.splitlines()
+             if 20 < len(ln) < 100 and ln.startswith(" ")]  # fmt: skip
+    zh = [t for _, t in zh_man(root) if len(CJK.findall(t)) >= 1500]
+    return ["\n".join(rng.sample(lines, 40)) + "\n" + t for t in rng.sample(zh, min(n, len(zh)))]
 
 
 def bench_speed(texts: list[str], n: int, cfg: MinhashConfig, before, scale: int) -> None:
@@ -198,17 +226,22 @@ def bench_recall(data: dict[str, list[str]], cfg: MinhashConfig, before, pairs: 
     sentences = [s.strip() + "." for s in lorem_ipsum().split(".") if s.strip()]
     lorem_docs = [" ".join(rng.choices(sentences, k=30)) for _ in range(pairs)]
     sets = {k: v[:pairs] for k, v in data.items() if v} | {"lorem remixes": lorem_docs}
+    sets["mixed zh/en"] = mixed_docs(pairs)
     with tempfile.TemporaryDirectory() as tmp:
         st = steps(Path(tmp), cfg, before)
         print(f"{'':14} {'':10} {'1% recall':>9} {'3% recall':>9} {'5% recall':>9} {'FP rate':>8}")
         for label, texts in sets.items():
-            texts = [t for t in texts if len(t.split()) >= 100]
+            mixed = label == "mixed zh/en"
+            texts = [t for t in texts if mixed or len(t.split()) >= 100]
+            if len(texts) < 2:
+                continue
+            editor = edit_mixed if mixed else edit
             edited = {
-                f: [edit(t, f, random.Random(i)) for i, t in enumerate(texts)]
+                f: [editor(t, f, random.Random(i)) for i, t in enumerate(texts)]
                 for f in (0.01, 0.03, 0.05)
             }
             others = [tuple(rng.sample(range(len(texts)), 2)) for _ in range(2000)]
-            ref = st["datatrove"]
+            ref = st["ours" if mixed else "datatrove"]  # datatrove keeps zh sentences as words
             shingles = [ref.get_shingles(t) for t in texts]
             # a false positive: a candidate pair whose true Jaccard is under 0.5
             others = [(i, j) for i, j in others if jaccard(shingles[i], shingles[j]) < 0.5]

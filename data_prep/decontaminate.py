@@ -27,11 +27,9 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from data_prep.accounting import Ledger
+from data_prep.scripts import CJK, CJK_CLASS
 
-_UNIT = re.compile(
-    r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W_\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+"
-)
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_UNIT = re.compile(f"[{CJK_CLASS}]|[^\\W_{CJK_CLASS}]+")
 MIN_UNITS = 4
 """Items with fewer units than this are too generic to index (counted as `skipped`)."""
 
@@ -58,7 +56,7 @@ class TaskIndex:
             self.skipped[task] = self.skipped.get(task, 0) + 1
             return
         self.items[task] = self.items.get(task, 0) + 1
-        cjk = sum(1 for u in seq if _CJK.fullmatch(u))
+        cjk = sum(1 for u in seq if CJK.fullmatch(u))
         n = min(char_n if cjk * 2 > len(seq) else word_n, len(seq))
         grams = self.by_n.setdefault(n, {})
         for i in range(len(seq) - n + 1):

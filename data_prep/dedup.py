@@ -34,7 +34,7 @@ from datatrove.utils.word_tokenizers import (
 )
 
 from data_prep.config import MinhashDedupConfig
-from data_prep.steps import is_chinese
+from data_prep.scripts import CJK_RUN
 
 _MUL = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio odd multiplier for the rolling combination
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -198,19 +198,34 @@ def text_shingles(
     hash_config: HashConfig = _HASH,
     norm_config: TextNormConfig = _NORM,
 ) -> np.ndarray:
-    """Unique shingle hashes of `text`, shape (N, 1).
+    """Unique shingle hashes of `text`, shape (N, 1), script by script.
 
-    Mostly-CJK text: character n-grams, hashed with a vectorised rolling hash (datatrove has no
-    counterpart: its English tokenizer keeps a Chinese sentence as one word).
-    Other text: word n-grams with datatrove's exact values - the words of the language's tokenizer
-    (see WordSplitter), joined by spaces and hashed with `hash_config`'s function - so signatures
-    equal datatrove's MinhashDedupSignature bit for bit. Fewer than `n_words` words: one shingle
-    (datatrove gives none and leaves such a document out of dedup).
+    CJK ideographs (written without spaces): character n-grams over the document's ideographs in
+    order, hashed with a vectorised rolling hash (datatrove has no counterpart: its English
+    tokenizer keeps a Chinese sentence as one word). Everything else (the text with its CJK runs
+    cut out): word n-grams with datatrove's exact values - the words of the language's tokenizer
+    (see WordSplitter), joined by spaces and hashed with `hash_config`'s function - so
+    signatures of text without CJK equal datatrove's MinhashDedupSignature bit for bit. Fewer
+    than `n_words` words: one shingle (datatrove gives none and leaves such a document out).
+
+    Both kinds count in a mixed document (Chinese prose with English commands and paths), so a
+    1% edit changes about 1% of its shingles whichever script it hits; deciding by the majority
+    script made such documents lose whole sentences per edit (a Chinese sentence was one "word").
     """
     simple = simplify(text, norm_config)
-    if is_chinese(simple):
-        cps = np.frombuffer(simple.replace(" ", "").encode("utf-32-le"), dtype=np.uint32)
-        return ngram_hashes(cps.astype(np.uint64) * _MUL, n_chars)
+    found = CJK_RUN.findall(simple)
+    parts = []
+    if found:
+        cps = np.frombuffer("".join(found).encode("utf-32-le"), dtype=np.uint32)
+        parts.append(ngram_hashes(cps.astype(np.uint64) * _MUL, n_chars))
+        simple = CJK_RUN.sub(" ", simple)
+    parts.append(_word_shingles(simple, n_words, language, hash_config))
+    return parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts)).reshape((-1, 1))
+
+
+def _word_shingles(
+    simple: str, n_words: int, language: str | WordTokenizer, hash_config: HashConfig
+) -> np.ndarray:
     words = word_splitter(language)(simple)
     if not words:
         return np.zeros((0, 1), dtype=np.uint64)

@@ -20,10 +20,9 @@ from datatrove.pipeline.base import PipelineStep
 
 from data_prep.accounting import Ledger
 from data_prep.config import RemixConfig
+from data_prep.scripts import CJK_CLASS
 
-_TOKEN = re.compile(
-    r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\s\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+"
-)
+_TOKEN = re.compile(f"[{CJK_CLASS}]|[^\\s{CJK_CLASS}]+")
 REASON = "remix:downsampled"
 HOLDOUT = "remix:holdout"
 _HOLDOUT_SALT = 0x5EED_0FF

@@ -16,18 +16,18 @@ from datatrove.utils.text import TERMINAL_PUNCTUATION
 
 from data_prep.accounting import Ledger, reason_key
 from data_prep.config import LangIdConfig, NormalizeConfig, QualityConfig, QualityLangConfig
+from data_prep.scripts import cjk_share
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\ufeff]")
 # runs of blanks -> one space (matching only where something changes keeps this fast)
 _SPACES = re.compile(r"[ \t\u00a0\u3000]{2,}|[\t\u00a0\u3000]")
 _TRAILING = re.compile(r" +\n *|\n +")
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 def is_chinese(text: str, min_ratio: float = 0.2) -> bool:
     """Cheap script check used when a document carries no language tag."""
     sample = text[:2000]
-    return bool(sample) and len(_CJK.findall(sample)) / len(sample) >= min_ratio
+    return bool(sample) and cjk_share(sample) >= min_ratio
 
 
 def doc_language(doc: Document) -> str:

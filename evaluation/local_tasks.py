@@ -18,7 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+from data_prep.scripts import CJK
+
 _EN_END = re.compile(r"(?<=[.!?])\s+")
 _ZH_END = re.compile(r"(?<=[。！？])")
 MIN_CHARS, MAX_CHARS = 8, 300
@@ -34,7 +35,7 @@ class LocalTask:
 
 def is_chinese(texts: list[str]) -> bool:
     sample = "".join(texts[:50])
-    return len(_CJK.findall(sample)) > 0.3 * max(len(sample.replace(" ", "")), 1)
+    return len(CJK.findall(sample)) > 0.3 * max(len(sample.replace(" ", "")), 1)
 
 
 def sentences(text: str, zh: bool) -> list[str]:

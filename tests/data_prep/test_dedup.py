@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 from data_prep import run_stage
 from data_prep.dedup import ngram_hashes, text_shingles
+from data_prep.scripts import CJK
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +120,53 @@ def test_verify_phase_drops_weak_candidate_pairs(dedup):
     stats = json.loads(logs[0].read_text())
     counts = next(s["stats"] for s in stats if "MinhashVerifyPairs" in s["name"])
     assert 0 < counts["verified_pairs"]["total"] <= counts["candidate_pairs"]["total"]
+
+
+MIXED_ORIGINALS = 12
+
+
+def _mixed_docs(corpus_dir: Path) -> list[str]:
+    """Chinese manual pages behind a block of English commands and code (debian-reference's
+    kind of text): the first 2000 characters say "English", the rest is Chinese prose."""
+    zh = [json.loads(line)["text"] for line in open(corpus_dir / "zh_man.jsonl", encoding="utf-8")]
+    en = [json.loads(line)["text"] for line in open(corpus_dir / "en_docs.jsonl", encoding="utf-8")]
+    lines = [ln for t in en for ln in t.splitlines() if 20 < len(ln) < 100 and ln.startswith(" ")]
+    rng = random.Random(11)
+    long = [t for t in zh if len(CJK.findall(t)) >= 1500]
+    return [
+        "\n".join(rng.sample(lines, 40)) + "\n" + t for t in rng.sample(long, 2 * MIXED_ORIGINALS)
+    ]
+
+
+def _edit_mixed(text: str, frac: float, rng: random.Random) -> str:
+    """Replace `frac` of the units: CJK characters and ASCII words alike."""
+    toks = re.findall(r"[\u3400-\u9fff]|[A-Za-z0-9]+|\s+|.", text)
+    units = [i for i, t in enumerate(toks) if CJK.match(t) or t[0].isascii() and t[0].isalnum()]
+    for i in rng.sample(units, max(1, round(frac * len(units)))):
+        toks[i] = rng.choice("的一是在不了有和人这") if CJK.match(toks[i]) else "zqxw"
+    return "".join(toks)
+
+
+def test_mixed_script_copies_are_near_duplicates_whatever_the_mix(corpus_dir, tmp_path, docs_of):
+    """A 1% edit of a Chinese page behind English commands keeps ~90% of its shingles (deciding
+    by the first 2000 characters made whole Chinese sentences single "words": as low as 0%),
+    and the MinHash stage removes every such copy and no distinct page."""
+    docs = _mixed_docs(corpus_dir)
+    rng = random.Random(3)
+    rows = [{"id": f"orig/{i}", "text": t} for i, t in enumerate(docs)]
+    for i, text in enumerate(docs[:MIXED_ORIGINALS]):
+        copy = _edit_mixed(text, 0.01, rng)
+        a, b = (set(text_shingles(x, 5, 5).ravel().tolist()) for x in (text, copy))
+        assert len(a & b) / len(a | b) >= 0.85, i
+        rows.append({"id": f"copy/{i}", "text": copy})
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "mixed.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    )
+    run_stage("minhash_dedup", [f"input={raw}", f"output={tmp_path / 'out'}", "progress=false"])
+    kept = {d["id"] for d in docs_of(tmp_path / "out")}
+    copies = {f"copy/{i}" for i in range(MIXED_ORIGINALS)}
+    pairs = {f"orig/{i}" for i in range(MIXED_ORIGINALS)}
+    assert not copies & kept and len(pairs & kept) == MIXED_ORIGINALS  # one of each pair stays
+    assert {f"orig/{i}" for i in range(MIXED_ORIGINALS, len(docs))} <= kept
