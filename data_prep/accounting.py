@@ -42,6 +42,7 @@ class Ledger:
         self.bytes_in = 0
         self.removed: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()
         self.samples: dict[str, list[dict]] = defaultdict(list)
         self.start = time.perf_counter()
 
@@ -55,6 +56,10 @@ class Ledger:
     def reject(self, reason: str) -> None:
         self.rejected[reason] += 1
 
+    def count(self, key: str, n: int = 1) -> None:
+        """A stage-specific tally (e.g. PII replaced per kind): stats.json `counts`."""
+        self.counts[key] += n
+
     def flush(self, rank: int) -> None:
         os.makedirs(self.folder, exist_ok=True)
         record = {
@@ -64,6 +69,7 @@ class Ledger:
             "bytes_in": self.bytes_in,
             "removed": dict(self.removed),
             "rejected": dict(self.rejected),
+            "counts": dict(self.counts),
             "samples": self.samples,
             "elapsed_s": time.perf_counter() - self.start,
         }
@@ -150,6 +156,7 @@ def merge_ledgers(folder: str | Path, ranks: int) -> dict:
     total = {"documents_in": 0, "documents_kept": 0, "added": 0, "bytes_in": 0}
     removed: Counter[str] = Counter()
     rejected: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
     samples: dict[str, list] = defaultdict(list)
     elapsed = 0.0
     for rank in range(ranks):
@@ -161,12 +168,14 @@ def merge_ledgers(folder: str | Path, ranks: int) -> dict:
             total[k] += rec[k]
         removed.update(rec["removed"])
         rejected.update(rec["rejected"])
+        counts.update(rec.get("counts", {}))
         for reason, docs in rec["samples"].items():
             samples[reason].extend(docs)
         elapsed = max(elapsed, rec["elapsed_s"])
     return total | {
         "removed": dict(sorted(removed.items())),
         "rejected": dict(sorted(rejected.items())),
+        **({"counts": dict(sorted(counts.items()))} if counts else {}),
         "samples": samples,
         "task_elapsed_s": elapsed,
     }

@@ -16,19 +16,23 @@ from omegaconf import MISSING
 
 from slurm.config import ClusterConfig
 
-STAGES = (
-    "read",
-    "normalize",
-    "langid",
-    "quality",
-    "exact_dedup",
-    "minhash_dedup",
-    "decontaminate",
-    "remix",
-    "train_tokenizer",
-    "tokenize",
-)
+STAGE_SECTIONS = {  # stage -> the config section it reads (others do not affect its fingerprint)
+    "read": "read",
+    "normalize": "normalize",
+    "langid": "langid",
+    "quality": "quality",
+    "exact_dedup": "exact_dedup",
+    "minhash_dedup": "minhash",
+    "pii": "pii",
+    "decontaminate": "decontaminate",
+    "remix": "remix",
+    "train_tokenizer": "train_tokenizer",
+    "tokenize": "tokenize",
+}
+STAGES = tuple(STAGE_SECTIONS)
+"""Every stage, in chain order (the one list the runner, validation and tests read)."""
 EXECUTORS = ("local", "ray", "slurm")
+PII_KINDS = ("id_number", "card", "email", "phone", "ip")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -258,6 +262,19 @@ class RemixConfig:
 
 
 @dataclass
+class PiiConfig:
+    """Replace personal data with placeholders (data_prep.pii): `[EMAIL]`, `[PHONE]`, ..."""
+
+    kinds: list[str] = field(default_factory=lambda: list(PII_KINDS))
+    """Which kinds to redact: id_number, card, email, phone, ip."""
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.kinds) - set(PII_KINDS))
+        _check(not bad, f"pii.kinds: unknown {bad}; choose from {', '.join(PII_KINDS)}")
+        _check(bool(self.kinds), "pii.kinds is empty")
+
+
+@dataclass
 class DecontaminateConfig:
     """Remove documents sharing a long n-gram with an evaluation item (data_prep.decontaminate)."""
 
@@ -335,7 +352,7 @@ class DataPrepConfig:
     """`python -m data_prep stage=NAME input=PATH output=DIR [section.key=value ...]`."""
 
     stage: str = MISSING
-    """Stage to run: read, normalize, langid, quality, exact_dedup, minhash_dedup,
+    """Stage to run: read, normalize, langid, quality, exact_dedup, minhash_dedup, pii,
     decontaminate, remix, train_tokenizer, tokenize."""
     input: str = MISSING
     """Input file, folder or glob of JSONL / JSONL.gz / Parquet."""
@@ -354,6 +371,7 @@ class DataPrepConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     exact_dedup: ExactDedupConfig = field(default_factory=ExactDedupConfig)
     minhash: MinhashDedupConfig = field(default_factory=MinhashDedupConfig)
+    pii: PiiConfig = field(default_factory=PiiConfig)
     decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)
     remix: RemixConfig = field(default_factory=RemixConfig)
     train_tokenizer: TrainTokenizerConfig = field(default_factory=TrainTokenizerConfig)

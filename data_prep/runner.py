@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from data_prep.accounting import merge_ledgers
-from data_prep.config import DataPrepConfig, register_configs
+from data_prep.config import STAGE_SECTIONS, DataPrepConfig, register_configs
 from data_prep.errors import DataPrepError, InputError
 from data_prep.output import LOCK, OutputLock, check_output
 from data_prep.reader import resolve_inputs, write_paths_file
@@ -25,18 +25,6 @@ from data_prep.stages import Phase, StageContext, build_phases
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DONE = "done.json"
-STAGE_SECTION = {  # the config section each stage reads (others do not affect its fingerprint)
-    "read": "read",
-    "normalize": "normalize",
-    "langid": "langid",
-    "quality": "quality",
-    "exact_dedup": "exact_dedup",
-    "minhash_dedup": "minhash",
-    "decontaminate": "decontaminate",
-    "remix": "remix",
-    "train_tokenizer": "train_tokenizer",
-    "tokenize": "tokenize",
-}
 _OUTPUT_GLOBS = (
     "*.jsonl.gz",
     "*.bin",
@@ -122,7 +110,7 @@ def fingerprint(cfg: DataPrepConfig, files: list[str]) -> str:
         "removed_samples",
         "executor",
         "read",
-        STAGE_SECTION[cfg.stage],
+        STAGE_SECTIONS[cfg.stage],
     }
     conf = {k: v for k, v in conf.items() if k in keep}
     h = hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode())
@@ -250,6 +238,7 @@ def _write_stats(
         "documents_kept": merged["documents_kept"],
         "removed": merged["removed"],
         "rejected": merged["rejected"],
+        **({"counts": merged["counts"]} if "counts" in merged else {}),
         **({"added": merged["added"]} if cfg.stage == "remix" else {}),
         "input_files": num_files,
         "bytes_in": merged["bytes_in"],

@@ -16,7 +16,7 @@ import fsspec.compression
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 from datatrove.utils.logging import logger
 
-from data_prep import decontaminate, dedup, remix, shards
+from data_prep import decontaminate, dedup, pii, remix, shards
 from data_prep.accounting import CountIn, Finish, Ledger, LedgerExclusionWriter
 from data_prep.config import DataPrepConfig
 from data_prep.reader import RecordReader
@@ -202,6 +202,9 @@ def build_phases(ctx: StageContext) -> list[Phase]:
         else:
             raw = dedup.minhash_phases(cfg.minhash, work, ctx.read, tail, tasks)
         return [Phase(name, build, n) for name, build, n in raw]
+    if stage == "pii":
+        kinds = tuple(cfg.pii.kinds)
+        return [Phase("main", ctx.simple(lambda led: [pii.RedactPII(kinds, led)]), tasks)]
     if stage == "decontaminate":
         return _decontaminate(ctx, tasks)
     if stage == "remix":
