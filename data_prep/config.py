@@ -17,6 +17,8 @@ from omegaconf import MISSING
 from slurm.config import ClusterConfig
 
 STAGE_SECTIONS = {  # stage -> the config section it reads (others do not affect its fingerprint)
+    "warc": "warc",
+    "url_filter": "url_filter",
     "read": "read",
     "normalize": "normalize",
     "langid": "langid",
@@ -31,6 +33,9 @@ STAGE_SECTIONS = {  # stage -> the config section it reads (others do not affect
 }
 STAGES = tuple(STAGE_SECTIONS)
 """Every stage, in chain order (the one list the runner, validation and tests read)."""
+WEB_STAGES = ("warc", "url_filter")
+"""Where a web chain starts (WARC files in); the others read JSONL/Parquet documents."""
+TEXT_STAGES = tuple(s for s in STAGES if s not in WEB_STAGES)
 EXECUTORS = ("local", "ray", "slurm")
 PII_KINDS = ("id_number", "card", "email", "phone", "ip")
 
@@ -262,6 +267,29 @@ class RemixConfig:
 
 
 @dataclass
+class WarcConfig:
+    """WARC -> main text (data_prep.web): trafilatura through datatrove's extractor."""
+
+    timeout_s: float = 2.0
+    """Per-page extraction time limit (a page past it is removed as `extract:timeout`)."""
+    favour_precision: bool = True
+    """trafilatura favor_precision: less text, less boilerplate."""
+
+    def __post_init__(self) -> None:
+        _check(self.timeout_s > 0, f"warc.timeout_s must be > 0, got {self.timeout_s}")
+
+
+@dataclass
+class UrlFilterConfig:
+    """URL block lists (data_prep.web.UrlFilter); removal reason `url_filter:<file stem>`."""
+
+    block_domains: list[str] = field(default_factory=list)
+    """Files of domains, one per line: the domain and all its subdomains are dropped."""
+    block_substrings: list[str] = field(default_factory=list)
+    """Files of substrings, one per line: URLs containing one (case-insensitive) are dropped."""
+
+
+@dataclass
 class PiiConfig:
     """Replace personal data with placeholders (data_prep.pii): `[EMAIL]`, `[PHONE]`, ..."""
 
@@ -352,8 +380,8 @@ class DataPrepConfig:
     """`python -m data_prep stage=NAME input=PATH output=DIR [section.key=value ...]`."""
 
     stage: str = MISSING
-    """Stage to run: read, normalize, langid, quality, exact_dedup, minhash_dedup, pii,
-    decontaminate, remix, train_tokenizer, tokenize."""
+    """Stage to run: warc, url_filter, read, normalize, langid, quality, exact_dedup,
+    minhash_dedup, pii, decontaminate, remix, train_tokenizer, tokenize."""
     input: str = MISSING
     """Input file, folder or glob of JSONL / JSONL.gz / Parquet."""
     output: str = MISSING
@@ -365,6 +393,8 @@ class DataPrepConfig:
     removed_samples: int = 20
     """Removed documents kept per reason (per task) in removed_samples/."""
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    warc: WarcConfig = field(default_factory=WarcConfig)
+    url_filter: UrlFilterConfig = field(default_factory=UrlFilterConfig)
     read: ReadConfig = field(default_factory=ReadConfig)
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     langid: LangIdConfig = field(default_factory=LangIdConfig)
@@ -395,6 +425,12 @@ class DataPrepConfig:
         _check(
             self.stage != "tokenize" or bool(self.tokenize.tokenizer),
             "stage=tokenize needs tokenize.tokenizer=PATH/tokenizer.json",
+        )
+        _check(
+            self.stage != "url_filter"
+            or bool(self.url_filter.block_domains or self.url_filter.block_substrings),
+            "stage=url_filter needs url_filter.block_domains=[FILE,...] and/or "
+            "url_filter.block_substrings=[FILE,...]",
         )
 
 

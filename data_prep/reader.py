@@ -23,13 +23,17 @@ from data_prep.config import ReadConfig
 from data_prep.errors import InputError
 
 SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet")
+WARC_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
+"""Input of the `warc` stage (every other stage reads SUFFIXES)."""
 
 
-def _is_data_file(path: str) -> bool:
-    return path.endswith(SUFFIXES) and not os.path.basename(path).startswith(".")
+def _is_data_file(path: str, suffixes: tuple[str, ...] = SUFFIXES) -> bool:
+    return path.endswith(suffixes) and not os.path.basename(path).startswith(".")
 
 
-def _folder_files(folder: Path, pattern: str | None) -> list[str]:
+def _folder_files(
+    folder: Path, pattern: str | None, suffixes: tuple[str, ...] = SUFFIXES
+) -> list[str]:
     """Data files under a folder; a stage output folder contributes only its top-level docs."""
     if pattern:
         return sorted(str(p) for p in folder.glob(pattern) if p.is_file())
@@ -38,11 +42,13 @@ def _folder_files(folder: Path, pattern: str | None) -> list[str]:
     return sorted(
         str(p)
         for p in folder.rglob("*")
-        if p.is_file() and _is_data_file(str(p)) and ".work" not in p.parts
+        if p.is_file() and _is_data_file(str(p), suffixes) and ".work" not in p.parts
     )
 
 
-def resolve_inputs(spec: str, pattern: str | None = None) -> list[str]:
+def resolve_inputs(
+    spec: str, pattern: str | None = None, suffixes: tuple[str, ...] = SUFFIXES
+) -> list[str]:
     """Absolute paths of the input files named by a file, a folder or a glob.
 
     Raises InputError (one line) when the path does not exist or holds no data files."""
@@ -52,7 +58,7 @@ def resolve_inputs(spec: str, pattern: str | None = None) -> list[str]:
     if path.is_file():
         files = [str(path.resolve())]
     elif path.is_dir():
-        files = _folder_files(path.resolve(), pattern)
+        files = _folder_files(path.resolve(), pattern, suffixes)
     elif globlib.has_magic(spec):
         files = sorted(
             os.path.abspath(p) for p in globlib.glob(spec, recursive=True) if os.path.isfile(p)
@@ -64,7 +70,7 @@ def resolve_inputs(spec: str, pattern: str | None = None) -> list[str]:
             f"input is a stage output with no documents left (see {path / 'stats.json'})"
         )
     if not files:
-        raise InputError(f"input has no .jsonl/.jsonl.gz/.parquet files: {spec}")
+        raise InputError(f"input has no {'/'.join(suffixes[:4])} files: {spec}")
     return files
 
 

@@ -20,7 +20,7 @@ from data_prep.accounting import merge_ledgers
 from data_prep.config import STAGE_SECTIONS, DataPrepConfig, register_configs
 from data_prep.errors import DataPrepError, InputError
 from data_prep.output import LOCK, OutputLock, check_output
-from data_prep.reader import resolve_inputs, write_paths_file
+from data_prep.reader import SUFFIXES, WARC_SUFFIXES, resolve_inputs, write_paths_file
 from data_prep.stages import Phase, StageContext, build_phases
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -175,7 +175,8 @@ def run_config(cfg: DataPrepConfig) -> dict:
     """Run a validated config; a finished stage with the same fingerprint is not rerun.
 
     Only one run at a time writes an output folder (`OutputLock`); a second one fails at once."""
-    files = resolve_inputs(cfg.input, cfg.read.glob)
+    suffixes = WARC_SUFFIXES if cfg.stage == "warc" else SUFFIXES
+    files = resolve_inputs(cfg.input, cfg.read.glob, suffixes)
     out = Path(cfg.output).expanduser().resolve()
     check_output(out, cfg.output)
     try:

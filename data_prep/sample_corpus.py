@@ -39,18 +39,22 @@ class CorpusError(RuntimeError):
     """The sample corpus cannot be built (no apt, download failed)."""
 
 
-def fetch_packages(cache: Path = CACHE) -> Path:
-    """Download and unpack the packages once; return the extraction root."""
+def fetch_packages(cache: Path = CACHE, packages: tuple[str, ...] = PACKAGES) -> Path:
+    """Download and unpack `packages` once each; return the extraction root."""
     debs, root = cache / "debs", cache / "extract"
-    if (root / ".complete").exists():
+    if (root / ".complete").exists():  # caches from before per-package markers
+        for name in PACKAGES:
+            (root / f".extracted-{name}").touch()
+    todo = [p for p in packages if not (root / f".extracted-{p}").exists()]
+    if not todo:
         return root
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise CorpusError(
             "apt-get/dpkg-deb not found: the sample corpus is built from Debian packages "
-            f"({', '.join(PACKAGES)}); run on Debian/Ubuntu or pass your own JSONL input"
+            f"({', '.join(packages)}); run on Debian/Ubuntu or pass your own JSONL input"
         )
     debs.mkdir(parents=True, exist_ok=True)
-    missing = [p for p in PACKAGES if not list(debs.glob(f"{p}_*.deb"))]
+    missing = [p for p in todo if not list(debs.glob(f"{p}_*.deb"))]
     if missing:
         res = subprocess.run(
             ["apt-get", "download", *missing], cwd=debs, capture_output=True, text=True
@@ -61,9 +65,10 @@ def fetch_packages(cache: Path = CACHE) -> Path:
                 f"apt-get download {' '.join(missing)} failed: {msg[0]} (try: apt-get update)"
             )
     root.mkdir(parents=True, exist_ok=True)
-    for deb in sorted(debs.glob("*.deb")):
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-    (root / ".complete").touch()
+    for name in todo:
+        for deb in sorted(debs.glob(f"{name}_*.deb")):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+        (root / f".extracted-{name}").touch()
     return root
 
 

@@ -16,7 +16,7 @@ import fsspec.compression
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 from datatrove.utils.logging import logger
 
-from data_prep import decontaminate, dedup, pii, remix, shards
+from data_prep import decontaminate, dedup, pii, remix, shards, web
 from data_prep.accounting import CountIn, Finish, Ledger, LedgerExclusionWriter
 from data_prep.config import DataPrepConfig
 from data_prep.reader import RecordReader
@@ -87,6 +87,18 @@ class StageContext:
         led = self.ledger()
         writer = LedgerExclusionWriter(led, step, reason)
         return [*self.read(led), make_filter(writer), *self.tail(led)]
+
+
+def _warc(ctx: StageContext) -> Callable[[], list]:
+    cfg = ctx.cfg
+
+    def build() -> list:
+        led = ctx.ledger()
+        read = web.WarcRecords(ctx.paths_file, led, str(ctx.out / "rejects"))
+        extract = web.ExtractMainText(led, cfg.warc.timeout_s, cfg.warc.favour_precision)
+        return [read, CountIn(led, cfg.stage, cfg.progress), extract, *ctx.tail(led)]
+
+    return build
 
 
 def _remix(ctx: StageContext, tasks: int) -> list[Phase]:
@@ -186,6 +198,11 @@ def build_phases(ctx: StageContext) -> list[Phase]:
     """The phases of `ctx.cfg.stage`."""
     cfg, tasks, work = ctx.cfg, ctx.cfg.executor.tasks, str(ctx.work)
     stage = cfg.stage
+    if stage == "warc":
+        return [Phase("main", _warc(ctx), tasks)]
+    if stage == "url_filter":
+        lists = (cfg.url_filter.block_domains, cfg.url_filter.block_substrings)
+        return [Phase("main", ctx.simple(lambda led: [web.UrlFilter(*lists, led)]), tasks)]
     if stage == "read":
         return [Phase("main", ctx.simple(lambda led: []), tasks)]
     if stage == "normalize":

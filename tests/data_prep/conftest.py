@@ -159,7 +159,7 @@ def docs_of():
 def chain(planted, tmp_path_factory) -> dict:
     """Every stage in order on the planted corpus; returns {stage: (stats, output folder)}."""
     from data_prep import run_stage
-    from data_prep.config import STAGES
+    from data_prep.config import TEXT_STAGES as STAGES
 
     base = tmp_path_factory.mktemp("chain")
     extra = {

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data_prep import run_stage
-from data_prep.config import STAGES
+from data_prep.config import TEXT_STAGES as STAGES
 from data_prep.remix import approx_tokens
 
 

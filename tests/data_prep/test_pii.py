@@ -90,7 +90,9 @@ def test_stage_counts_kinds_and_keeps_every_document(tmp_path, docs_of):
     rows = [{"id": f"{kind}/{i}/{lang}", "text": CONTEXTS[lang].format(item=value)}
             for kind, values in items.items() for i, value in enumerate(values)
             for lang in CONTEXTS]  # fmt: skip
-    rows.append({"id": "clean", "text": "Nothing personal here, just version 3.1.4.1 and 2 + 2 = 4."})
+    rows.append(
+        {"id": "clean", "text": "Nothing personal here, just version 3.1.4.1 and 2 + 2 = 4."}
+    )
     (tmp_path / "in.jsonl").write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     )
