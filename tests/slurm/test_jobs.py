@@ -124,13 +124,14 @@ def test_launch_training_locally_runs_torchrun_with_overrides_and_env(tmp_path):
     )
     assert result.ok
     argv = (tmp_path / "argv").read_text().splitlines()
-    assert argv[:6] == [
+    assert argv[:7] == [
         "-m",
         "torch.distributed.run",
         "--standalone",
         "--nproc-per-node=2",
+        "--max-restarts=2",
         "-m",
         "trainer",
     ]
-    assert argv[6:] == ["train.max_steps=3", f"hydra.run.dir={tmp_path}/run/hydra"]
+    assert argv[7:] == ["train.max_steps=3", f"hydra.run.dir={tmp_path}/run/hydra"]
     assert (tmp_path / "run_id").read_text() == "abc\n"

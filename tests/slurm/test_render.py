@@ -41,7 +41,8 @@ def test_train_script_matches_golden(name):
 
 def test_command_script_matches_golden():
     job = CommandJob(["python", "-c", "print('hi')"], run_dir="/runs/cmd", workdir="/work/project")
-    _check_golden("command_slurm_dev.sbatch", render_sbatch(job, load_cluster("slurm_dev")))
+    cluster = dataclasses.replace(load_cluster("slurm_dev"), python="/opt/venv/bin/python")
+    _check_golden("command_slurm_dev.sbatch", render_sbatch(job, cluster))
 
 
 GOLDEN_DATA = RayJob(
