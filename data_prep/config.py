@@ -9,6 +9,7 @@ into these objects (`OmegaConf.to_object`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -205,6 +206,9 @@ class ExactDedupConfig:
 
     normalize: bool = True
     """Hash simplified text (lowercase, no punctuation, collapsed whitespace)."""
+    against: list[str] = field(default_factory=list)
+    """Indexes of earlier runs (`<their exact_dedup output>/index`): documents already there are
+    removed too, so a new crawl does not re-add them. Every run writes its own `index/`."""
 
 
 @dataclass
@@ -223,6 +227,10 @@ class MinhashDedupConfig:
     """Seed of the permutation parameters."""
     fast: bool = True
     """Use the vectorised shingler (False: datatrove's own spaCy-based signature step)."""
+    against: list[str] = field(default_factory=list)
+    """Indexes of earlier runs (`<their minhash_dedup output>/index`): near copies of documents
+    there are removed too (matched on one LSH band; the full-signature check needs both sides).
+    Every run writes its own `index/`."""
     verify_threshold: float = 0.6
     """Keep an LSH candidate pair only if its full signatures agree on at least this share of
     hashes (estimated Jaccard); 0 disables the check (datatrove's behaviour)."""
@@ -432,6 +440,15 @@ class DataPrepConfig:
             "stage=url_filter needs url_filter.block_domains=[FILE,...] and/or "
             "url_filter.block_substrings=[FILE,...]",
         )
+        against = {"exact_dedup": (self.exact_dedup.against, "*.c4_index"),
+                   "minhash_dedup": (self.minhash.against, "bucket_*/*.minhash.index")}  # fmt: skip
+        folders, pattern = against.get(self.stage, ((), ""))
+        for folder in folders:
+            _check(
+                any(Path(folder).glob(pattern)),
+                f"{self.stage} against {folder}: no {pattern} index files there (name the "
+                f"`index/` folder of an earlier {self.stage} output)",
+            )
 
 
 def register_configs() -> None:

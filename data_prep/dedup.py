@@ -10,6 +10,8 @@ datatrove's own.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import sys
 import unicodedata
 from dataclasses import replace
@@ -384,8 +386,42 @@ def minhash_config(cfg: MinhashDedupConfig) -> dt_minhash.MinhashConfig:
     )
 
 
-def minhash_phases(cfg: MinhashDedupConfig, work: str, read, finish_tail, tasks: int) -> list:
-    """(name, pipeline factory, tasks) for signature -> buckets -> [verify] -> cluster -> filter.
+INDEX = "index"
+"""Sub-folder of a dedup stage's output holding its index (what a later run names in `against`)."""
+
+
+def index_name(output: str) -> str:
+    """This run's index file name: the output folder's name and a hash of its path."""
+    stem = re.sub(r"[^0-9A-Za-z]+", "-", Path(output).name).strip("-") or "run"
+    return f"{stem}-{xxhash.xxh32_hexdigest(str(Path(output).absolute()))}"
+
+
+def gather_indexes(against: list[str], dest: Path, pattern: str) -> str | None:
+    """One folder of links to every index file (`pattern`, relative paths kept) of the
+    `against` folders, for datatrove's steps that read one index folder; None if none."""
+    if not against:
+        return None
+    shutil.rmtree(dest, ignore_errors=True)
+    for i, folder in enumerate(against):
+        files = sorted(Path(folder).glob(pattern))
+        if not files:
+            raise ValueError(
+                f"{folder}: no {pattern} index files (the `index/` of a dedup output?)"
+            )
+        for f in files:
+            rel = f.relative_to(folder)
+            link = dest / rel.parent / f"r{i:02d}-{rel.name}"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(f.absolute())
+    return str(dest)
+
+
+def minhash_phases(
+    cfg: MinhashDedupConfig, work: str, read, finish_tail, tasks: int, output: str
+) -> list:
+    """(name, pipeline factory, tasks) for signature -> index -> buckets -> [verify] -> cluster
+    -> filter; `index` writes this run's index to `<output>/index`, and `buckets` also matches
+    against `cfg.against`.
 
     `read()` returns fresh reader steps; `finish_tail(filter_step_factory)` wraps the filter
     with the accounting/writer steps."""
@@ -411,26 +447,52 @@ def minhash_phases(cfg: MinhashDedupConfig, work: str, read, finish_tail, tasks:
         return finish_tail(lambda w: dt_minhash.MinhashDedupFilter(remove, exclusion_writer=w))
 
     pairs = verified if verify else buckets
+    name = index_name(output)
+
+    def index():
+        return [dt_minhash.MinhashBuildIndex(sigs, f"{output}/{INDEX}", name, config=mh)]
+
+    def bucket_step():
+        against = gather_indexes(
+            cfg.against, Path(work, "minhash", "against"), "bucket_*/*.minhash.index"
+        )
+        return [dt_minhash.MinhashDedupBuckets(sigs, buckets, config=mh, index_folder=against,
+                                               only_dedup_in_index=False)]  # fmt: skip
+
     return [
         ("signature", signature, tasks),
-        (
-            "buckets",
-            lambda: [dt_minhash.MinhashDedupBuckets(sigs, buckets, config=mh)],
-            mh.num_buckets,
-        ),
+        ("index", index, mh.num_buckets),
+        ("buckets", bucket_step, mh.num_buckets),
         *([("verify", verify_step, 1)] if verify else []),
         ("cluster", lambda: [dt_minhash.MinhashDedupCluster(pairs, remove, config=mh)], 1),
         ("filter", filter_step, tasks),
     ]
 
 
-def exact_phases(normalize: bool, work: str, read, finish_tail, tasks: int) -> list:
-    """(name, pipeline factory, tasks) for datatrove's exact dedup: signature -> find -> filter."""
-    cfg = dt_exact.ExactDedupConfig(content_getter=normalized_content if normalize else raw_content)
+def exact_phases(
+    normalize: bool, against: list[str], work: str, read, finish_tail, tasks: int, output: str
+) -> list:
+    """(name, pipeline factory, tasks) for datatrove's exact dedup: signature -> index -> find
+    -> filter; `index` writes this run's index to `<output>/index`, `find` also matches
+    against the indexes of `against` (and within this run: only_dedup_in_index off)."""
+    cfg = dt_exact.ExactDedupConfig(
+        content_getter=normalized_content if normalize else raw_content, only_dedup_in_index=False
+    )
     sigs, dups = f"{work}/exact/sigs", f"{work}/exact/dups"
+
+    def index():
+        return [
+            dt_exact.ExactDedupBuildIndex(sigs, f"{output}/{INDEX}", index_name(output), config=cfg)
+        ]
+
+    def find():
+        folder = gather_indexes(against, Path(work, "exact", "against"), "*.c4_index")
+        return [dt_exact.ExactFindDedups(sigs, dups, index_folder=folder, config=cfg)]
+
     return [
         ("signature", lambda: [*read(), dt_exact.ExactDedupSignature(sigs, config=cfg)], tasks),
-        ("find", lambda: [dt_exact.ExactFindDedups(sigs, dups, config=cfg)], 1),
+        ("index", index, 1),
+        ("find", find, 1),
         (
             "filter",
             lambda: finish_tail(

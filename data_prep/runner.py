@@ -34,6 +34,7 @@ _OUTPUT_GLOBS = (
     "rejects",
     "removed_samples",
     "holdout",
+    "index",
 )
 
 

@@ -214,10 +214,11 @@ def build_phases(ctx: StageContext) -> list[Phase]:
     if stage in ("exact_dedup", "minhash_dedup"):
         reason = "duplicate" if stage == "exact_dedup" else "near_duplicate"
         tail = lambda make: ctx.filter_tail(make, stage, reason)  # noqa: E731
+        ex, out = cfg.exact_dedup, str(ctx.out)
         if stage == "exact_dedup":
-            raw = dedup.exact_phases(cfg.exact_dedup.normalize, work, ctx.read, tail, tasks)
+            raw = dedup.exact_phases(ex.normalize, ex.against, work, ctx.read, tail, tasks, out)
         else:
-            raw = dedup.minhash_phases(cfg.minhash, work, ctx.read, tail, tasks)
+            raw = dedup.minhash_phases(cfg.minhash, work, ctx.read, tail, tasks, out)
         return [Phase(name, build, n) for name, build, n in raw]
     if stage == "pii":
         kinds = tuple(cfg.pii.kinds)

@@ -78,7 +78,13 @@ def build_web_corpus(folder: Path) -> WebCorpus:
             "charset=UTF-8", "charset=gbk"
         )
         corpus.urls["zh/meta_gbk"] = "http://mirror.example.cn/faq/kernel.html"
-        _response(w, corpus.urls["zh/meta_gbk"], meta.replace("\xa0", " ").encode("gbk"), "200 OK", "text/html")
+        _response(
+            w,
+            corpus.urls["zh/meta_gbk"],
+            meta.replace("\xa0", " ").encode("gbk"),
+            "200 OK",
+            "text/html",
+        )
         for img in sorted((zh / "images").glob("*.png"))[:4]:
             _response(
                 w,
