@@ -24,6 +24,7 @@ STAGE_SECTIONS = {  # stage -> the config section it reads (others do not affect
     "normalize": "normalize",
     "langid": "langid",
     "quality": "quality",
+    "quality_model": "quality_model",
     "exact_dedup": "exact_dedup",
     "minhash_dedup": "minhash",
     "pii": "pii",
@@ -198,6 +199,47 @@ class QualityConfig:
 
     def __post_init__(self) -> None:
         _check(self.fallback in ("en", "zh"), "quality.fallback must be 'en' or 'zh'")
+
+
+@dataclass
+class QualityModelConfig:
+    """fastText quality classifier, DCLM-style (data_prep.quality_model): trained on
+    `positives` vs a sample of the stage's input, or loaded from `model`."""
+
+    positives: list[str] = field(default_factory=list)
+    """Reference set (files, folders or globs of JSONL/Parquet) of text to keep more of."""
+    model: str | None = None
+    """A trained fastText model to use instead of training one (e.g. DCLM's released
+    `openhermes_reddit_eli5_vs_rw_v2_bigram_200k_train.bin` with `label=__label__hq`)."""
+    label: str = "__label__hq"
+    """The model's positive label; its probability is `metadata.quality_score`."""
+    threshold: float = 0.5
+    """Keep documents scoring at least this."""
+    keep_top: float | None = None
+    """Instead of `threshold`: keep this top share of the input (threshold taken from the
+    scores of the input sample)."""
+    max_docs_per_class: int = 50_000
+    """Training documents per class (negatives: a seeded sample of the input, spread over tasks)."""
+    holdout: float = 0.1
+    """Share of each class held out to report precision/recall."""
+    max_chars: int = 10_000
+    """Characters of each document the classifier reads."""
+    epochs: int = 10
+    lr: float = 0.5
+    """fastText's learning rate (its tutorial's value for small sets; DCLM-size sets converge too)."""
+    word_ngrams: int = 2
+    """Word n-grams (DCLM's classifier uses bigrams)."""
+    dim: int = 64
+    min_count: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.threshold <= 1.0, "quality_model.threshold must be in [0, 1]")
+        _check(
+            self.keep_top is None or 0.0 < self.keep_top <= 1.0,
+            "quality_model.keep_top must be in (0, 1]",
+        )
+        _check(0.0 < self.holdout < 1.0, "quality_model.holdout must be in (0, 1)")
 
 
 @dataclass
@@ -388,7 +430,7 @@ class DataPrepConfig:
     """`python -m data_prep stage=NAME input=PATH output=DIR [section.key=value ...]`."""
 
     stage: str = MISSING
-    """Stage to run: warc, url_filter, read, normalize, langid, quality, exact_dedup,
+    """Stage to run: warc, url_filter, read, normalize, langid, quality, quality_model, exact_dedup,
     minhash_dedup, pii, decontaminate, remix, train_tokenizer, tokenize."""
     input: str = MISSING
     """Input file, folder or glob of JSONL / JSONL.gz / Parquet."""
@@ -407,6 +449,7 @@ class DataPrepConfig:
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     langid: LangIdConfig = field(default_factory=LangIdConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    quality_model: QualityModelConfig = field(default_factory=QualityModelConfig)
     exact_dedup: ExactDedupConfig = field(default_factory=ExactDedupConfig)
     minhash: MinhashDedupConfig = field(default_factory=MinhashDedupConfig)
     pii: PiiConfig = field(default_factory=PiiConfig)
@@ -439,6 +482,12 @@ class DataPrepConfig:
             or bool(self.url_filter.block_domains or self.url_filter.block_substrings),
             "stage=url_filter needs url_filter.block_domains=[FILE,...] and/or "
             "url_filter.block_substrings=[FILE,...]",
+        )
+        _check(
+            self.stage != "quality_model"
+            or bool(self.quality_model.positives or self.quality_model.model),
+            "stage=quality_model needs quality_model.positives=[FILE|FOLDER,...] (a reference "
+            "set to train on) or quality_model.model=PATH (a trained fastText model)",
         )
         against = {"exact_dedup": (self.exact_dedup.against, "*.c4_index"),
                    "minhash_dedup": (self.minhash.against, "bucket_*/*.minhash.index")}  # fmt: skip

@@ -35,6 +35,7 @@ _OUTPUT_GLOBS = (
     "removed_samples",
     "holdout",
     "index",
+    "model",
 )
 
 

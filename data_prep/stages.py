@@ -16,7 +16,7 @@ import fsspec.compression
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 from datatrove.utils.logging import logger
 
-from data_prep import decontaminate, dedup, pii, remix, shards, web
+from data_prep import decontaminate, dedup, pii, quality_model, remix, shards, web
 from data_prep.accounting import CountIn, Finish, Ledger, LedgerExclusionWriter
 from data_prep.config import DataPrepConfig
 from data_prep.reader import RecordReader
@@ -99,6 +99,28 @@ def _warc(ctx: StageContext) -> Callable[[], list]:
         return [read, CountIn(led, cfg.stage, cfg.progress), extract, *ctx.tail(led)]
 
     return build
+
+
+def _quality_model(ctx: StageContext, tasks: int) -> list[Phase]:
+    cfg = ctx.cfg.quality_model
+    sample, decision = ctx.work / "quality_sample", ctx.work / "threshold.json"
+
+    def train() -> dict:
+        return quality_model.train(cfg, ctx.cfg.read, sample, ctx.work, ctx.out)
+
+    def build_sample() -> list:
+        step = quality_model.QualitySample(
+            str(sample), cfg.max_docs_per_class, cfg.seed, cfg.max_chars
+        )
+        return [*ctx.read(), step]
+
+    def build_filter(led: Ledger) -> list:
+        return [quality_model.QualityModelFilter(str(decision), cfg.label, cfg.max_chars, led)]
+
+    return [
+        Phase("sample", build_sample, tasks, train),
+        Phase("filter", ctx.simple(build_filter), tasks),
+    ]
 
 
 def _remix(ctx: StageContext, tasks: int) -> list[Phase]:
@@ -223,6 +245,8 @@ def build_phases(ctx: StageContext) -> list[Phase]:
     if stage == "pii":
         kinds = tuple(cfg.pii.kinds)
         return [Phase("main", ctx.simple(lambda led: [pii.RedactPII(kinds, led)]), tasks)]
+    if stage == "quality_model":
+        return _quality_model(ctx, tasks)
     if stage == "decontaminate":
         return _decontaminate(ctx, tasks)
     if stage == "remix":

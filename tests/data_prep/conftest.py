@@ -156,7 +156,7 @@ def docs_of():
 
 
 @pytest.fixture(scope="session")
-def chain(planted, tmp_path_factory) -> dict:
+def chain(planted, corpus_dir, tmp_path_factory) -> dict:
     """Every stage in order on the planted corpus; returns {stage: (stats, output folder)}."""
     from data_prep import run_stage
     from data_prep.config import TEXT_STAGES as STAGES
@@ -168,6 +168,11 @@ def chain(planted, tmp_path_factory) -> dict:
             "remix.holdout=0.05",
         ],
         "tokenize": [f"tokenize.tokenizer={base}/train_tokenizer/tokenizer.json"],
+        # scores only (threshold 0): later stages' tests count the planted documents
+        "quality_model": [
+            f"quality_model.positives=[{corpus_dir}/en_docs.jsonl,{corpus_dir}/zh_man.jsonl]",
+            "quality_model.threshold=0",
+        ],
     }
     results, prev = {}, str(planted.raw)
     for stage in STAGES[: STAGES.index("remix") + 1]:

@@ -35,3 +35,14 @@ def test_ray_executor_matches_local(ray_cluster, planted, tmp_path, docs_of):
     assert {d["id"] for d in docs_of(tmp_path / "ray")} == {
         d["id"] for d in docs_of(tmp_path / "local")
     }
+
+
+@pytest.mark.parametrize("stage", ["quality_model", "pii"])
+def test_new_stages_on_ray_match_local(ray_cluster, stage, planted, corpus_dir, tmp_path, docs_of):
+    args = [f"input={planted.raw}/planted_copies.jsonl", "progress=false",
+            f"quality_model.positives=[{corpus_dir}/en_docs.jsonl]"]  # fmt: skip
+    local = run_stage(stage, [*args, f"output={tmp_path / 'local'}"])
+    on_ray = run_stage(stage, [*args, f"output={tmp_path / 'ray'}", "executor=ray"])
+    for key in ("documents_in", "documents_kept", "removed", "counts"):
+        assert on_ray[key] == local[key], key
+    assert docs_of(tmp_path / "ray") == docs_of(tmp_path / "local")
