@@ -125,7 +125,9 @@ def _metrics(pos_scores: list[float], neg_scores: list[float], threshold: float)
     }
 
 
-def train(cfg: QualityModelConfig, read: ReadConfig, sample_dir: Path, work: Path, out: Path) -> dict:
+def train(
+    cfg: QualityModelConfig, read: ReadConfig, sample_dir: Path, work: Path, out: Path
+) -> dict:
     """Train (or load `cfg.model`), evaluate on the held-out split, fix the threshold; writes
     `<out>/model/quality.bin` (when trained) and `<work>/threshold.json`; returns stats."""
     import fasttext
@@ -151,8 +153,15 @@ def train(cfg: QualityModelConfig, read: ReadConfig, sample_dir: Path, work: Pat
         train_file = work / "train.txt"
         train_file.write_text("\n".join(rows) + "\n", encoding="utf-8")
         model = fasttext.train_supervised(
-            input=str(train_file), epoch=cfg.epochs, lr=cfg.lr, wordNgrams=cfg.word_ngrams,
-            dim=cfg.dim, minCount=cfg.min_count, thread=1, seed=cfg.seed, verbose=0,
+            input=str(train_file),
+            epoch=cfg.epochs,
+            lr=cfg.lr,
+            wordNgrams=cfg.word_ngrams,
+            dim=cfg.dim,
+            minCount=cfg.min_count,
+            thread=1,
+            seed=cfg.seed,
+            verbose=0,
         )  # fmt: skip  (thread=1: fastText's hogwild threads make training non-reproducible)
         (out / "model").mkdir(parents=True, exist_ok=True)
         model_path = str(out / "model" / "quality.bin")

@@ -26,7 +26,7 @@ def junk_documents(n_per_kind: int, seed: int = 0) -> list[dict]:
     """SEO spam (en, zh), navigation/cookie boilerplate and keyword lists."""
     rng = random.Random(seed)
     docs = []
-    for i in range(n_per_kind):
+    for _ in range(n_per_kind):
         words = [rng.choice(EN_SPAM) for _ in range(rng.randint(40, 120))]
         docs.append(("seo_en", " ".join(words).capitalize() + "!!!"))
         docs.append(("seo_zh", "".join(rng.choice(ZH_SPAM) for _ in range(rng.randint(40, 120)))))
