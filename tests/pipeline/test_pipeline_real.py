@@ -167,7 +167,7 @@ def _check_mlflow(tmp: Path, run_dir: Path) -> None:
     exp = client.get_experiment_by_name("pipeline").experiment_id
     runs = client.search_runs([exp], filter_string=f"tags.`pipeline.run_dir` = '{run_dir}'")
     by_name = {r.info.run_name: r for r in runs}
-    assert len(by_name) == 22 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len(by_name) == 24 and {r.info.status for r in runs} == {"FINISHED"}
     export = by_name["export"].data.params
     assert export["hf_model_type"] == "deepseek_v3" and export["hf_folder"] == str(
         run_dir / "export" / "hf"
@@ -185,6 +185,9 @@ def _check_mlflow(tmp: Path, run_dir: Path) -> None:
         and "resolved.quality.zh.word_tokenizer" in quality.params
     )
     assert {"stats.json", "removed_samples"} <= artifacts("quality/zh")
+    pii = by_name["pii/zh"].data  # a formatter stage: every document kept, PII tallied
+    assert pii.params["resolved.stage"] == "pii"
+    assert pii.metrics["documents_in"] == pii.metrics["documents_kept"] > 0
     assert "manifest.json" in artifacts("tokenize") and "tokenizer.json" in artifacts(
         "train_tokenizer"
     )

@@ -76,9 +76,9 @@ def test_pipeline_on_slurm_matches_a_local_run(tmp_path):
     stages = [
         r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
     ]
-    assert len(stages) == 21 and {r.info.status for r in stages} == {
+    assert len(stages) == 23 and {r.info.status for r in stages} == {
         "FINISHED"
-    }  # + export, eval, decontaminate x2
+    }  # + export, eval, pii x2, decontaminate x2
     assert "loss" in runs["train"].data.metrics
 
 
