@@ -130,6 +130,8 @@ _FILTERS = {
     "fineweb": "datatrove.pipeline.filters.fineweb_quality_filter:FineWebQualityFilter",
 }
 
+_FAST_FILTERS = {"gopher_repetition": "FastGopherRepetition", "gopher_quality": "FastGopherQuality"}
+"""Equivalents of datatrove's filters for whitespace-free words (FastWordTokenizer's)."""
 
 # FineWeb's line-punctuation rule: a line ending in terminal punctuation followed by a closing
 # quote or bracket ('... it.)', '……。」') also ends a sentence.
@@ -162,6 +164,8 @@ def build_quality_filters(
         if kwargs is None:
             continue
         module, cls = target.split(":")
+        if fast_words and key in _FAST_FILTERS:  # same decisions, faster (data_prep.fast_filters)
+            module, cls = "data_prep.fast_filters", _FAST_FILTERS[key]
         try:
             filt = getattr(importlib.import_module(module), cls)(
                 **_filter_kwargs(key, dict(kwargs)), language=words

@@ -8,6 +8,7 @@ chain tokenizes each document once.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import OrderedDict
 
@@ -18,7 +19,7 @@ _ZH_CODES = ("cmn", "zh", "zho")
 
 
 class _Memo:
-    def __init__(self, size: int = 4):
+    def __init__(self, size: int = 16):
         self.size = size
         self.items: OrderedDict = OrderedDict()
 
@@ -47,6 +48,63 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+_PURE_HAN = re.compile("[\u4e00-\u9fd5]+\\Z")  # jieba's own ideograph range
+
+
+class JiebaWords:
+    """`jieba.lcut(text)` (accurate mode, HMM on), word for word, about 3x faster.
+
+    jieba cuts text into blocks (ideographs, ASCII letters/digits and `+#&._%-`) and segments
+    each block on its dictionary DAG with an HMM for unknown runs. Pure-ideograph blocks (most of
+    the work) go to rjieba, the Rust port of the same algorithm with the same dictionary; blocks
+    mixing ideographs with ASCII go to jieba's own block cutter (rjieba splits `a-b`, `x.org`
+    differently), memoised since option names and paths repeat; everything else is cut exactly as
+    jieba does. Identical to jieba on every Chinese document of the sample corpus (tested)."""
+
+    def __init__(self, cache_blocks: int = 1 << 16):
+        import jieba
+        import rjieba
+
+        jieba.initialize()
+        self._rust = rjieba.cut
+        self._han, self._skip = jieba.re_han_default, jieba.re_skip_default
+        self._mixed = functools.lru_cache(maxsize=cache_blocks)(self._cut_mixed)
+        self._cut_dag = jieba.dt._Tokenizer__cut_DAG  # what jieba.lcut runs per block
+
+    def _cut_mixed(self, block: str) -> tuple[str, ...]:
+        return tuple(self._cut_dag(block))
+
+    def __call__(self, text: str, spaces: bool = True) -> list[str]:
+        """jieba's words; `spaces=False` leaves out the whitespace tokens."""
+        out: list[str] = []
+        # both patterns have one capturing group: split() alternates other / matched pieces
+        for i, block in enumerate(self._han.split(text)):
+            if not block:
+                continue
+            if i & 1:
+                out.extend(self._rust(block) if _PURE_HAN.match(block) else self._mixed(block))
+                continue
+            for j, part in enumerate(self._skip.split(block)):
+                if j & 1:
+                    if spaces:
+                        out.append(part)
+                else:
+                    out.extend(part)  # jieba yields other characters one by one
+        return out
+
+
+_JIEBA: JiebaWords | None = None
+
+
+def jieba_words(text: str, spaces: bool = True) -> list[str]:
+    """Words of `text` exactly as `jieba.lcut(text)` gives them (see JiebaWords); without
+    the whitespace tokens if `spaces` is False."""
+    global _JIEBA
+    if _JIEBA is None:
+        _JIEBA = JiebaWords()
+    return _JIEBA(text, spaces)
+
+
 class FastWordTokenizer(WordTokenizer):
     """jieba words for Chinese, whitespace-separated words otherwise; memoised."""
 
@@ -57,9 +115,7 @@ class FastWordTokenizer(WordTokenizer):
 
     def _words(self, text: str) -> list[str]:
         if self.chinese:
-            import jieba
-
-            return [w for w in jieba.lcut(text) if not w.isspace()]
+            return jieba_words(text, spaces=False)
         return text.split()  # whitespace words, as in the Gopher paper's rules
 
     def word_tokenize(self, text: str) -> list[str]:
