@@ -330,10 +330,13 @@ class MinhashVerifyPairs(dt_minhash.PipelineStep):
 
     LSH buckets admit pairs that collide in one band (a pair with Jaccard 0.4 does so ~1% of the
     time at 14x8). The share of equal hashes over all bands estimates Jaccard (+-0.05 with 112
-    hashes); pairs below `threshold` are dropped. Loads every signature (8 bytes x hashes per doc)."""
+    hashes); pairs below `threshold` are dropped. Streams: each task takes every world_size-th
+    `.dups` file and reads, chunk by chunk, only the signatures of documents in its pairs, so
+    memory grows with the candidate pairs, not the corpus (8 bytes x hashes per candidate)."""
 
     name = "MinhashVerifyPairs"
     type = "DEDUP"
+    CHUNK = 1 << 20  # signature records read at a time
 
     def __init__(
         self, sigs: str, dups: str, output: str, config: dt_minhash.MinhashConfig, threshold: float
@@ -343,36 +346,59 @@ class MinhashVerifyPairs(dt_minhash.PipelineStep):
         self.config = config
         self.threshold = threshold
 
-    def _load_signatures(self) -> dict[int, np.ndarray]:
-        """rank -> array (docs, num_buckets * hashes_per_bucket) of full signatures."""
+    def gather(self, keys: np.ndarray) -> np.ndarray:
+        """Full signatures (len(keys), bands * rows) of documents `keys` (sorted rank<<32|doc)."""
         cfg, hpb = self.config, self.config.hashes_per_bucket
         rec = np.dtype([("h", cfg.hash_config.np_dtype, (hpb,)), ("doc", "<u4")])
-        parts: dict[int, dict[int, np.ndarray]] = {}
+        out = np.zeros((len(keys), cfg.num_buckets * hpb), dtype=cfg.hash_config.np_dtype)
+        ranks = np.unique(keys >> np.uint64(32))
         for bucket in range(cfg.num_buckets):
-            for path in Path(self.sigs, f"bucket_{bucket:03d}").glob("*.minhash.sig"):
-                rank = int(path.name.split(".")[0])
-                parts.setdefault(rank, {})[bucket] = np.fromfile(path, dtype=rec)
-        full = {}
-        for rank, by_bucket in parts.items():
-            n = max((int(r["doc"].max()) + 1 for r in by_bucket.values() if len(r)), default=0)
-            arr = np.zeros((n, cfg.num_buckets * hpb), dtype=cfg.hash_config.np_dtype)
-            for bucket, r in by_bucket.items():
-                arr[r["doc"], bucket * hpb : (bucket + 1) * hpb] = r["h"]
-            full[rank] = arr
-        return full
+            for rank in ranks.tolist():
+                path = Path(self.sigs, f"bucket_{bucket:03d}", f"{rank:05d}.minhash.sig")
+                if not path.exists() or path.stat().st_size == 0:
+                    continue
+                sigs = np.memmap(path, dtype=rec, mode="r")
+                for start in range(0, len(sigs), self.CHUNK):
+                    chunk = sigs[start : start + self.CHUNK]
+                    k = (np.uint64(rank) << np.uint64(32)) | chunk["doc"].astype(np.uint64)
+                    pos = np.minimum(np.searchsorted(keys, k), len(keys) - 1)
+                    hit = keys[pos] == k
+                    out[pos[hit], bucket * hpb : (bucket + 1) * hpb] = chunk["h"][hit]
+                del sigs
+        return out
+
+    def verify(self, pairs: np.ndarray) -> np.ndarray:
+        """Which candidate pairs (rows f1, d1, f2, d2) agree on >= threshold of their hashes;
+        pairs with an index document (SENTINEL: no full signature there) are kept."""
+        keep = np.ones(len(pairs), dtype=bool)
+        ours = (pairs[:, 0] != dt_minhash.SENTINEL) & (pairs[:, 2] != dt_minhash.SENTINEL)
+        p = pairs[ours].astype(np.uint64)
+        a, b = (p[:, 0] << np.uint64(32)) | p[:, 1], (p[:, 2] << np.uint64(32)) | p[:, 3]
+        keys = np.unique(np.concatenate([a, b]))
+        self.stat_update("signatures_loaded", value=len(keys))
+        if len(keys):
+            sig = self.gather(keys)
+            ia, ib = np.searchsorted(keys, a), np.searchsorted(keys, b)
+            agree = np.empty(len(p), dtype=bool)
+            for s in range(0, len(p), 1 << 16):  # bounded temporaries
+                e = s + (1 << 16)
+                agree[s:e] = (sig[ia[s:e]] == sig[ib[s:e]]).mean(axis=1) >= self.threshold
+            keep[ours] = agree
+        return keep
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        full = self._load_signatures()
         os.makedirs(self.output, exist_ok=True)
-        for path in sorted(Path(self.dups).glob("*.dups")):
-            pairs = np.fromfile(path, dtype="<u4").reshape(-1, 4)
-            keep = np.ones(len(pairs), dtype=bool)
-            for i, (f1, d1, f2, d2) in enumerate(pairs.tolist()):
-                if f1 in full and f2 in full:  # index matches (SENTINEL) are kept as they are
-                    keep[i] = np.mean(full[f1][d1] == full[f2][d2]) >= self.threshold
-            self.stat_update("candidate_pairs", value=len(pairs))
-            self.stat_update("verified_pairs", value=int(keep.sum()))
-            pairs[keep].tofile(Path(self.output, path.name))
+        files = sorted(Path(self.dups).glob("*.dups"))[rank::world_size]
+        if not files:
+            return
+        parts = [np.fromfile(path, dtype="<u4").reshape(-1, 4) for path in files]
+        keep = self.verify(np.concatenate(parts))
+        self.stat_update("candidate_pairs", value=len(keep))
+        self.stat_update("verified_pairs", value=int(keep.sum()))
+        start = 0
+        for path, pairs in zip(files, parts, strict=True):
+            pairs[keep[start : start + len(pairs)]].tofile(Path(self.output, path.name))
+            start += len(pairs)
         return
         yield
 
@@ -463,10 +489,41 @@ def minhash_phases(
         ("signature", signature, tasks),
         ("index", index, mh.num_buckets),
         ("buckets", bucket_step, mh.num_buckets),
-        *([("verify", verify_step, 1)] if verify else []),
+        *([("verify", verify_step, min(tasks, mh.num_buckets))] if verify else []),
         ("cluster", lambda: [dt_minhash.MinhashDedupCluster(pairs, remove, config=mh)], 1),
         ("filter", filter_step, tasks),
     ]
+
+
+class ExactIndex(dt_exact.ExactDedupBuildIndex):
+    """datatrove's ExactDedupBuildIndex, but a signature file with no hashes (a task that got no
+    documents, an empty hash range) is skipped instead of ending the phase with StopIteration."""
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        import heapq
+        import struct
+
+        assert world_size == 1, "the exact index is written by one task"
+        with self.stats.time_stats:
+            files = self.data_folder.list_files(glob_pattern="*/*.c4_sig")
+            readers = [
+                dt_exact.read_sigs(
+                    f, i, self.config.hash_config, lines_to_buffer=self.lines_to_buffer
+                )
+                for i, f in enumerate(self.data_folder.open_files(files))
+            ]
+            pq = [x for x in (next(r, None) for r in readers) if x is not None]
+            heapq.heapify(pq)
+            fmt = f"<{self.config.hash_config.struct_format}"
+            with self.output_folder.open(f"{self.index_name}.c4_index", mode="wb") as out:
+                last = None
+                while pq:
+                    v = heapq.heappop(pq)
+                    if last != v.hash_value:
+                        out.write(struct.pack(fmt, v.hash_value))
+                    last = v.hash_value
+                    if (nxt := next(readers[v.file_id], None)) is not None:
+                        heapq.heappush(pq, nxt)
 
 
 def exact_phases(
@@ -474,25 +531,28 @@ def exact_phases(
 ) -> list:
     """(name, pipeline factory, tasks) for datatrove's exact dedup: signature -> index -> find
     -> filter; `index` writes this run's index to `<output>/index`, `find` also matches
-    against the indexes of `against` (and within this run: only_dedup_in_index off)."""
+    against the indexes of `against` (and within this run: only_dedup_in_index off).
+    Signatures are split into `tasks` hash ranges, so `find` runs as `tasks` parallel merges
+    (each streams its range's sorted files; with `against`, each also reads the old indexes)."""
     cfg = dt_exact.ExactDedupConfig(
         content_getter=normalized_content if normalize else raw_content, only_dedup_in_index=False
     )
     sigs, dups = f"{work}/exact/sigs", f"{work}/exact/dups"
 
+    def signature():
+        return [*read(), dt_exact.ExactDedupSignature(sigs, config=cfg, finder_workers=tasks)]
+
     def index():
-        return [
-            dt_exact.ExactDedupBuildIndex(sigs, f"{output}/{INDEX}", index_name(output), config=cfg)
-        ]
+        return [ExactIndex(sigs, f"{output}/{INDEX}", index_name(output), config=cfg)]
 
     def find():
         folder = gather_indexes(against, Path(work, "exact", "against"), "*.c4_index")
         return [dt_exact.ExactFindDedups(sigs, dups, index_folder=folder, config=cfg)]
 
     return [
-        ("signature", lambda: [*read(), dt_exact.ExactDedupSignature(sigs, config=cfg)], tasks),
+        ("signature", signature, tasks),
         ("index", index, 1),
-        ("find", find, 1),
+        ("find", find, tasks),
         (
             "filter",
             lambda: finish_tail(

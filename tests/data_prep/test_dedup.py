@@ -37,6 +37,7 @@ def dedup(planted, corpus_dir, tmp_path_factory, docs_of) -> dict:
         "after_exact": {d["id"] for d in docs_of(base / "exact")},
         "after_minhash": {d["id"] for d in docs_of(base / "minhash")},
         "minhash_dir": base / "minhash",
+        "raw": raw,
     }
 
 
@@ -170,3 +171,26 @@ def test_mixed_script_copies_are_near_duplicates_whatever_the_mix(corpus_dir, tm
     pairs = {f"orig/{i}" for i in range(MIXED_ORIGINALS)}
     assert not copies & kept and len(pairs & kept) == MIXED_ORIGINALS  # one of each pair stays
     assert {f"orig/{i}" for i in range(MIXED_ORIGINALS, len(docs))} <= kept
+
+
+def test_parallel_tasks_remove_the_same_documents(dedup, tmp_path):
+    """3 tasks: exact `find` runs as 3 hash-range merges and MinHash `verify` as 3 streams;
+    the same number of documents goes for the same reasons as with 1 task."""
+    exact = run_stage("exact_dedup", [f"input={dedup['raw']}", f"output={tmp_path / 'exact'}",
+                                      "progress=false", "executor.tasks=3"])  # fmt: skip
+    assert exact["removed"] == dedup["exact"]["removed"]
+    assert exact["documents_kept"] == dedup["exact"]["documents_kept"]
+    near = run_stage("minhash_dedup", [f"input={tmp_path / 'exact'}", "progress=false",
+                                       f"output={tmp_path / 'minhash'}", "executor.tasks=3"])  # fmt: skip
+    assert near["removed"] == dedup["minhash"]["removed"]
+    assert len(list((tmp_path / "exact" / ".work" / "exact" / "dups").iterdir())) == 3
+
+
+def test_verify_reads_only_the_signatures_of_candidate_documents(dedup):
+    stats = json.loads(
+        next((dedup["minhash_dir"] / ".work").glob("logs/verify/stats.json")).read_text()
+    )
+    verify = next(s for s in stats if s["name"].endswith("MinhashVerifyPairs"))["stats"]
+    loaded = verify["signatures_loaded"]["total"]
+    assert 0 < loaded < 0.5 * dedup["minhash"]["documents_in"]
+    assert verify["verified_pairs"]["total"] <= verify["candidate_pairs"]["total"]
