@@ -92,6 +92,8 @@ class MegatronShards(PipelineStep):
         self.info_folder = info_folder
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        from concurrent.futures import ThreadPoolExecutor
+
         from datatrove.utils.batching import batched
         from tokenizers import Tokenizer
 
@@ -99,39 +101,55 @@ class MegatronShards(PipelineStep):
         eod = tok.token_to_id(self.cfg.eod_token)
         if eod is None:
             raise ValueError(f"tokenizer {self.tokenizer_path} has no token {self.cfg.eod_token!r}")
-        token_size = 4 if tok.get_vocab_size() > 65536 else 2
-        files: dict[str, MegatronTokenizedFile] = {}
-        info: dict[str, dict] = {}
-        for batch in batched(data, self.cfg.batch_size):
-            encoded = tok.encode_batch([d.text for d in batch], add_special_tokens=False)
-            for doc, enc in zip(batch, encoded, strict=True):
-                domain = doc.metadata.get("domain", "unknown")
-                prefix = f"{_slug(domain)}_{rank:05d}"
-                if prefix not in files:
-                    files[prefix] = MegatronTokenizedFile(
-                        self.output_folder, prefix, token_size=token_size
-                    )
-                    info[prefix] = {
-                        "prefix": prefix, "domain": domain, "documents": 0, "tokens": 0,
-                        "max_token_id": eod,
-                    }  # fmt: skip
-                ids = enc.ids + [eod]
-                files[prefix].write(ids)
-                rec = info[prefix]
-                rec["documents"] += 1
-                rec["tokens"] += len(ids)
-                rec["max_token_id"] = max(rec["max_token_id"], max(ids))
-                yield doc
-        for f in files.values():
+        self.eod, self.rank = eod, rank
+        self.token_size = 4 if tok.get_vocab_size() > 65536 else 2
+        self.files: dict[str, MegatronTokenizedFile] = {}
+        self.info: dict[str, dict] = {}
+        # ids only (no character offsets): ~20% less encoding work than encode_batch
+        encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+        # the encoder releases the GIL: batch k+1 is read and encoded while batch k is written
+        with ThreadPoolExecutor(1) as pool:
+            pending = None
+            for batch in batched(data, self.cfg.batch_size):
+                texts = [d.text for d in batch]
+                future = pool.submit(encode, texts, add_special_tokens=False)
+                if pending is not None:
+                    yield from self._write(*pending)
+                pending = (batch, future)
+            if pending is not None:
+                yield from self._write(*pending)
+        for f in self.files.values():
             f.close()
         os.makedirs(self.info_folder, exist_ok=True)
         shard_info = {
             "eod": eod,
             "vocab_size": tok.get_vocab_size(),
-            "token_size": token_size,
-            "shards": list(info.values()),
+            "token_size": self.token_size,
+            "shards": list(self.info.values()),
         }
         (Path(self.info_folder) / f"{rank:05d}.json").write_text(json.dumps(shard_info))
+
+    def _write(self, batch: list, future) -> DocumentsPipeline:
+        """Append each document's ids + EOD to the shard of its domain."""
+        for doc, enc in zip(batch, future.result(), strict=True):
+            domain = doc.metadata.get("domain", "unknown")
+            prefix = f"{_slug(domain)}_{self.rank:05d}"
+            if prefix not in self.files:
+                self.files[prefix] = MegatronTokenizedFile(
+                    self.output_folder, prefix, token_size=self.token_size
+                )
+                self.info[prefix] = {
+                    "prefix": prefix, "domain": domain, "documents": 0, "tokens": 0,
+                    "max_token_id": self.eod,
+                }  # fmt: skip
+            ids = enc.ids
+            ids.append(self.eod)
+            self.files[prefix].write(ids)
+            rec = self.info[prefix]
+            rec["documents"] += 1
+            rec["tokens"] += len(ids)
+            rec["max_token_id"] = max(rec["max_token_id"], max(ids))
+            yield doc
 
 
 def _set_weights(
