@@ -7,11 +7,11 @@ Corpus (generated, deterministic): each document is 3-8 paragraphs drawn at rand
 language's paragraph pool of the Debian sample corpus (zh man pages and poems, Python docs and
 fortunes; ~10^4 paragraphs per language), so documents are distinct but real text; then 5% are
 exact copies of earlier documents and 5% are near copies (1% of words / CJK characters
-replaced). Files of 10,000 documents, so `--tasks` workers share the input.
+replaced). At least 4 files per task (at most 10,000 documents each), so every task works.
 
 Each stage runs as its own `python -m data_prep` process (executor.tasks = executor.workers =
 --tasks); the figures per stage: wall seconds, documents in per second, and the peak RSS of the
-largest process of that stage (the driver or a task). Linear cost: docs/s flat across sizes;
+largest process of that stage (the driver or a task; the process tree is sampled every 0.1 s). Linear cost: docs/s flat across sizes;
 bounded memory: peak RSS flat (it is set by batch sizes and per-task state, not corpus size).
 Also printed: planted copies found (exact_dedup removals vs exact copies planted, minhash_dedup
 removals vs near copies planted).
@@ -32,11 +32,23 @@ from pathlib import Path
 STAGES = "read,normalize,langid,quality,exact_dedup,minhash_dedup,pii"
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 _MEASURE = """
-import resource, subprocess, sys, time
+import subprocess, sys, time
+import psutil
 start = time.perf_counter()
-code = subprocess.run(sys.argv[1:]).returncode
-wall = time.perf_counter() - start
-print(code, wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+proc = subprocess.Popen(sys.argv[1:])
+root, peak = psutil.Process(proc.pid), 0
+while proc.poll() is None:  # the tasks run under a fork server: sample the whole tree
+    try:
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        break
+    for p in tree:
+        try:
+            peak = max(peak, p.memory_info().rss)
+        except psutil.NoSuchProcess:
+            pass
+    time.sleep(0.1)
+print(proc.returncode, time.perf_counter() - start, peak // 1024)
 """
 
 
@@ -64,8 +76,9 @@ def _edit(text: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def generate(pools: dict[str, list[str]], n: int, out: Path, per_file: int = 10_000) -> dict:
-    """n documents in files of `per_file`; returns the planted counts."""
+def generate(pools: dict[str, list[str]], n: int, out: Path, files: int) -> dict:
+    """n documents in `files` files; returns the planted counts."""
+    per_file = -(-n // files)
     rng = random.Random(n)
     out.mkdir(parents=True, exist_ok=True)
     docs: list[dict] = []
@@ -115,7 +128,8 @@ def main() -> None:
     for n in args.docs:
         base = work / f"n{n}"
         t = time.perf_counter()
-        planted = generate(pools, n, base / "raw")
+        # at least 4 files per task so every task works; at most 10,000 documents per file
+        planted = generate(pools, n, base / "raw", max(4 * args.tasks, -(-n // 10_000)))
         mb = sum(f.stat().st_size for f in (base / "raw").glob("*.jsonl")) / 1e6
         print(f"\n{n} documents ({mb:.0f} MB, generated in {time.perf_counter() - t:.0f} s), "
               f"planted {planted['exact']} exact + {planted['near']} near copies")  # fmt: skip
@@ -132,12 +146,15 @@ def main() -> None:
                   f"docs/s  peak RSS {x['rss_mb']:6.0f} MB  removed {x['removed']}")  # fmt: skip
             prev = base / stage
         print(f"  chain: {total:.0f} s, {n / total:.0f} docs/s end to end")
-    print("\nscaling (per stage: docs/s and peak RSS, each size vs the smallest)")
+    print("\nscaling per stage vs the smallest size: time per document (x1.00 = linear; start-up"
+          " costs make small sizes dearer) and peak RSS (x1.00 = flat)")  # fmt: skip
     first = {r["stage"]: r for r in rows if r["docs"] == args.docs[0]}
     for r in rows:
         f = first[r["stage"]]
-        print(f"  {r['docs']:>8d} {r['stage']:14s} docs/s x{r['docs_per_s'] / f['docs_per_s']:.2f}"
-              f"  RSS x{r['rss_mb'] / f['rss_mb']:.2f}")  # fmt: skip
+        per_doc = (r["wall_s"] / r["in"]) / (f["wall_s"] / f["in"])
+        print(
+            f"  {r['docs']:>8d} {r['stage']:14s} s/doc x{per_doc:.2f}  RSS x{r['rss_mb'] / f['rss_mb']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -46,3 +46,18 @@ def test_new_stages_on_ray_match_local(ray_cluster, stage, planted, corpus_dir, 
     for key in ("documents_in", "documents_kept", "removed", "counts"):
         assert on_ray[key] == local[key], key
     assert docs_of(tmp_path / "ray") == docs_of(tmp_path / "local")
+
+
+@pytest.mark.usefixtures("dev_cluster")
+def test_new_stages_on_datatrove_slurm_executor_match_local(planted, corpus_dir, tmp_path, docs_of):
+    """executor=slurm: each phase is a Slurm job array on the dev cluster; quality_model's
+    training runs in the driver between its two phases."""
+    args = [f"input={planted.raw}/planted_copies.jsonl", "progress=false",
+            f"quality_model.positives=[{corpus_dir}/en_docs.jsonl]"]  # fmt: skip
+    slurm = ["executor=slurm", "executor.partition=debug", "executor.poll_s=0.5"]
+    for stage in ("quality_model", "pii"):
+        local = run_stage(stage, [*args, f"output={tmp_path / stage / 'local'}"])
+        on_slurm = run_stage(stage, [*args, f"output={tmp_path / stage / 'slurm'}", *slurm])
+        for key in ("documents_in", "documents_kept", "removed", "counts"):
+            assert on_slurm[key] == local[key], (stage, key)
+        assert docs_of(tmp_path / stage / "slurm") == docs_of(tmp_path / stage / "local")
