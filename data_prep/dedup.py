@@ -417,9 +417,9 @@ INDEX = "index"
 
 
 def index_name(output: str) -> str:
-    """This run's index file name: the output folder's name and a hash of its path."""
-    stem = re.sub(r"[^0-9A-Za-z]+", "-", Path(output).name).strip("-") or "run"
-    return f"{stem}-{xxhash.xxh32_hexdigest(str(Path(output).absolute()))}"
+    """This run's index file name: the output folder's name (not its path, so the same run in
+    another folder writes the same files; `gather_indexes` numbers the runs it links)."""
+    return re.sub(r"[^0-9A-Za-z]+", "-", Path(output).name).strip("-") or "run"
 
 
 def gather_indexes(against: list[str], dest: Path, pattern: str) -> str | None:

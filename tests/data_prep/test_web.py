@@ -96,3 +96,24 @@ def test_url_filter_counts_per_list(web, tmp_path, docs_of):
 def test_url_filter_needs_a_list(tmp_path):
     with pytest.raises(ValueError, match="stage=url_filter needs url_filter.block_domains"):
         run_stage("url_filter", [f"input={tmp_path}", f"output={tmp_path / 'o'}"])
+
+
+def _same_as_local(web, out, docs_of, *executor: str) -> None:
+    corpus, local, docs, _ = web
+    stats = run_stage("warc", [f"input={corpus.folder}", f"output={out}", "progress=false",
+                               "executor.tasks=2", *executor])  # fmt: skip
+    for key in ("documents_in", "documents_kept", "removed", "rejected", "counts"):
+        assert stats[key] == local[key], key
+    assert {d["metadata"]["url"]: d["text"] for d in docs_of(out)} == {
+        url: d["text"] for url, d in docs.items()
+    }
+
+
+def test_warc_on_ray_matches_local(web, tmp_path, docs_of):
+    _same_as_local(web, tmp_path / "ray", docs_of, "executor=ray")
+
+
+@pytest.mark.usefixtures("dev_cluster")
+def test_warc_on_datatrove_slurm_executor_matches_local(web, tmp_path, docs_of):
+    _same_as_local(web, tmp_path / "slurm", docs_of, "executor=slurm", "executor.partition=debug",
+                   "executor.poll_s=0.5")  # fmt: skip
