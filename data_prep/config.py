@@ -39,6 +39,8 @@ WEB_STAGES = ("warc", "url_filter")
 """Where a web chain starts (WARC files in); the others read JSONL/Parquet documents."""
 TEXT_STAGES = tuple(s for s in STAGES if s not in WEB_STAGES)
 EXECUTORS = ("local", "ray", "slurm")
+INDEX_FILES = {"exact_dedup": "*.c4_index", "minhash_dedup": "bucket_*/*.minhash.index"}
+"""Index files a dedup stage writes to `<output>/index` (what `against` folders must hold)."""
 PII_KINDS = ("id_number", "card", "email", "phone", "ip")
 
 
@@ -489,10 +491,9 @@ class DataPrepConfig:
             "stage=quality_model needs quality_model.positives=[FILE|FOLDER,...] (a reference "
             "set to train on) or quality_model.model=PATH (a trained fastText model)",
         )
-        against = {"exact_dedup": (self.exact_dedup.against, "*.c4_index"),
-                   "minhash_dedup": (self.minhash.against, "bucket_*/*.minhash.index")}  # fmt: skip
-        folders, pattern = against.get(self.stage, ((), ""))
-        for folder in folders:
+        against = {"exact_dedup": self.exact_dedup.against, "minhash_dedup": self.minhash.against}
+        pattern = INDEX_FILES.get(self.stage, "")
+        for folder in against.get(self.stage, ()):
             _check(
                 any(Path(folder).glob(pattern)),
                 f"{self.stage} against {folder}: no {pattern} index files there (name the "

@@ -35,7 +35,7 @@ from datatrove.utils.word_tokenizers import (
     load_word_tokenizer,
 )
 
-from data_prep.config import MinhashDedupConfig
+from data_prep.config import INDEX_FILES, MinhashDedupConfig
 from data_prep.scripts import CJK_RUN
 
 _MUL = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio odd multiplier for the rolling combination
@@ -424,17 +424,13 @@ def index_name(output: str) -> str:
 
 def gather_indexes(against: list[str], dest: Path, pattern: str) -> str | None:
     """One folder of links to every index file (`pattern`, relative paths kept) of the
-    `against` folders, for datatrove's steps that read one index folder; None if none."""
+    `against` folders (checked by the config), for datatrove's steps that read one index
+    folder; None if none."""
     if not against:
         return None
     shutil.rmtree(dest, ignore_errors=True)
     for i, folder in enumerate(against):
-        files = sorted(Path(folder).glob(pattern))
-        if not files:
-            raise ValueError(
-                f"{folder}: no {pattern} index files (the `index/` of a dedup output?)"
-            )
-        for f in files:
+        for f in sorted(Path(folder).glob(pattern)):
             rel = f.relative_to(folder)
             link = dest / rel.parent / f"r{i:02d}-{rel.name}"
             link.parent.mkdir(parents=True, exist_ok=True)
@@ -480,7 +476,7 @@ def minhash_phases(
 
     def bucket_step():
         against = gather_indexes(
-            cfg.against, Path(work, "minhash", "against"), "bucket_*/*.minhash.index"
+            cfg.against, Path(work, "minhash", "against"), INDEX_FILES["minhash_dedup"]
         )
         return [dt_minhash.MinhashDedupBuckets(sigs, buckets, config=mh, index_folder=against,
                                                only_dedup_in_index=False)]  # fmt: skip
@@ -546,7 +542,7 @@ def exact_phases(
         return [ExactIndex(sigs, f"{output}/{INDEX}", index_name(output), config=cfg)]
 
     def find():
-        folder = gather_indexes(against, Path(work, "exact", "against"), "*.c4_index")
+        folder = gather_indexes(against, Path(work, "exact", "against"), INDEX_FILES["exact_dedup"])
         return [dt_exact.ExactFindDedups(sigs, dups, index_folder=folder, config=cfg)]
 
     return [

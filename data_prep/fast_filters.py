@@ -192,19 +192,11 @@ class FastGopherQuality(GopherQualityFilter):
         ):
             return False, "gopher_too_many_ellipsis"
         lines = text.splitlines()
-        if (
-            self.max_bullet_lines_ratio
-            and sum(s.lstrip().startswith("•") or s.lstrip().startswith("-") for s in lines)
-            / len(lines)
-            > self.max_bullet_lines_ratio
-        ):
+        bullets = sum(s.lstrip().startswith(("•", "-")) for s in lines)
+        if self.max_bullet_lines_ratio and bullets / len(lines) > self.max_bullet_lines_ratio:
             return False, "gopher_too_many_bullets"
-        if (
-            self.max_ellipsis_lines_ratio
-            and sum(s.rstrip().endswith("...") or s.rstrip().endswith("…") for s in lines)
-            / len(lines)
-            > self.max_ellipsis_lines_ratio
-        ):
+        ellipses = sum(s.rstrip().endswith(("...", "…")) for s in lines)
+        if self.max_ellipsis_lines_ratio and ellipses / len(lines) > self.max_ellipsis_lines_ratio:
             return False, "gopher_too_many_end_ellipsis"
         if self.max_non_alpha_words_ratio:
             alpha = sum(c for w, c in counts.items() if any(ch.isalpha() for ch in w))

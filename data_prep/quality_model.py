@@ -28,6 +28,7 @@ from datatrove.pipeline.base import PipelineStep
 from data_prep.accounting import Ledger
 from data_prep.config import QualityModelConfig, ReadConfig
 from data_prep.scripts import CJK_RUN
+from data_prep.shards import reservoir
 
 POSITIVE, NEGATIVE = "__label__hq", "__label__lq"
 REASON = "quality_model:low_score"
@@ -71,14 +72,9 @@ class QualitySample(PipelineStep):
         self.folder, self.size, self.seed, self.max_chars = folder, size, seed, max_chars
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        per_task = math.ceil(self.size / world_size)
-        rng = random.Random(self.seed * 100_003 + rank)
         sample: list[str] = []
-        for i, doc in enumerate(data):
-            if len(sample) < per_task:
-                sample.append(doc.text)
-            elif (j := rng.randint(0, i)) < per_task:
-                sample[j] = doc.text
+        for _ in reservoir(data, sample, math.ceil(self.size / world_size), self.seed, rank):
+            pass
         os.makedirs(self.folder, exist_ok=True)
         with open(Path(self.folder) / f"{rank:05d}.txt", "w", encoding="utf-8") as f:
             f.writelines(fasttext_line(t, self.max_chars) + "\n" for t in sample)

@@ -22,6 +22,18 @@ from data_prep.config import TokenizeConfig, TrainTokenizerConfig
 MANIFEST_VERSION = 1
 
 
+def reservoir(data: DocumentsPipeline, sample: list[str], size: int, seed: int, rank: int):
+    """Pass documents through while keeping a seeded uniform sample of `size` texts (Algorithm
+    R, seeded per task) in `sample`."""
+    rng = random.Random(seed * 100_003 + rank)
+    for i, doc in enumerate(data):
+        if len(sample) < size:
+            sample.append(doc.text)
+        elif (j := rng.randint(0, i)) < size:
+            sample[j] = doc.text
+        yield doc
+
+
 class TokenizerSample(PipelineStep):
     """Seeded reservoir sample of document texts per task (passes documents through)."""
 
@@ -35,14 +47,8 @@ class TokenizerSample(PipelineStep):
         self.seed = seed
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        rng = random.Random(self.seed * 100_003 + rank)
         sample: list[str] = []
-        for i, doc in enumerate(data):
-            if len(sample) < self.size:
-                sample.append(doc.text)
-            elif (j := rng.randint(0, i)) < self.size:
-                sample[j] = doc.text
-            yield doc
+        yield from reservoir(data, sample, self.size, self.seed, rank)
         os.makedirs(self.folder, exist_ok=True)
         with open(Path(self.folder) / f"{rank:05d}.jsonl", "w") as f:
             f.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in sample)
