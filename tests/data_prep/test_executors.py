@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from data_prep import run_stage
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", include_dashboard=False, num_cpus=2, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
-def test_ray_executor_matches_local(ray_cluster, planted, tmp_path, docs_of):
+def test_ray_executor_matches_local(ray_session, planted, tmp_path, docs_of):
     args = [f"input={planted.raw}/planted_copies.jsonl", "progress=false"]
     local = run_stage("minhash_dedup", [*args, f"output={tmp_path / 'local'}"])
     on_ray = run_stage(
@@ -38,7 +23,7 @@ def test_ray_executor_matches_local(ray_cluster, planted, tmp_path, docs_of):
 
 
 @pytest.mark.parametrize("stage", ["quality_model", "pii"])
-def test_new_stages_on_ray_match_local(ray_cluster, stage, planted, corpus_dir, tmp_path, docs_of):
+def test_new_stages_on_ray_match_local(ray_session, stage, planted, corpus_dir, tmp_path, docs_of):
     args = [f"input={planted.raw}/planted_copies.jsonl", "progress=false",
             f"quality_model.positives=[{corpus_dir}/en_docs.jsonl]"]  # fmt: skip
     local = run_stage(stage, [*args, f"output={tmp_path / 'local'}"])

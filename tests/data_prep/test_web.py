@@ -109,7 +109,7 @@ def _same_as_local(web, out, docs_of, *executor: str) -> None:
     }
 
 
-def test_warc_on_ray_matches_local(web, tmp_path, docs_of):
+def test_warc_on_ray_matches_local(ray_session, web, tmp_path, docs_of):
     _same_as_local(web, tmp_path / "ray", docs_of, "executor=ray")
 
 
