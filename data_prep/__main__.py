@@ -21,34 +21,12 @@ import json
 import sys
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from data_prep.config import register_configs
 from data_prep.errors import DataPrepError
 
 register_configs()
-
-
-def _submit(cfg: DictConfig, config) -> int:
-    """cluster=slurm: this same command as a Slurm job with a Ray cluster over its nodes."""
-    from pathlib import Path
-
-    from slurm.app import job_overrides, submit_app
-    from slurm.config import RayJob
-
-    overrides = job_overrides(list(HydraConfig.get().overrides.task))
-    if config.executor.kind == "local":
-        overrides.append("executor=ray")  # group default first, the user's executor.* after it
-        overrides.sort(key=lambda o: o != "executor=ray")
-    job = RayJob(
-        command=[sys.executable, "-m", "data_prep", *overrides],
-        run_dir=str(Path(config.output).absolute() / "slurm"),
-    )
-    if config.cluster.job_name is None:
-        config.cluster.job_name = f"data_prep-{config.stage}"
-    yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    return submit_app(job, config.cluster, config_yaml=yaml, dry_run=config.dry_run)
 
 
 @hydra.main(config_path="../conf", config_name="data_prep", version_base="1.3")
@@ -57,8 +35,6 @@ def main(cfg: DictConfig) -> None:
 
     try:
         config = to_config(cfg)
-        if config.cluster.executor != "local":
-            sys.exit(_submit(cfg, config))
         stats = run_config(config)
     except DataPrepError as e:
         print(f"data_prep: error: {e}", file=sys.stderr)
@@ -93,6 +69,13 @@ def precheck(argv: list[str]) -> list[str]:
     return argv
 
 
-if __name__ == "__main__":
-    sys.argv[1:] = precheck(sys.argv[1:])
+def run_here(argv: list[str]) -> None:
+    """Run the stage in this process on `argv`, the app's own overrides."""
+    sys.argv[1:] = precheck(argv)
     main()
+
+
+if __name__ == "__main__":
+    from slurm.launch import route  # the launch layer: `cluster=...` is routed before Hydra
+
+    route("data_prep", sys.argv[1:], run_here)

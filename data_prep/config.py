@@ -15,8 +15,6 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from slurm.config import ClusterConfig
-
 STAGE_SECTIONS = {  # stage -> the config section it reads (others do not affect its fingerprint)
     "warc": "warc",
     "url_filter": "url_filter",
@@ -459,18 +457,10 @@ class DataPrepConfig:
     remix: RemixConfig = field(default_factory=RemixConfig)
     train_tokenizer: TrainTokenizerConfig = field(default_factory=TrainTokenizerConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
-    cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig(executor="local"))
-    """Where the command runs (conf/cluster/*): `local` here; `slurm` submits it as a job that
-    starts a Ray cluster over its nodes and runs the stage there with executor=ray."""
     dry_run: bool = False
     """With cluster=slurm: print the job script instead of submitting it."""
 
     def __post_init__(self) -> None:
-        _check(
-            self.cluster.executor == "local" or self.executor.kind != "slurm",
-            "cluster=slurm and executor=slurm both submit to Slurm: use executor=slurm (datatrove "
-            "job arrays, from here) or cluster=slurm (one job with a Ray cluster), not both",
-        )
         _check(
             self.stage in STAGES, f"unknown stage {self.stage!r}; choose one of {', '.join(STAGES)}"
         )

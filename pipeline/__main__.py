@@ -72,15 +72,6 @@ def _print_eval(run_dir) -> None:
     print("  " + table({run_dir.name: metrics}).replace("\n", "\n  "))
 
 
-def _submit(cfg: DictConfig, config: PipelineConfig) -> int:
-    """cluster=slurm: the DAG as chained Slurm jobs (dry_run=true prints their scripts)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from pipeline.slurm_jobs import submit_pipeline
-
-    return submit_pipeline(config, cfg, list(HydraConfig.get().overrides.task))
-
-
 _TERMINATED: list[int] = []
 
 
@@ -97,8 +88,6 @@ def main(cfg: DictConfig) -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         config = _to_config(cfg)
-        if config.cluster.executor != "local" and config.part == "all":
-            sys.exit(_submit(cfg, config))
         result = run_pipeline(config)
     except UnknownKeyError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -136,6 +125,13 @@ def precheck(argv: list[str]) -> None:
         pass
 
 
+def run_here(argv: list[str]) -> None:
+    """Run the DAG (or its `part`) from this driver on `argv`, the pipeline's own overrides."""
+    precheck(argv)
+    sys.argv[1:] = argv
+    main()
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["trash"]:
         from pipeline.trash import main as trash_main
@@ -145,5 +141,6 @@ if __name__ == "__main__":
         from pipeline.compare import main as compare_main
 
         sys.exit(compare_main(sys.argv[2:]))
-    precheck(sys.argv[1:])
-    main()
+    from slurm.launch import route  # the launch layer: `cluster=...` is routed before Hydra
+
+    route("pipeline", sys.argv[1:], run_here)

@@ -8,8 +8,6 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from slurm.config import ClusterConfig
-
 PARTS = ("all", "data", "train")
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -99,12 +97,6 @@ class PipelineConfig:
     """Where stages run."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """MLflow settings."""
-    cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig(executor="local"))
-    """Where the pipeline runs (conf/cluster/*): `local` here; `slurm` submits it as chained
-    Slurm jobs (data part on a Ray cluster, then the training part, then a finishing job)."""
-    data_cluster: dict[str, Any] = field(default_factory=dict)
-    """cluster=slurm: changes to `cluster` for the data job only, e.g.
-    `'++data_cluster={partition: cpu, gpus_per_node: 0, nodes: 4}'` or `+data_cluster.nodes=4`."""
     part: str = "all"
     """Which stages this driver runs: all, data (everything not downstream of a train stage) or
     train (train stages and their dependants; the data part must be complete)."""

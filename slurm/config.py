@@ -225,11 +225,25 @@ class SlurmAppConfig:
     """Give up waiting after this many seconds (the job keeps running); None = wait forever."""
 
 
+@dataclass
+class LaunchConfig:
+    """Schema of conf/launch.yaml: the launch overrides on an app's command line
+    (`python -m trainer|data_prep|pipeline cluster=NAME cluster.KEY=VALUE ...`)."""
+
+    cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig(executor="local"))
+    """Where the command runs (conf/cluster/*): `local` here; `slurm` submits it as job(s)."""
+    data_cluster: dict[str, Any] = field(default_factory=dict)
+    """Pipeline only: changes to `cluster` for the data job, e.g.
+    `'++data_cluster={partition: cpu, gpus_per_node: 0, nodes: 4}'` or `+data_cluster.nodes=4`."""
+
+
 def register_configs() -> None:
-    """Register the schema in Hydra's ConfigStore (listed first in conf/slurm.yaml's defaults)."""
+    """Register the schemas in Hydra's ConfigStore (listed first in conf/slurm.yaml's and
+    conf/launch.yaml's defaults)."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="slurm_app_schema", node=SlurmAppConfig)
+    ConfigStore.instance().store(name="launch_schema", node=LaunchConfig)
 
 
 def load_cluster(spec: ClusterConfig | DictConfig | dict[str, Any] | str) -> ClusterConfig:

@@ -38,14 +38,22 @@ def _one_error_line(res: subprocess.CompletedProcess) -> str:
 def _schemas():
     from data_prep.config import DataPrepConfig, register_configs
     from pipeline.config import PipelineConfig, register_schema
+    from slurm.config import LaunchConfig
+    from slurm.config import register_configs as register_launch
     from trainer.config.trainer import TrainerConfig
 
     register_configs()
     register_schema()
+    register_launch()
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="trainer_schema", node=TrainerConfig)
-    return {"data_prep": DataPrepConfig, "trainer": TrainerConfig, "pipeline": PipelineConfig}
+    return {
+        "data_prep": DataPrepConfig,
+        "trainer": TrainerConfig,
+        "pipeline": PipelineConfig,
+        "launch": LaunchConfig,
+    }
 
 
 def _group_options(group: str) -> list[str]:
@@ -57,9 +65,8 @@ def _every_shipped_config():
     for ex in _group_options("executor"):
         yield "data_prep", ["stage=read", "input=x", "output=y", f"executor={ex}"]
     yield "pipeline", []
-    for cluster in _group_options("cluster"):
-        yield "pipeline", [f"cluster={cluster}"]
-        yield "trainer", [f"cluster={cluster}"]
+    for cluster in _group_options("cluster"):  # `cluster=` goes to the launch layer
+        yield "launch", [f"cluster={cluster}"]
     for group in ("model", "parallel", "precision"):
         for option in _group_options(group):
             yield "trainer", [f"{group}={option}"]
@@ -96,13 +103,13 @@ def test_unknown_key_is_named(app, overrides, key):
         ("data_prep", ["+remix.weights.en=0.5", "+remix.weights.zh=0.5"]),
         ("data_prep", ["remix.weights={zh_man:0.3,en_docs:0.7}", "+langid.thresholds.zh=0.5"]),
         ("data_prep", ["+executor.sbatch_args.qos=high", "+quality.en.c4.min_words=3"]),
-        ("data_prep", ["+cluster.env.NCCL_DEBUG=INFO"]),
-        ("pipeline", ["+stages.train.options.launcher=slurm", "+data_cluster.nodes=4"]),
+        ("launch", ["+cluster.env.NCCL_DEBUG=INFO"]),
+        ("pipeline", ["+stages.train.options.launcher=slurm"]),
+        ("launch", ["+data_cluster.nodes=4"]),
         (
             "pipeline",
             ["++stages.train.options.nproc_per_node=2", "+domains.en.stage_overrides.read=[x]"],
         ),
-        ("trainer", ["+cluster.env.NCCL_DEBUG=INFO"]),
     ],
 )
 def test_free_form_maps_stay_open(app, overrides):

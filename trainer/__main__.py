@@ -48,28 +48,11 @@ def _to_config(cfg: DictConfig) -> TrainerConfig:
     return obj
 
 
-def _submit(cfg: DictConfig, config: TrainerConfig) -> int:
-    """cluster=slurm: this same command as a Slurm training job (dry_run=true prints it)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from slurm.app import job_overrides, submit_app
-    from slurm.config import TrainJob
-
-    job = TrainJob(
-        overrides=job_overrides(list(HydraConfig.get().overrides.task)),
-        run_dir=str(Path(config.checkpoint.dir).absolute() / "slurm"),
-    )
-    yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    return submit_app(job, config.cluster, config_yaml=yaml, dry_run=config.dry_run)
-
-
 @hydra.main(config_path="../conf", config_name="trainer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     warnings.filterwarnings("ignore", module="megatron")
     try:
         config = _to_config(cfg)
-        if config.cluster.executor != "local":
-            sys.exit(_submit(cfg, config))
         if config.dry_run:
             from trainer.dry_run import plan, print_plan
 
@@ -146,6 +129,13 @@ def _fail(err: Exception) -> None:
     sys.exit(2)
 
 
-if __name__ == "__main__":
-    sys.argv[1:] = precheck(sys.argv[1:])
+def run_here(argv: list[str]) -> None:
+    """Train in this process (or as this torchrun rank) on `argv`, the app's own overrides."""
+    sys.argv[1:] = precheck(argv)
     main()
+
+
+if __name__ == "__main__":
+    from slurm.launch import route  # the launch layer: `cluster=...` is routed before Hydra
+
+    route("trainer", sys.argv[1:], run_here)

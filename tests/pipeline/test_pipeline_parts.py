@@ -9,8 +9,9 @@ from pipeline_testlib import compose
 
 from pipeline import run_pipeline
 from pipeline.dag import build_graph
-from pipeline.engine import plan, training_part
-from pipeline.slurm_jobs import plan_jobs
+from pipeline.engine import load_plugins, plan, training_part
+from slurm.config import ClusterConfig, LaunchConfig
+from slurm.pipeline_jobs import plan_jobs
 
 DATA = ["clean/en", "clean/zh", "join", "source/en", "source/zh"]
 
@@ -39,10 +40,12 @@ def test_parts_split_the_dag_and_share_one_parent_run(ray_session, tmp_path):
 
 
 def test_slurm_job_plan_follows_what_is_left_to_run(tmp_path):
-    cfg = compose(tmp_path / "run", "cluster.executor=slurm")
-    graph = build_graph(cfg)
+    pipeline_cfg = compose(tmp_path / "run")
+    load_plugins(pipeline_cfg.plugins)  # the fake kinds (run alone, no earlier test loaded them)
+    graph = build_graph(pipeline_cfg)
     assert training_part(graph) == {"train"}
-    jobs = plan_jobs(cfg, graph, plan(graph), ["cluster=slurm"])
+    cfg = LaunchConfig(cluster=ClusterConfig(executor="slurm"))
+    jobs = plan_jobs(cfg, graph, plan(graph), [])
     assert [(j.role, j.after) for j in jobs] == [
         ("data", None), ("train", "afterok"), ("finish", "afterany")
     ]  # fmt: skip

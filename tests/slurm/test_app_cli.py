@@ -61,3 +61,21 @@ def test_rejected_submission_is_one_clear_line(tmp_path):
                f"checkpoint.dir={tmp_path}", timeout=120)  # fmt: skip
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert res.stderr.startswith("error: sbatch ") and "invalid partition" in res.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    "argv, error",
+    [
+        (["data_prep", "stage=read", "input=x", "output={tmp}/o x", "cluster=slurm_dev"],
+         "error: run_dir '{tmp}/o x/slurm': Slurm log paths cannot contain whitespace"),
+        (["trainer", "cluster=slurm", "cluster.nodes=0"], "error: cluster.nodes must be >= 1, got 0"),
+        (["trainer", "+cluster.bogus=1"],
+         "error: unknown config key 'cluster.bogus' (not in the launch schema)"),
+        (["pipeline", "cluster=nosuch"], "error: Could not find 'cluster/nosuch' (clusters in"),
+    ],
+)  # fmt: skip
+def test_launch_errors_are_one_line_naming_the_field(tmp_path, argv, error):
+    res = _run(*(a.replace("{tmp}", str(tmp_path)) for a in argv), timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()]
+    assert res.stderr.startswith(error.replace("{tmp}", str(tmp_path))), res.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from slurm.config import ClusterConfig
 from trainer.config.data import DataConfig
 from trainer.config.model import ModelConfig
 from trainer.config.optim import OptimConfig
@@ -148,12 +147,10 @@ class TrainerConfig:
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
     """Hang detection."""
     dry_run: bool = False
-    """Build nothing heavy: print layout, parameter counts, memory estimate and a JSON line."""
+    """Build nothing heavy: print layout, parameter counts, memory estimate and a JSON line.
+    With `cluster=...` (slurm/launch.py): print the job script instead of submitting it."""
     world_size: int | None = None
     """Dry run only: world size to plan for (default: env WORLD_SIZE or 1)."""
-    cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig(executor="local"))
-    """Where to run (conf/cluster/*): `local` trains here; `slurm` submits this same command as a
-    Slurm job (torchrun per node) and returns; with dry_run=true it prints the script instead."""
 
     def __post_init__(self) -> None:
         if self.data.seq_length > self.model.max_position_embeddings:

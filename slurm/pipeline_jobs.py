@@ -16,14 +16,14 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from rich.console import Console
 
 from pipeline.config import PipelineConfig
 from pipeline.dag import Graph, build_graph
 from pipeline.engine import load_plugins, plan, print_plan, training_part, validate_changed
 from slurm.app import Submission, job_overrides, new_record, submit_job, wait_all
-from slurm.config import ClusterConfig, CommandJob, RayJob, load_cluster
+from slurm.config import ClusterConfig, CommandJob, LaunchConfig, RayJob, load_cluster
 from slurm.jobs import SlurmError
 from slurm.render import render_sbatch
 
@@ -38,10 +38,11 @@ class PlannedJob:
     """`afterok` / `afterany`: dependency on the jobs submitted before it."""
 
 
-def data_cluster(cfg: PipelineConfig) -> ClusterConfig:
+def data_cluster(launch: LaunchConfig) -> ClusterConfig:
     """`cluster` with `data_cluster`'s changes (e.g. a CPU partition for the data job)."""
     try:
-        merged = load_cluster(OmegaConf.merge(OmegaConf.structured(cfg.cluster), cfg.data_cluster))
+        base = OmegaConf.structured(launch.cluster)
+        merged = load_cluster(OmegaConf.merge(base, launch.data_cluster))
     except Exception as err:  # omegaconf's key/type errors and ClusterConfig's ValueErrors
         raise ValueError(f"data_cluster: {str(err).splitlines()[0]}") from None
     return dataclasses.replace(merged, job_name="pipeline-data")
@@ -57,19 +58,19 @@ def finish_cluster(base: ClusterConfig) -> ClusterConfig:
 
 
 def plan_jobs(
-    cfg: PipelineConfig, graph: Graph, decisions, overrides: list[str]
+    launch: LaunchConfig, graph: Graph, decisions, overrides: list[str]
 ) -> list[PlannedJob]:
     """The jobs this submission needs (a part with nothing to run gets no job)."""
     job_dir = graph.run_dir / "slurm"
     train_keys = training_part(graph)
     base = [sys.executable, "-m", "pipeline", *job_overrides(overrides), "live=false"]
-    data = data_cluster(cfg)
+    data = data_cluster(launch)
     jobs: list[PlannedJob] = []
     if any(d.run for k, d in decisions.items() if k not in train_keys):
         command = [*base, "part=data", "ray.address=auto"]
         jobs.append(PlannedJob("data", RayJob(command, str(job_dir)), data, None))
     if any(d.run for k, d in decisions.items() if k in train_keys):
-        train_cluster = dataclasses.replace(cfg.cluster, job_name="pipeline-train")
+        train_cluster = dataclasses.replace(launch.cluster, job_name="pipeline-train")
         command = [*base, "part=train", *_srun_overrides(graph, train_keys, job_dir)]
         jobs.append(
             PlannedJob(
@@ -101,15 +102,19 @@ def _srun_overrides(graph: Graph, train_keys: set[str], job_dir: Path) -> list[s
     ]
 
 
-def submit_pipeline(cfg: PipelineConfig, dcfg: DictConfig, overrides: list[str]) -> int:
-    """Plan, then print (dry_run) or submit the chained jobs; returns the exit code."""
+def submit_pipeline(
+    cfg: PipelineConfig, launch: LaunchConfig, config_yaml: str, overrides: list[str]
+) -> int:
+    """Plan, then print (dry_run) or submit the chained jobs; returns the exit code.
+
+    `overrides`: the pipeline's own (no launch keys); `config_yaml`: its resolved config."""
     console = Console(soft_wrap=True)
     load_plugins(cfg.plugins)
     graph = build_graph(cfg)
     decisions = plan(graph)
     validate_changed(graph, decisions)  # a bad override fails here, not in a queued job
     print_plan(graph, decisions, console)
-    jobs = plan_jobs(cfg, graph, decisions, overrides)
+    jobs = plan_jobs(launch, graph, decisions, overrides)
     if not jobs:
         print("nothing to submit: every stage is up to date")
         return 0
@@ -121,24 +126,30 @@ def submit_pipeline(cfg: PipelineConfig, dcfg: DictConfig, overrides: list[str])
             print(render_sbatch(planned.job, planned.cluster), end="")
         return 0
     try:
-        submissions = _submit(cfg, dcfg, graph, decisions, jobs)
+        submissions = _submit(cfg, launch, config_yaml, graph, decisions, jobs)
     except SlurmError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     job_dir = graph.run_dir / "slurm"
     print(f"status: {sys.executable} -m slurm status {job_dir}")
-    return wait_all(submissions) if cfg.cluster.wait else 0
+    return wait_all(submissions) if launch.cluster.wait else 0
 
 
-def _submit(cfg, dcfg, graph: Graph, decisions, jobs: list[PlannedJob]) -> list[Submission]:
+def _submit(
+    cfg: PipelineConfig,
+    launch: LaunchConfig,
+    yaml: str,
+    graph: Graph,
+    decisions,
+    jobs: list[PlannedJob],
+) -> list[Submission]:
     job_dir = graph.run_dir / "slurm"
     job_dir.mkdir(parents=True, exist_ok=True)
     new_record(job_dir)
     (job_dir / "pipeline-train.cluster.yaml").write_text(
-        OmegaConf.to_yaml(OmegaConf.structured(cfg.cluster))
+        OmegaConf.to_yaml(OmegaConf.structured(launch.cluster))
     )
     meta, extra = _start_parent(cfg, graph, decisions)
-    yaml = OmegaConf.to_yaml(dcfg, resolve=True)
     submissions: list[Submission] = []
     for planned in jobs:
         if extra and planned.role != "finish":

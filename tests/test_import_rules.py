@@ -1,0 +1,72 @@
+"""The floors of the house, as a test: the apps (trainer, data_prep, pipeline, evaluation) know
+no launch layer (`slurm`), and trainer and data_prep import neither each other nor pipeline.
+
+An app's `__main__` is the one door to the launch layer (`slurm.launch.route` takes `cluster=...`
+off the command line before the app sees it). Imports inside functions count like top-level ones.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+APPS = ("trainer", "data_prep", "pipeline", "evaluation")
+FORBIDDEN = {
+    "trainer": {"slurm", "data_prep", "pipeline"},
+    "data_prep": {"slurm", "trainer", "pipeline"},
+    "pipeline": {"slurm"},
+    "evaluation": {"slurm", "pipeline"},
+}
+"""app -> top-level packages its modules may not import."""
+KNOWN = {
+    "pipeline/kinds/train.py -> slurm",
+}
+"""Violations left to fix (only ever shrinks): the train kind still launches training jobs
+through `slurm` (launcher=srun|slurm) instead of being handed a launcher."""
+
+
+def _imported(path: Path) -> set[str]:
+    """Top-level packages a module imports (absolute imports; relative ones stay in the app)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def violations(root: Path) -> set[str]:
+    """`app/file.py -> package` for every forbidden import under root."""
+    found = set()
+    for app, banned in FORBIDDEN.items():
+        for path in sorted((root / app).rglob("*.py")):
+            if path.name == "__main__.py" and path.parent == root / app:
+                continue
+            for name in sorted(_imported(path) & banned):
+                found.add(f"{path.relative_to(root).as_posix()} -> {name}")
+    return found
+
+
+def test_apps_import_only_what_their_floor_allows():
+    assert violations(ROOT) - KNOWN == set()
+
+
+def test_known_violations_are_still_real():
+    """A fixed violation leaves KNOWN, so it cannot come back unnoticed."""
+    assert KNOWN <= violations(ROOT)
+
+
+def test_a_forbidden_import_is_caught(tmp_path):
+    for app in APPS:
+        (tmp_path / app).mkdir()
+    (tmp_path / "trainer" / "__main__.py").write_text("from slurm.launch import route\n")
+    (tmp_path / "trainer" / "run.py").write_text("def f():\n    import data_prep.runner\n")
+    (tmp_path / "data_prep" / "ok.py").write_text("from . import config\nimport json\n")
+    (tmp_path / "pipeline" / "kinds").mkdir()
+    (tmp_path / "pipeline" / "kinds" / "x.py").write_text("from slurm import load_cluster\n")
+    assert violations(tmp_path) == {
+        "trainer/run.py -> data_prep",
+        "pipeline/kinds/x.py -> slurm",
+    }
