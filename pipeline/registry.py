@@ -1,6 +1,6 @@
 """The stage-kind registry: one entry per kind of stage the DAG can run.
 
-A kind is a function `run(ctx: StageContext) -> dict` (the stage's stats) registered under a
+A kind is a function `run(ctx: TaskContext) -> dict` (the stage's stats) registered under a
 short name that `conf/pipeline.yaml` uses as `stages.<name>.kind`. Adding a stage to the DAG
 is a config entry naming a kind; adding a kind is a module that calls `register_kind` (list
 it in `plugins` if it lives outside this package).
@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 
 @dataclass
-class StageContext:
+class TaskContext:
     """What a stage kind gets when it runs (built by the engine inside the stage's Ray task)."""
 
     key: str
@@ -64,7 +64,7 @@ class StageKind:
     """A registered stage kind."""
 
     name: str
-    run: Callable[[StageContext], dict]
+    run: Callable[[TaskContext], dict]
     options: type | None = None
     """Dataclass schema of `stages.<name>.options` (unknown keys fail); None = no options."""
     code: tuple[str, ...] | Callable[[Any], tuple[str, ...]] = ()
@@ -120,10 +120,10 @@ def register_kind(
     describe: Callable[[Any], dict] | None = None,
     validate: Callable[[Any], None] | None = None,
     extends: tuple[str, ...] = (),
-) -> Callable[[Callable[[StageContext], dict]], Callable[[StageContext], dict]]:
+) -> Callable[[Callable[[TaskContext], dict]], Callable[[TaskContext], dict]]:
     """Decorator: register `fn(ctx) -> stats` as stage kind `name`."""
 
-    def wrap(fn: Callable[[StageContext], dict]) -> Callable[[StageContext], dict]:
+    def wrap(fn: Callable[[TaskContext], dict]) -> Callable[[TaskContext], dict]:
         code_spec = code if callable(code) else tuple(code)
         _KINDS[name] = StageKind(
             name, fn, options, code_spec, tuple(conf), resumable, live_run, describe, validate,

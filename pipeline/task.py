@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline import state, tracking
 from pipeline.dag import Node
-from pipeline.registry import StageContext
+from pipeline.registry import TaskContext
 
 
 class StageFailed(Exception):
@@ -153,7 +153,7 @@ def _output_to(log_path: Path):
 CONFIG_FILE = ".stage_config.json"
 
 
-def _artifacts(node: Node, ctx: StageContext) -> list[Path]:
+def _artifacts(node: Node, ctx: TaskContext) -> list[Path]:
     found = [node.output / "stats.json", node.output / CONFIG_FILE, node.log_path]
     return found + [p for p in ctx.artifacts if p not in found]
 
@@ -222,7 +222,7 @@ def execute(node: Node, track: Tracking | None, driver: Driver | None, *upstream
 
 
 def _run_kind(node: Node, track: Tracking | None, run_id: str | None, echo) -> dict:
-    ctx = StageContext(
+    ctx = TaskContext(
         key=node.key, name=node.name, domain=node.domain, output=node.output,
         run_dir=node.run_dir, overrides=list(node.overrides), options=node.options,
         inputs={up: [node.run_dir / k for k in keys] for up, keys in node.inputs.items()},

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from trainer.accounting import count_parameters, flops_per_token
 from trainer.config.trainer import TrainerConfig
+from trainer.flops import count_parameters, flops_per_token
 from trainer.memory import estimate_memory
 from trainer.parallel import env_world_size, validate_layout
 

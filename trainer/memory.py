@@ -18,11 +18,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from trainer.accounting import ParamSpec, param_specs
 from trainer.config.model import ModelConfig
 from trainer.config.parallel import ParallelConfig
 from trainer.config.precision import PrecisionConfig
-from trainer.stages import pipeline_stages
+from trainer.flops import ParamSpec, param_specs
+from trainer.pp_layout import pipeline_stages
 
 DEFAULT_BUCKET_SIZE = 40_000_000
 """megatron DDP's default bucket size (elements) when grads are reduced during backward."""

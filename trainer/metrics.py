@@ -20,8 +20,8 @@ from megatron.core.transformer.moe.moe_utils import (
 from megatron.core.transformer.moe.router import TopKRouter
 from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
 
-from trainer.accounting import flops_per_token
 from trainer.config.model import ModelConfig
+from trainer.flops import flops_per_token
 
 
 class MetricsCollector:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from pipeline.registry import StageContext, register_kind
+from pipeline.registry import TaskContext, register_kind
 
 
 @dataclass
@@ -37,7 +37,7 @@ def validate(node) -> None:
 
 
 @register_kind("data_prep", options=DataPrepOptions, code=("data_prep",), conf=("data_prep/**", "data_prep.yaml", "executor/**"), describe=describe, validate=validate)  # fmt: skip
-def data_prep_stage(ctx: StageContext) -> dict:
+def data_prep_stage(ctx: TaskContext) -> dict:
     """Run the stage in this Ray task; its files land in ctx.output; returns its stats."""
     from data_prep import run_stage
 

@@ -23,7 +23,7 @@ import json
 from typing import Any
 
 from pipeline.kinds.app_process import run_app
-from pipeline.registry import StageContext, register_kind
+from pipeline.registry import TaskContext, register_kind
 
 APPS = {"bpb": "trainer.bpb", "harness": "evaluation.harness"}
 RESULTS = "results.json"
@@ -42,7 +42,7 @@ def split_overrides(overrides: list[str]) -> dict[str, list[str]]:
     return parts
 
 
-def _run_app(module: str, args: list[str], ctx: StageContext) -> dict[str, Any]:
+def _run_app(module: str, args: list[str], ctx: TaskContext) -> dict[str, Any]:
     """The app's result (watch=true: the last checkpoint's); trainer.bpb watch=true logs its
     curve into the stage's MLflow run."""
     env = {}
@@ -70,7 +70,7 @@ def format_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def _log_to_mlflow(ctx: StageContext, metrics: dict[str, float]) -> None:
+def _log_to_mlflow(ctx: TaskContext, metrics: dict[str, float]) -> None:
     """The table on the stage's run and its parent, the metrics on the parent (the driver logs
     the stage's own from the returned stats)."""
     from mlflow import MlflowClient
@@ -89,7 +89,7 @@ def _log_to_mlflow(ctx: StageContext, metrics: dict[str, float]) -> None:
 
 
 @register_kind("eval", code=("trainer.bpb", "evaluation"), live_run=True)
-def eval_stage(ctx: StageContext) -> dict:
+def eval_stage(ctx: TaskContext) -> dict:
     """Run the configured parts; the metrics (and throughputs) are the stage's stats."""
     parts = split_overrides(ctx.overrides)
     bpb = _run_app(APPS["bpb"], parts["bpb"], ctx) if parts["bpb"] else None

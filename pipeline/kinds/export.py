@@ -11,14 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.kinds.app_process import run_app
-from pipeline.registry import StageContext, register_kind
+from pipeline.registry import TaskContext, register_kind
 
 SMALL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json",
                "tokenizer_config.json", "special_tokens_map.json")  # fmt: skip
 
 
 @register_kind("export", code=("trainer.export", "trainer.hf"))
-def export_stage(ctx: StageContext) -> dict:
+def export_stage(ctx: TaskContext) -> dict:
     """Export, then return the CLI's summary (step, bytes, seconds) as the stage's stats."""
     result = run_app("trainer.export", ctx.overrides)
     folder = Path(result["output"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.registry import StageContext, register_kind
+from pipeline.registry import TaskContext, register_kind
 
 
 @dataclass
@@ -22,7 +22,7 @@ class SampleCorpusOptions:
 
 
 @register_kind("sample_corpus", options=SampleCorpusOptions, code=("data_prep.sample_corpus",))
-def sample_corpus(ctx: StageContext) -> dict:
+def sample_corpus(ctx: TaskContext) -> dict:
     """Write `<source>.jsonl` files into the stage folder; returns documents per source."""
     from data_prep.sample_corpus import build
 

@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.registry import StageContext, register_kind
+from pipeline.registry import TaskContext, register_kind
 from pipeline.task import StagePreempted
 
 _RATE = re.compile(r"tokens?[/_ ]per[_ ]s(?:ec)?\W+([\d.,]+)|([\d.,]+)\s*tok(?:en)?s?/s", re.I)
@@ -66,7 +66,7 @@ def override_value(overrides: list[str], key: str) -> str | None:
     return values[-1] if values else None
 
 
-def checkpoint_dir(ctx: StageContext) -> Path:
+def checkpoint_dir(ctx: TaskContext) -> Path:
     found = override_value(ctx.overrides, "checkpoint.dir")
     return Path(found) if found else ctx.output / "checkpoints"
 
@@ -117,7 +117,7 @@ def _kill_stale_trainer(record: Path) -> None:
         time.sleep(0.1)
 
 
-def _stream(proc: subprocess.Popen, ctx: StageContext, tail: deque) -> None:
+def _stream(proc: subprocess.Popen, ctx: TaskContext, tail: deque) -> None:
     prefix = f"({ctx.key}) "
     for raw in proc.stdout:
         line = raw.decode(errors="replace")
@@ -131,7 +131,7 @@ def _stream(proc: subprocess.Popen, ctx: StageContext, tail: deque) -> None:
             ctx.report(throughput=value, unit="tok/s")
 
 
-def run_local(ctx: StageContext, opts: TrainOptions, overrides: list[str]) -> None:
+def run_local(ctx: TaskContext, opts: TrainOptions, overrides: list[str]) -> None:
     env = dict(os.environ, **opts.env, PYTHONUNBUFFERED="1")
     env.setdefault("COLUMNS", "200")  # rich-based consoles wrap at 80 columns without a TTY
     if ctx.mlflow_run_id:
@@ -170,7 +170,7 @@ def _stop_requested(env: dict[str, str], overrides: list[str]) -> bool:
     return bool(stop_file) and os.path.exists(stop_file)
 
 
-def run_slurm(ctx: StageContext, opts: TrainOptions, overrides: list[str]) -> None:
+def run_slurm(ctx: TaskContext, opts: TrainOptions, overrides: list[str]) -> None:
     """Submit through the slurm package's launcher and wait; copies the job log into ours."""
     from slurm import SlurmError, launch_training
 
@@ -243,7 +243,7 @@ stage's last checkpoint (`train.steps` only when raised) instead of restarting."
 
 
 @register_kind("train", options=TrainOptions, code=lambda o: (o.module,), conf=("model/**", "parallel/**", "precision/**", "train/**", "trainer.yaml"), resumable=True, live_run=True, validate=validate, extends=EXTENDS)  # fmt: skip
-def train(ctx: StageContext) -> dict:
+def train(ctx: TaskContext) -> dict:
     """Train (or resume training) the model; returns the trainer's summary.json as stats."""
     opts: TrainOptions = ctx.options
     ckpt = checkpoint_dir(ctx)

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.registry import StageContext, register_kind
+from pipeline.registry import TaskContext, register_kind
 
 
 @dataclass
@@ -23,7 +23,7 @@ class FakeOptions:
     """Raise after writing half of the output."""
 
 
-def _write_lines(ctx: StageContext, lines: list[str]) -> dict:
+def _write_lines(ctx: TaskContext, lines: list[str]) -> dict:
     # per-domain variations come as overrides ("fail=true", "sleep_s=0.1")
     extra = dict(o.split("=", 1) for o in ctx.overrides if "=" in o)
     opts = FakeOptions(**{**vars(ctx.options), **_typed(extra)})
@@ -56,7 +56,7 @@ def _typed(extra: dict[str, str]) -> dict:
     return out
 
 
-def _read_inputs(ctx: StageContext) -> list[str]:
+def _read_inputs(ctx: TaskContext) -> list[str]:
     lines: list[str] = []
     for folders in ctx.inputs.values():
         for folder in sorted(folders):
@@ -65,7 +65,7 @@ def _read_inputs(ctx: StageContext) -> list[str]:
 
 
 @register_kind("fake_source", options=FakeOptions, code=("pipeline_fakes",))
-def fake_source(ctx: StageContext) -> dict:
+def fake_source(ctx: TaskContext) -> dict:
     n = ctx.options.docs
     return _write_lines(
         ctx, [json.dumps({"text": f"{ctx.domain} doc {i}", "id": i}) for i in range(n)]
@@ -73,7 +73,7 @@ def fake_source(ctx: StageContext) -> dict:
 
 
 @register_kind("fake_map", options=FakeOptions, code=("pipeline_fakes",))
-def fake_map(ctx: StageContext) -> dict:
+def fake_map(ctx: TaskContext) -> dict:
     lines = [
         json.dumps({**json.loads(x), "s": ctx.name + ctx.options.suffix}) for x in _read_inputs(ctx)
     ]

@@ -8,12 +8,12 @@ import pytest
 from pipeline_testlib import pythonpath
 
 from pipeline.kinds.train import TrainOptions, command, train
-from pipeline.registry import StageContext
+from pipeline.registry import TaskContext
 from tests.tiny_corpus import write_tiny_manifest
 
 
-def _ctx(tmp_path, **options) -> StageContext:
-    return StageContext(
+def _ctx(tmp_path, **options) -> TaskContext:
+    return TaskContext(
         key="train", name="train", domain=None, output=tmp_path, run_dir=tmp_path.parent,
         inputs={}, overrides=["train.steps=3"], options=TrainOptions(**options),
         log_path=tmp_path / "train.log", mlflow_run_id="abc", tracking_uri="sqlite:////x.db",

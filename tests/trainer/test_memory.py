@@ -10,12 +10,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.distributed import run_distributed
-from trainer.accounting import count_parameters
 from trainer.config.model import ModelConfig
 from trainer.config.parallel import ParallelConfig
 from trainer.config.precision import PrecisionConfig
+from trainer.flops import count_parameters
 from trainer.memory import LocalParam, buffer_bytes, buffer_layout, estimate_memory, rank_params
-from trainer.stages import Stage, chunk_layers, parse_pipeline_layout, pipeline_stages
+from trainer.pp_layout import Stage, chunk_layers, parse_pipeline_layout, pipeline_stages
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GiB = 2**30

@@ -1,4 +1,4 @@
-"""Parameter and FLOP accounting (trainer.accounting) against published figures and megatron."""
+"""Parameter and FLOP accounting (trainer.flops) against published figures and megatron."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.distributed import run_distributed
-from trainer.accounting import count_parameters, flops_per_token, param_specs
 from trainer.config.model import ModelConfig
+from trainer.flops import count_parameters, flops_per_token, param_specs
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 TINY = ["tiny_v3", "tiny_v2_lite", "tiny_dense", "tiny_moe"]
