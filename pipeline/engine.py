@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
 from rich.console import Console
 from rich.markup import escape
 
@@ -32,7 +31,7 @@ from pipeline.task import (
     execute,
     validate,
 )
-from pipeline.tracking import log_failed_stage, log_finished_stage
+from pipeline.tracking import log_failed_stage, log_finished_stage, open_parent
 from pipeline.view import DagView, throughput_from
 
 
@@ -331,7 +330,7 @@ def _execute(cfg, graph: Graph, decisions, result: RunResult, console: Console) 
     import ray
 
     (graph.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    parent = _start_parent(cfg, graph, decisions)
+    parent = open_parent(cfg, graph, decisions, launcher="ray")
     track = parent and Tracking(
         parent.uri, parent.experiment_id, parent.run_id, cfg.tracking.max_removed_samples_mb
     )
@@ -392,21 +391,3 @@ def _print_trash(graph: Graph, results: dict, console: Console) -> None:
             f"run_dir={graph.run_dir}, delete: ... purge=true",
             highlight=False,
         )
-
-
-def _start_parent(cfg: PipelineConfig, graph: Graph, decisions):
-    if not cfg.tracking.enabled:
-        return None
-    from pipeline.tracking import ParentRun
-
-    parent = ParentRun(cfg.tracking, graph.run_dir)
-    if cfg.tracking.parent_run_id:  # a Slurm job of a submitted pipeline: the run exists
-        parent.attach(cfg.tracking.parent_run_id)
-        return parent
-    parent.close_stale()
-    resolved = OmegaConf.to_container(OmegaConf.structured(cfg))
-    parent.start(resolved, {k: f"{d.action}: {d.reason}" for k, d in decisions.items()})
-    skipped = {k: graph.nodes[k].fingerprint for k, d in decisions.items() if not d.run}
-    if skipped:
-        parent.note_skipped(skipped)
-    return parent

@@ -60,15 +60,6 @@ class StagePreempted(StageFailed):
         return f"stage {self.key} stopped for requeue: {self.message} (log: {self.log_path})"
 
 
-def _kill_stage_run(uri: str, run_id: str, note: str) -> None:
-    """End the stage's MLflow run as KILLED (not FAILED) with a note why."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    client.set_tag(run_id, "mlflow.note.content", note)
-    client.set_terminated(run_id, status="KILLED")
-
-
 @dataclass
 class Driver:
     """The driver process; a stage task on the same host dies with it (see _watch_driver)."""
@@ -194,7 +185,9 @@ def execute(node: Node, track: Tracking | None, driver: Driver | None, *upstream
         except StagePreempted as err:
             print(f"=== stage {node.key} stopped for requeue: {err.message}", flush=True)
             if run_id:
-                _kill_stage_run(track.uri, run_id, f"stopped for requeue: {err.message}")
+                tracking.end_stage_run(
+                    track.uri, run_id, "KILLED", f"stopped for requeue: {err.message}"
+                )
             err.logged = run_id is not None
             raise
         except BaseException as err:  # noqa: BLE001 - reported to the driver as StageFailed
@@ -205,7 +198,9 @@ def execute(node: Node, track: Tracking | None, driver: Driver | None, *upstream
                 traceback.print_exc()
                 message = f"{type(err).__name__}: {err}".strip()
             if run_id and _driver_gone(driver):
-                _kill_stage_run(track.uri, run_id, "the pipeline driver was killed")
+                tracking.end_stage_run(
+                    track.uri, run_id, "KILLED", "the pipeline driver was killed"
+                )
             elif run_id:
                 tracking.fail_stage_run(track.uri, run_id, message, node.log_path)
             failed = StageFailed(node.key, str(node.log_path), message)

@@ -1,6 +1,9 @@
 """MLflow lineage: a parent run per pipeline run, a nested run per stage.
 
-The driver owns the parent run; each stage's Ray task opens and closes its own nested run
+The one owner of these runs' lifecycle: `open_parent` starts (or attaches to) the parent for the
+local DAG and for a Slurm submission alike, `end_stage_run` / `ParentRun.end_live_stages` end
+runs a stopped stage left open, `end_parent_run` ends a submitted pipeline from its jobs' outcome
+(the finishing job). The driver owns the parent run; each stage's Ray task opens and closes its own nested run
 (params = resolved stage config, metrics = stats, artifacts = stats.json, manifest, removed
 samples, stage config, log, tokenizer; dataset inputs = upstream outputs). The train kind
 hands the nested run to the trainer through MLFLOW_RUN_ID / MLFLOW_TRACKING_URI.
@@ -15,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import TrackingConfig
+from pipeline.config import PipelineConfig, TrackingConfig
 
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 _MAX_PARAM_VALUE = 6000
@@ -97,8 +100,7 @@ class ParentRun:
             filter_string=f"tags.mlflow.parentRunId = '{self.run_id}' and attributes.status = 'RUNNING'",
         )
         for run in runs:
-            self.client.set_tag(run.info.run_id, "mlflow.note.content", note[:5000])
-            self.client.set_terminated(run.info.run_id, status="KILLED")
+            end_stage_run(self.uri, run.info.run_id, "KILLED", note)
         return len(runs)
 
     def start(self, resolved_config: dict, plan: dict[str, str]) -> str:
@@ -169,6 +171,59 @@ class ParentRun:
             self.client.set_tag(self.run_id, "error", error[:5000])
         if not self.attached:
             self.client.set_terminated(self.run_id, status=status)
+
+
+def open_parent(cfg: PipelineConfig, graph, decisions: dict, launcher: str) -> ParentRun | None:
+    """The pipeline run's parent run (None when tracking is off): attached when
+    `tracking.parent_run_id` names one (a part run by a Slurm job), else started after closing
+    stale runs of this run_dir, with the resolved config, the plan and the reused outputs."""
+    if not cfg.tracking.enabled:
+        return None
+    from omegaconf import OmegaConf
+
+    parent = ParentRun(cfg.tracking, graph.run_dir)
+    if cfg.tracking.parent_run_id:
+        parent.attach(cfg.tracking.parent_run_id)
+        return parent
+    parent.close_stale()
+    resolved = OmegaConf.to_container(OmegaConf.structured(cfg))
+    parent.start(resolved, {k: f"{d.action}: {d.reason}" for k, d in decisions.items()})
+    parent.client.set_tag(parent.run_id, "pipeline.launcher", launcher)
+    skipped = {k: graph.nodes[k].fingerprint for k, d in decisions.items() if not d.run}
+    if skipped:
+        parent.note_skipped(skipped)
+    return parent
+
+
+def end_stage_run(uri: str, run_id: str, status: str, note: str) -> None:
+    """End a stage run its task could not end (stopped, killed, requeued) with a note why."""
+    client = _client(uri)
+    client.set_tag(run_id, "mlflow.note.content", note[:5000])
+    client.set_terminated(run_id, status=status)
+
+
+def end_parent_run(uri: str, experiment_id: str, run_id: str, failure: str | None) -> str:
+    """End a submitted pipeline's parent run after its jobs ended: FAILED with `failure` (what
+    failed, where its log is) or FINISHED; its stage runs a killed job left RUNNING become
+    FAILED (or KILLED: an interrupted, requeued attempt). Returns the status set."""
+    client = _client(uri)
+    if failure:
+        client.set_tag(run_id, "slurm.error", failure[:5000])
+    elif "error" in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, "error")  # an attempt's stop, since requeued
+    children = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'",
+    )
+    for run in children:
+        reason = (
+            f"its Slurm job ended: {failure}" if failure else "an interrupted (requeued) attempt"
+        )
+        client.set_tag(run.info.run_id, "error", reason[:5000])
+        client.set_terminated(run.info.run_id, status="FAILED" if failure else "KILLED")
+    status = "FAILED" if failure else "FINISHED"
+    client.set_terminated(run_id, status=status)
+    return status
 
 
 def log_params(client, run_id: str, params: dict[str, Any]) -> None:

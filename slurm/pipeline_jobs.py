@@ -149,7 +149,7 @@ def _submit(
     (job_dir / "pipeline-train.cluster.yaml").write_text(
         OmegaConf.to_yaml(OmegaConf.structured(launch.cluster))
     )
-    meta, extra = _start_parent(cfg, graph, decisions)
+    meta, extra = _open_parent(cfg, graph, decisions)
     submissions: list[Submission] = []
     for planned in jobs:
         if extra and planned.role != "finish":
@@ -163,17 +163,13 @@ def _submit(
     return submissions
 
 
-def _start_parent(cfg: PipelineConfig, graph: Graph, decisions) -> tuple[dict, list[str]]:
-    """Create the MLflow parent run all jobs log into; returns (jobs.json meta, job overrides)."""
-    if not cfg.tracking.enabled:
-        return {"run_dir": str(graph.run_dir)}, []
-    from pipeline.tracking import ParentRun
+def _open_parent(cfg: PipelineConfig, graph: Graph, decisions) -> tuple[dict, list[str]]:
+    """Open the MLflow parent run all jobs log into; returns (jobs.json meta, job overrides)."""
+    from pipeline.tracking import open_parent
 
-    parent = ParentRun(cfg.tracking, graph.run_dir)
-    parent.close_stale()
-    resolved = OmegaConf.to_container(OmegaConf.structured(cfg))
-    parent.start(resolved, {k: f"{d.action}: {d.reason}" for k, d in decisions.items()})
-    parent.client.set_tag(parent.run_id, "pipeline.launcher", "slurm")
+    parent = open_parent(cfg, graph, decisions, launcher="slurm")
+    if parent is None:
+        return {"run_dir": str(graph.run_dir)}, []
     meta = {
         "run_dir": str(graph.run_dir),
         "tracking_uri": parent.uri,

@@ -89,30 +89,15 @@ def finalize(statuses: list[JobStatus], meta: dict) -> str | None:
     """End the MLflow parent run from the work jobs' states; returns the status set."""
     if not meta.get("parent_run_id"):
         return None
-    from mlflow import MlflowClient
+    from pipeline.tracking import end_parent_run
 
-    client = MlflowClient(meta["tracking_uri"])
-    work = [s for s in statuses if s.role != "finish"]
-    failed = [s for s in work if not s.ok]
-    status = "FAILED" if failed else "FINISHED"
+    failed = [s for s in statuses if s.role != "finish" and not s.ok]
     text = "; ".join(
         f"{s.name} job {s.job_id} ended {s.state} (exit {s.exit_code}), log {s.stdout}"
         for s in failed
     )
-    if failed:
-        client.set_tag(meta["parent_run_id"], "slurm.error", text[:5000])
-    elif "error" in client.get_run(meta["parent_run_id"]).data.tags:
-        client.delete_tag(meta["parent_run_id"], "error")  # an attempt's stop, since requeued
-    children = client.search_runs(
-        [meta["experiment_id"]],
-        filter_string=f"tags.mlflow.parentRunId = '{meta['parent_run_id']}' and attributes.status = 'RUNNING'",
-    )
-    for run in children:  # a killed or requeued job could not end its stage runs itself
-        reason = f"its Slurm job ended: {text}" if failed else "an interrupted (requeued) attempt"
-        client.set_tag(run.info.run_id, "error", reason[:5000])
-        client.set_terminated(run.info.run_id, status="FAILED" if failed else "KILLED")
-    client.set_terminated(meta["parent_run_id"], status=status)
-    return status
+    uri, exp, run = meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"]
+    return end_parent_run(uri, exp, run, text or None)
 
 
 def main(argv: list[str]) -> int:
