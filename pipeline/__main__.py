@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from appconf.strict import UnknownKeyError
 from pipeline.config import PipelineConfig, register_schema
 from pipeline.engine import PipelineError, PipelinePreempted, RunResult, run_pipeline
+from trainer import contract
 
 register_schema()
 
@@ -47,7 +48,7 @@ def print_outcome(result: RunResult) -> None:
     print(f"\nPipeline finished: {len(result.ran)} stage(s) ran, outputs in {result.run_dir}")
     for key in result.plan:
         print(f"  {key:28s} {result.run_dir / key}")
-    summary = result.run_dir / "train" / "checkpoints" / "summary.json"
+    summary = result.run_dir / "train" / "checkpoints" / contract.SUMMARY_FILE
     if summary.exists():
         info = json.loads(summary.read_text())
         print(f"Training summary ({summary}):")

@@ -73,8 +73,8 @@ def plan(graph: Graph, part: str = "all") -> dict[str, state.Decision]:
 
 
 def training_part(graph: Graph) -> set[str]:
-    """Keys of the train stages and everything downstream of them."""
-    keys = {key for key, node in graph.nodes.items() if node.kind.name == "train"}
+    """Keys of the training stages (kind role `training`) and everything downstream of them."""
+    keys = {key for key, node in graph.nodes.items() if node.kind.role == "training"}
     for key in list(keys):
         keys |= graph.dependants(key)
     return keys

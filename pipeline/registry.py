@@ -89,6 +89,10 @@ class StageKind:
     all that changed, a resumable kind continues from its checkpoints instead of restarting.
     A key may end in `.*` (any key under it) or in `+` (only a larger number extends, e.g.
     `train.steps+`: fewer steps restart)."""
+    role: str = "data"
+    """`data` or `training`: a training kind and what depends on it form the pipeline's training
+    part (`part=train`; on Slurm the training job, where its options get `launcher=srun` and
+    `cluster=PATH`)."""
 
     def code_modules(self, options: Any) -> tuple[str, ...]:
         return tuple(self.code(options)) if callable(self.code) else self.code
@@ -107,6 +111,7 @@ class StageKind:
 
 
 _KINDS: dict[str, StageKind] = {}
+ROLES = ("data", "training")
 
 
 def register_kind(
@@ -120,14 +125,18 @@ def register_kind(
     describe: Callable[[Any], dict] | None = None,
     validate: Callable[[Any], None] | None = None,
     extends: tuple[str, ...] = (),
+    role: str = "data",
 ) -> Callable[[Callable[[TaskContext], dict]], Callable[[TaskContext], dict]]:
     """Decorator: register `fn(ctx) -> stats` as stage kind `name`."""
+
+    if role not in ROLES:
+        raise ValueError(f"stage kind {name!r}: role must be one of {ROLES}, got {role!r}")
 
     def wrap(fn: Callable[[TaskContext], dict]) -> Callable[[TaskContext], dict]:
         code_spec = code if callable(code) else tuple(code)
         _KINDS[name] = StageKind(
             name, fn, options, code_spec, tuple(conf), resumable, live_run, describe, validate,
-            tuple(extends),
+            tuple(extends), role,
         )  # fmt: skip
         return fn
 

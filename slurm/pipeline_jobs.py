@@ -93,7 +93,9 @@ def plan_jobs(
 
 def _srun_overrides(graph: Graph, train_keys: set[str], job_dir: Path) -> list[str]:
     """Train stages launch over the job's allocation with the cluster written next to the job."""
-    names = sorted({graph.nodes[k].name for k in train_keys if graph.nodes[k].kind.name == "train"})
+    names = sorted(
+        {graph.nodes[k].name for k in train_keys if graph.nodes[k].kind.role == "training"}
+    )
     path = job_dir / "pipeline-train.cluster.yaml"
     return [
         o

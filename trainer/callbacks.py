@@ -7,11 +7,13 @@ grad_norm, lr, tokens_per_s, mfu, step_time_s; valid_loss from validation.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from dataclasses import asdict
 from typing import Any
 
-from trainer import attempts
+from trainer import attempts, contract
 from trainer.config.trainer import LoggingConfig, TrainerConfig
 
 
@@ -57,6 +59,20 @@ class ConsoleCallback(Callback):
 
     def on_train_end(self, summary: dict[str, Any]) -> None:
         self.console.print(f"[bold green]done[/bold green] {summary}")
+
+
+class ProgressCallback(Callback):
+    """One JSON line per logged step in the file `$PRETRAIN_PROGRESS_FILE` names (the program
+    that runs the trainer reads it with trainer.contract.read_progress)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        record = {"step": step, "time": time.time()}
+        record.update({k: metrics[k] for k in ("tokens_per_s", "loss") if k in metrics})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +170,8 @@ class MLflowCallback(Callback):
 def build_callbacks(
     cfg: LoggingConfig, rank: int, resume_run_id: str | None = None
 ) -> list[Callback]:
-    """Callbacks for this rank: console and/or MLflow on rank 0, none elsewhere."""
+    """Callbacks for this rank: console, MLflow and/or the progress file on rank 0, none
+    elsewhere."""
     if rank != 0:
         return []
     callbacks: list[Callback] = []
@@ -162,6 +179,8 @@ def build_callbacks(
         callbacks.append(ConsoleCallback())
     if cfg.mlflow:
         callbacks.append(MLflowCallback(cfg, resume_run_id))
+    if os.environ.get(contract.PROGRESS_ENV):
+        callbacks.append(ProgressCallback(os.environ[contract.PROGRESS_ENV]))
     return callbacks
 
 

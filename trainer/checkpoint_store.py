@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer import contract
+
 LATEST = "latest"
-SUMMARY = "summary.json"
+SUMMARY = contract.SUMMARY_FILE
 """Written by a training run that ended (trainer.run), next to its checkpoints."""
 MARKER = "checkpoint.json"
 PREVIOUS = "previous"

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-EXIT_CODE = os.EX_TEMPFAIL
+from trainer import contract
+
+EXIT_CODE = contract.STOPPED_EXIT_CODE
 """Exit status of a run stopped by a request, checkpoint saved (os.EX_TEMPFAIL = 75)."""
 DUPLICATE_WINDOW_S = 1.0
 """A repeated signal this soon after the first is the same request, not "exit now"."""

@@ -1,7 +1,9 @@
 """Stage kind `train`: launch the trainer (torchrun or python -m) and stream its log.
 
-The trainer logs into the stage's nested MLflow run (MLFLOW_RUN_ID / MLFLOW_TRACKING_URI in
-its environment) and resumes from `checkpoint.dir` when the stage reruns after a kill. A trainer
+The contract with the trainer is trainer.contract: it logs into the stage's nested MLflow run
+(MLFLOW_RUN_ID / MLFLOW_TRACKING_URI in its environment), appends its progress to the file
+PRETRAIN_PROGRESS_FILE names (read here for the live view's tokens/s), writes summary.json (the
+stage's stats) and resumes from `checkpoint.dir` when the stage reruns after a kill. A trainer
 stopped by its stop file (Slurm's pre-timeout signal) raises StagePreempted: the stage run ends
 KILLED and `python -m pipeline` exits 75 so the sbatch script requeues it.
 """
@@ -11,12 +13,12 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -24,8 +26,10 @@ from pathlib import Path
 
 from pipeline.registry import TaskContext, register_kind
 from pipeline.task import StagePreempted
+from trainer import contract
 
-_RATE = re.compile(r"tokens?[/_ ]per[_ ]s(?:ec)?\W+([\d.,]+)|([\d.,]+)\s*tok(?:en)?s?/s", re.I)
+PROGRESS = ".progress.jsonl"
+"""The trainer's progress file in the stage folder (trainer.contract.PROGRESS_ENV)."""
 
 
 @dataclass
@@ -125,17 +129,31 @@ def _stream(proc: subprocess.Popen, ctx: TaskContext, tail: deque) -> None:
         sys.stdout.flush()
         ctx.echo(prefix + line)
         tail.append(line.rstrip())
-        match = _RATE.search(line)
-        if match:
-            value = float((match.group(1) or match.group(2)).replace(",", ""))
-            ctx.report(throughput=value, unit="tok/s")
+
+
+def _follow_progress(ctx: TaskContext, done: threading.Event, poll_s: float = 1.0) -> None:
+    """Report the trainer's latest tokens/s (from its progress file) until `done`, and once
+    more after it."""
+    offset, stop = 0, False
+    while not stop:
+        stop = done.wait(poll_s)
+        records, offset = contract.read_progress(ctx.output / PROGRESS, offset)
+        rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
+        if rates:
+            ctx.report(throughput=rates[-1], unit="tok/s")
+
+
+def _trainer_env(ctx: TaskContext, opts: TrainOptions) -> dict[str, str]:
+    """What the trainer reads from its environment (trainer.contract) beyond ours."""
+    env = {**opts.env, contract.PROGRESS_ENV: str((ctx.output / PROGRESS).absolute())}
+    if ctx.mlflow_run_id:
+        env.update(MLFLOW_RUN_ID=ctx.mlflow_run_id, MLFLOW_TRACKING_URI=ctx.tracking_uri or "")
+    return env
 
 
 def run_local(ctx: TaskContext, opts: TrainOptions, overrides: list[str]) -> None:
-    env = dict(os.environ, **opts.env, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, **_trainer_env(ctx, opts), PYTHONUNBUFFERED="1")
     env.setdefault("COLUMNS", "200")  # rich-based consoles wrap at 80 columns without a TTY
-    if ctx.mlflow_run_id:
-        env.update(MLFLOW_RUN_ID=ctx.mlflow_run_id, MLFLOW_TRACKING_URI=ctx.tracking_uri or "")
     cmd, extra_env = command(opts, overrides)
     env.update(extra_env)
     print("launch:", " ".join(cmd), flush=True)
@@ -148,15 +166,20 @@ def run_local(ctx: TaskContext, opts: TrainOptions, overrides: list[str]) -> Non
     (ctx.output / ".trainer.json").write_text(
         json.dumps({"pgid": proc.pid, "host": socket.gethostname()})
     )
+    done = threading.Event()
+    follower = threading.Thread(target=_follow_progress, args=(ctx, done), daemon=True)
+    follower.start()
     try:
         _stream(proc, ctx, tail)
         code = proc.wait()
     finally:
+        done.set()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+        follower.join(timeout=5)
     if code != 0:
         last = "\n".join(list(tail)[-5:])
-        if code == os.EX_TEMPFAIL or _stop_requested(env, overrides):
+        if code == contract.STOPPED_EXIT_CODE or _stop_requested(env, overrides):
             raise StagePreempted(
                 ctx.key, str(ctx.log_path), f"trainer exited with code {code} after a stop request"
             )
@@ -166,7 +189,7 @@ def run_local(ctx: TaskContext, opts: TrainOptions, overrides: list[str]) -> Non
 def _stop_requested(env: dict[str, str], overrides: list[str]) -> bool:
     """Whether the trainer's stop file exists. torchrun and srun turn a worker's exit 75 (stopped
     for requeue) into their own failure code, so the file is the signal that counts."""
-    stop_file = override_value(overrides, "checkpoint.stop_file") or env.get("PRETRAIN_STOP_FILE")
+    stop_file = override_value(overrides, "checkpoint.stop_file") or env.get(contract.STOP_FILE_ENV)
     return bool(stop_file) and os.path.exists(stop_file)
 
 
@@ -174,9 +197,7 @@ def run_slurm(ctx: TaskContext, opts: TrainOptions, overrides: list[str]) -> Non
     """Submit through the slurm package's launcher and wait; copies the job log into ours."""
     from slurm import SlurmError, launch_training
 
-    env = dict(opts.env)
-    if ctx.mlflow_run_id:
-        env.update(MLFLOW_RUN_ID=ctx.mlflow_run_id, MLFLOW_TRACKING_URI=ctx.tracking_uri or "")
+    env = _trainer_env(ctx, opts)
     try:
         result = launch_training(
             overrides, opts.cluster, ctx.output / "slurm", env=env, timeout_s=opts.timeout_s
@@ -242,7 +263,7 @@ EXTENDS = ("train.steps+", "train.eval_interval", "train.eval_iters", "train.log
 stage's last checkpoint (`train.steps` only when raised) instead of restarting."""
 
 
-@register_kind("train", options=TrainOptions, code=lambda o: (o.module,), conf=("model/**", "parallel/**", "precision/**", "train/**", "trainer.yaml"), resumable=True, live_run=True, validate=validate, extends=EXTENDS)  # fmt: skip
+@register_kind("train", options=TrainOptions, code=lambda o: (o.module,), conf=("model/**", "parallel/**", "precision/**", "trainer.yaml"), resumable=True, live_run=True, validate=validate, extends=EXTENDS, role="training")  # fmt: skip
 def train(ctx: TaskContext) -> dict:
     """Train (or resume training) the model; returns the trainer's summary.json as stats."""
     opts: TrainOptions = ctx.options
@@ -250,7 +271,7 @@ def train(ctx: TaskContext) -> dict:
     overrides = trainer_overrides(ctx.overrides, ctx.output)
     started = time.time()
     (run_slurm if opts.launcher == "slurm" else run_local)(ctx, opts, overrides)
-    summary_path = ckpt / "summary.json"
+    summary_path = ckpt / contract.SUMMARY_FILE
     if not summary_path.exists():
         raise RuntimeError(f"trainer finished but wrote no {summary_path}")
     summary = json.loads(summary_path.read_text())

@@ -1,7 +1,8 @@
 """A stand-in trainer: `python -m pipeline_fake_trainer checkpoint.dir=D train.steps=N ...`.
 
 Writes one checkpoint per step atomically, resumes from the newest, logs `loss` to the MLflow
-run in MLFLOW_RUN_ID, writes summary.json at the end (all values deterministic). `dry_run=true`
+run in MLFLOW_RUN_ID and a progress line per step to $PRETRAIN_PROGRESS_FILE (trainer.contract),
+writes summary.json at the end (all values deterministic). `dry_run=true`
 only checks the config; a bad `train.steps` exits 2 with one `error:` line, as the trainer does.
 """
 
@@ -47,6 +48,10 @@ def main(argv: list[str]) -> int:
         if run:
             mlflow.log_metric("loss", loss, step=step)
         print(f"step {step} loss {loss:.4f} tokens_per_s: 1234.0", flush=True)
+        if os.environ.get("PRETRAIN_PROGRESS_FILE"):
+            with open(os.environ["PRETRAIN_PROGRESS_FILE"], "a") as f:
+                f.write(json.dumps({"step": step, "loss": loss, "tokens_per_s": 1234.0 + step}))
+                f.write("\n")
     summary = {"final_step": steps, "train_loss": 10.0 / steps, "valid_loss_first": 10.0,
                "valid_loss_last": 10.0 / steps, "tokens_per_s": 1234.0, "mfu": 0.0}  # fmt: skip
     (ckpt / "summary.json").write_text(json.dumps(summary, sort_keys=True))

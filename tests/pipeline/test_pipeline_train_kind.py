@@ -66,3 +66,21 @@ def test_failed_trainer_fails_the_stage_with_its_last_lines(tmp_path, monkeypatc
         RuntimeError, match="trainer exited with code 3; last lines:\n.*planted failure"
     ):
         train(ctx)
+
+
+def test_live_throughput_comes_from_the_trainer_progress_file(tmp_path, monkeypatch):
+    """trainer.contract: the kind names the progress file, the trainer appends a line per step,
+    the kind reports the latest tokens/s (the console text is not parsed)."""
+    import json
+
+    monkeypatch.setenv("PYTHONPATH", pythonpath())
+    ctx = _ctx(tmp_path, module="pipeline_fake_trainer")
+    ctx.overrides = [f"checkpoint.dir={tmp_path}/ck", "train.steps=3"]
+    ctx.mlflow_run_id = None  # no MLflow store here
+    stats = train(ctx)
+    assert stats["final_step"] == 3
+    lines = (tmp_path / ".progress.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+    assert json.loads((tmp_path / ".progress.json").read_text()) == {
+        "throughput": 1237.0, "unit": "tok/s"
+    }  # fmt: skip
