@@ -43,7 +43,7 @@ def _split_argv(argv: list[str]) -> tuple[str, list[str], list[str]]:
 
 
 def _submit(cfg: SlurmAppConfig, job: TrainJob) -> int:
-    if not cfg.wait and cfg.cluster.executor == "slurm":
+    if not cfg.wait and cfg.cluster.scheduler == "slurm":
         new_record(Path(job.run_dir).absolute())
         sub = submit_job(job, cfg.cluster, config_yaml=OmegaConf.to_yaml(cfg))
         print(f"submitted job {sub.job_id}; script {sub.script}; log {sub.stdout}")

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-EXECUTORS = ("local", "slurm")
+SCHEDULERS = ("local", "slurm")
 LAUNCHES = ("torchrun", "srun")
 _TIME_RE = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$|^\d+$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -26,7 +26,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 class ClusterConfig:
     """Where and with which resources a job runs. One YAML per cluster in conf/cluster/."""
 
-    executor: str = "slurm"
+    scheduler: str = "slurm"
     """`slurm` (sbatch) or `local` (the same script run with bash on this machine, no Slurm)."""
     partition: str | None = None
     """Slurm partition (`--partition`); None = the cluster's default partition."""
@@ -96,8 +96,10 @@ class ClusterConfig:
     job(s) end and exit non-zero if one fails. False: print the job ids and log paths and return."""
 
     def __post_init__(self) -> None:
-        if self.executor not in EXECUTORS:
-            raise ValueError(f"cluster.executor must be one of {EXECUTORS}, got {self.executor!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(
+                f"cluster.scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}"
+            )
         for name in ("nodes", "cpus_per_task"):
             if getattr(self, name) < 1:
                 raise ValueError(f"cluster.{name} must be >= 1, got {getattr(self, name)}")
@@ -134,8 +136,8 @@ class ClusterConfig:
         for name in ("signal_before_s", "max_requeues", "max_restarts"):
             if getattr(self, name) < 0:
                 raise ValueError(f"cluster.{name} must be >= 0, got {getattr(self, name)}")
-        if self.executor == "local" and self.nodes != 1:
-            raise ValueError("cluster.executor=local runs on this machine: nodes must be 1")
+        if self.scheduler == "local" and self.nodes != 1:
+            raise ValueError("cluster.scheduler=local runs on this machine: nodes must be 1")
         for name in ("master_port", "ray_port"):
             port = getattr(self, name)
             if port is not None and not 1024 <= port <= 65535:
@@ -230,7 +232,7 @@ class LaunchConfig:
     """Schema of conf/launch.yaml: the launch overrides on an app's command line
     (`python -m trainer|data_prep|pipeline cluster=NAME cluster.KEY=VALUE ...`)."""
 
-    cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig(executor="local"))
+    cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig(scheduler="local"))
     """Where the command runs (conf/cluster/*): `local` here; `slurm` submits it as job(s)."""
     data_cluster: dict[str, Any] = field(default_factory=dict)
     """Pipeline only: changes to `cluster` for the data job, e.g.

@@ -171,7 +171,7 @@ def check(result: JobResult, what: str = "job") -> JobResult:
 
 
 def run_local(script_path: Path, log_path: Path, env: Mapping[str, str] | None = None) -> JobResult:
-    """Run a script rendered for `executor: local` with bash; stdout to `log_path`, stderr
+    """Run a script rendered for `scheduler: local` with bash; stdout to `log_path`, stderr
     next to it (`.err`), as under Slurm."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
@@ -211,13 +211,13 @@ def run_job(
     timeout_s: float | None = None,
     on_submit: Callable[[str, Path], None] | None = None,
 ) -> JobResult:
-    """Render `job`, run it on `cluster` (sbatch, or bash for executor=local), wait for it.
+    """Render `job`, run it on `cluster` (sbatch, or bash for scheduler=local), wait for it.
 
     on_submit(job_id, log_path) is called right after sbatch accepts the job.
     Returns the COMPLETED result; raises SlurmJobError naming state and log otherwise.
     """
     script = prepare(job, cluster)
-    if cluster.executor == "local":
+    if cluster.scheduler == "local":
         result = run_local(script, log_path_for(script, "local"), env)
     else:
         job_id = submit(script, env)

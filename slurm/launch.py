@@ -3,7 +3,7 @@
 The apps describe what runs and know no cluster. Their `__main__` hands the command line here:
 the launch overrides (`cluster=NAME`, `cluster.KEY=VALUE`, the pipeline's `data_cluster...`)
 are taken out before the app's schema sees them and composed from conf/launch.yaml. With no
-cluster, or one whose `executor` is `local`, the app runs here on the rest of the command line;
+cluster, or one whose `scheduler` is `local`, the app runs here on the rest of the command line;
 otherwise this module validates the app's config (bad input: one line, exit 2) and submits the
 same command as Slurm job(s) that run it in place (`cluster=local`):
 
@@ -72,7 +72,7 @@ def route(app: str, argv: list[str], run_here: Callable[[list[str]], None]) -> N
         return
     try:
         launch = compose_launch(launch_args)
-        if launch.cluster.executor != "local":
+        if launch.cluster.scheduler != "local":
             code = SUBMITTERS[app](launch, app_args)
             if code is not None:
                 sys.exit(code)

@@ -6,7 +6,7 @@ on the allocation's first node (first of `scontrol show hostnames`), on the firs
 20000 + job id % 20000 unless `cluster.master_port` is set. `cluster.launch=srun`: one Slurm task per process, and
 `python -m slurm.srun_task` maps SLURM_PROCID/LOCALID/NTASKS to RANK/LOCAL_RANK/WORLD_SIZE.
 Either way the trainer needs no Slurm-specific code, and a dead worker takes the whole job down
-(`srun --kill-on-bad-exit=1`). With `executor: local` the script runs under plain bash with
+(`srun --kill-on-bad-exit=1`). With `scheduler: local` the script runs under plain bash with
 `torchrun --standalone`.
 
 Data (`RayJob`): a Ray head on the first node, a worker per other node (`srun --overlap`), a wait
@@ -79,7 +79,7 @@ def render_sbatch(job: Job, cluster: ClusterConfig) -> str:
     python = cluster.python or getattr(job, "python", None) or sys.executable
     return _ENV.get_template("job.sbatch.j2").render(
         c=cluster,
-        slurm=cluster.executor == "slurm",
+        slurm=cluster.scheduler == "slurm",
         kind=kind,
         run_dir=run_dir,
         workdir=workdir,
@@ -109,8 +109,8 @@ def trainer_overrides(job: TrainJob, run_dir: str) -> list[str]:
 
 
 def _srun_prefix(cluster: ClusterConfig, workdir: str) -> list[str]:
-    """`srun` and its options, one script line each (empty for the local executor)."""
-    if cluster.executor != "slurm":
+    """`srun` and its options, one script line each (empty for the local scheduler)."""
+    if cluster.scheduler != "slurm":
         return []
     return ["srun", *map(shlex.quote, srun_options(cluster, workdir))]
 
@@ -124,9 +124,9 @@ def _train_launch(job: TrainJob, cluster: ClusterConfig, run_dir: str, workdir: 
     overrides = [shlex.quote(o) for o in trainer_overrides(job, run_dir)]
     python = shlex.quote(_python(job, cluster))
     srun = _srun_prefix(cluster, workdir)
-    if cluster.executor == "slurm" and cluster.launch == "srun":
+    if cluster.scheduler == "slurm" and cluster.launch == "srun":
         return _CONT.join([*srun, f"{python} -m slurm.srun_task {job.module}", *overrides])
-    if cluster.executor == "slurm":  # values are numbers or shell variables: not quoted
+    if cluster.scheduler == "slurm":  # values are numbers or shell variables: not quoted
         rdzv = rdzv_options('"$SLURM_JOB_NUM_NODES"', cluster.nproc_per_node,
                             '"$MASTER_ADDR:$MASTER_PORT"', '"$SLURM_JOB_ID"')  # fmt: skip
     else:

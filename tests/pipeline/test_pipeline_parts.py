@@ -44,7 +44,7 @@ def test_slurm_job_plan_follows_what_is_left_to_run(tmp_path):
     load_plugins(pipeline_cfg.plugins)  # the fake kinds (run alone, no earlier test loaded them)
     graph = build_graph(pipeline_cfg)
     assert training_part(graph) == {"train"}
-    cfg = LaunchConfig(cluster=ClusterConfig(executor="slurm"))
+    cfg = LaunchConfig(cluster=ClusterConfig(scheduler="slurm"))
     jobs = plan_jobs(cfg, graph, plan(graph), [])
     assert [(j.role, j.after) for j in jobs] == [
         ("data", None), ("train", "afterok"), ("finish", "afterany")

@@ -33,7 +33,7 @@ def test_data_prep_stage_submitted_with_cluster_slurm_runs_on_ray_in_the_job(tmp
     log = Path(job["stdout"]).read_text()
     assert "1 node(s) alive" in log and '"documents_kept": 40' in log
     resolved = (out / "slurm/data_prep-read.yaml").read_text()
-    assert "stage: read" in resolved and "executor: slurm" in resolved  # what was submitted
+    assert "stage: read" in resolved and "scheduler: slurm" in resolved  # what was submitted
     status = _run("slurm", "status", str(out / "slurm"))
     assert status.returncode == 0 and "run COMPLETED" in status.stdout
 

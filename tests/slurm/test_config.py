@@ -12,10 +12,10 @@ from slurm.config import ClusterConfig, CommandJob, load_cluster
         ({"nodes": 0}, "cluster.nodes must be >= 1"),
         ({"gpus_per_node": -1}, "gpus_per_node must be >= 0"),
         ({"time": "ten minutes"}, "is not MM, HH:MM:SS"),
-        ({"executor": "k8s"}, "executor must be one of"),
+        ({"scheduler": "k8s"}, "scheduler must be one of"),
         ({"job_name": "a b"}, "job_name"),
         ({"extra_sbatch": ["constraint=h100"]}, "must be one `--option"),
-        ({"executor": "local", "nodes": 2}, "nodes must be 1"),
+        ({"scheduler": "local", "nodes": 2}, "nodes must be 1"),
         ({"master_port": 80}, "master_port"),
     ],
 )

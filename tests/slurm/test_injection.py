@@ -43,11 +43,11 @@ def test_hostile_values_reach_the_slurm_job_literally_and_run_nothing(tmp_path):
     assert list(markers.iterdir()) == []  # no substitution, separator or newline ran anything
 
 
-def test_hostile_values_run_nothing_under_the_local_executor(tmp_path):
+def test_hostile_values_run_nothing_under_the_local_scheduler(tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()
     value, out = _hostile(markers), tmp_path / "seen"
-    cluster = ClusterConfig(executor="local", env={"HOSTILE": value})
+    cluster = ClusterConfig(scheduler="local", env={"HOSTILE": value})
     job = CommandJob([sys.executable, "-c", WRITE, str(out), value], run_dir=str(tmp_path / "r"))
     assert jobs.run_job(job, cluster).ok
     assert out.read_text() == value and Path(f"{out}.arg").read_text() == value

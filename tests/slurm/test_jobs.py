@@ -96,7 +96,7 @@ def test_check_names_state_log_and_tail(tmp_path):
 def test_local_command_job_runs_and_logs(tmp_path):
     out = tmp_path / "out.txt"
     job = CommandJob(["bash", "-c", f"echo hello; echo 42 > {out}"], run_dir=str(tmp_path / "run"))
-    result = jobs.run_job(job, ClusterConfig(executor="local", job_name="cmd"))
+    result = jobs.run_job(job, ClusterConfig(scheduler="local", job_name="cmd"))
     assert result.ok and out.read_text() == "42\n"
     assert result.log_path == tmp_path / "run" / "logs" / "cmd-local.out"
     assert "hello" in result.log_path.read_text()
@@ -108,7 +108,7 @@ def test_local_failure_raises_with_log(tmp_path):
     with pytest.raises(
         SlurmJobError, match=r"ended FAILED \(exit 3:0\); log: .*cmd-local.out"
     ) as err:
-        jobs.run_job(job, ClusterConfig(executor="local", job_name="cmd"))
+        jobs.run_job(job, ClusterConfig(scheduler="local", job_name="cmd"))
     assert "dying" in str(err.value)
 
 
@@ -118,7 +118,7 @@ def test_launch_training_locally_runs_torchrun_with_overrides_and_env(tmp_path):
         f'#!/bin/bash\nprintf "%s\\n" "$@" > {tmp_path}/argv\necho "$MLFLOW_RUN_ID" > {tmp_path}/run_id\n'
     )
     fake_python.chmod(0o755)
-    cluster = {"executor": "local", "cpus_per_task": 2, "python": str(fake_python)}
+    cluster = {"scheduler": "local", "cpus_per_task": 2, "python": str(fake_python)}
     result = launch_training(
         ["train.max_steps=3"], cluster, tmp_path / "run", env={"MLFLOW_RUN_ID": "abc"}
     )

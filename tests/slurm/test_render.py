@@ -123,7 +123,7 @@ TRICKY = ["model=tiny_v3", "name='a b'", "tag=$HOME", 'q="x;y"', "+train.seed=3"
 
 def test_local_script_passes_overrides_verbatim(tmp_path):
     job = TrainJob(overrides=TRICKY, run_dir=str(tmp_path / "run"), workdir=str(tmp_path))
-    cluster = ClusterConfig(executor="local", cpus_per_task=2, python="python")
+    cluster = ClusterConfig(scheduler="local", cpus_per_task=2, python="python")
     rec = _run_script(render_sbatch(job, cluster), tmp_path, {})
     argv = (rec / "python.argv").read_text().splitlines()
     assert argv == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
@@ -193,5 +193,5 @@ def test_newlines_in_a_command_cannot_escape_the_comment_line(tmp_path):
     job = CommandJob(
         ["true", f"x\ntouch {marker}"], run_dir=str(tmp_path / "r"), workdir=str(tmp_path)
     )
-    subprocess.run(["bash", "-c", render_sbatch(job, ClusterConfig(executor="local"))], check=True)
+    subprocess.run(["bash", "-c", render_sbatch(job, ClusterConfig(scheduler="local"))], check=True)
     assert not marker.exists()
