@@ -166,3 +166,35 @@ def test_pipeline_cli_refuses_unknown_keys(tmp_path):
         key = extra.lstrip("+").split("=")[0]
         assert line.startswith(f"error: unknown config key '{key}' (not in the pipeline schema")
     assert not (tmp_path / "run").exists()
+
+
+def _leaves(node, prefix: str = ""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key not in ("defaults", "hydra"):
+                yield from _leaves(value, f"{prefix}.{key}" if prefix else key)
+    else:
+        yield prefix, node
+
+
+def _schema_default(schema, key: str):
+    node = schema
+    for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return "<absent>"
+        node = node[part]
+    return node
+
+
+@pytest.mark.parametrize("app", ["trainer", "data_prep", "pipeline"])
+def test_app_yaml_does_not_repeat_a_schema_default(app):
+    """One place per default: the schema's dataclass; the app YAML only adds or changes."""
+    from omegaconf import OmegaConf
+
+    schema = OmegaConf.structured(_schemas()[app])
+    repeated = [
+        key
+        for key, value in _leaves(OmegaConf.to_container(OmegaConf.load(CONF / f"{app}.yaml")))
+        if _schema_default(schema, key) == value and value != "???"
+    ]
+    assert repeated == [], f"conf/{app}.yaml repeats schema defaults: {repeated}"
