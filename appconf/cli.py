@@ -7,8 +7,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-QUIET_HYDRA = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled",
-               "hydra/hydra_logging=disabled"]  # fmt: skip
+QUIET_HYDRA = [
+    "hydra.run.dir=.",
+    "hydra.output_subdir=null",
+    "hydra/job_logging=disabled",
+    "hydra/hydra_logging=disabled",
+]
 """Appended to argv: no outputs/ folder, no log files, no Hydra logging."""
 
 

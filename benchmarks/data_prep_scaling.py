@@ -100,8 +100,17 @@ def generate(pools: dict[str, list[str]], n: int, out: Path, files: int) -> dict
 
 
 def run_stage(stage: str, inp: Path, out: Path, tasks: int) -> dict:
-    cmd = [sys.executable, "-m", "data_prep", f"stage={stage}", f"input={inp}", f"output={out}",
-           "progress=false", f"executor.tasks={tasks}", f"executor.workers={tasks}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "data_prep",
+        f"stage={stage}",
+        f"input={inp}",
+        f"output={out}",
+        "progress=false",
+        f"executor.tasks={tasks}",
+        f"executor.workers={tasks}",
+    ]
     res = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True)
     code, wall, rss_kb = res.stdout.strip().splitlines()[-1].split()
     if code != "0":
@@ -131,23 +140,37 @@ def main() -> None:
         # at least 4 files per task so every task works; at most 10,000 documents per file
         planted = generate(pools, n, base / "raw", max(4 * args.tasks, -(-n // 10_000)))
         mb = sum(f.stat().st_size for f in (base / "raw").glob("*.jsonl")) / 1e6
-        print(f"\n{n} documents ({mb:.0f} MB, generated in {time.perf_counter() - t:.0f} s), "
-              f"planted {planted['exact']} exact + {planted['near']} near copies")  # fmt: skip
+        print(
+            f"\n{n} documents ({mb:.0f} MB, generated in {time.perf_counter() - t:.0f} s), "
+            f"planted {planted['exact']} exact + {planted['near']} near copies"
+        )
         prev, total = base / "raw", 0.0
         for stage in args.stages.split(","):
             r = run_stage(stage, prev, base / stage, args.tasks)
             s = r["stats"]
             total += r["wall_s"]
-            rows.append({"docs": n, "stage": stage, "in": s["documents_in"], "wall_s": r["wall_s"],
-                         "docs_per_s": s["documents_in"] / r["wall_s"], "rss_mb": r["rss_mb"],
-                         "removed": sum(s["removed"].values())})  # fmt: skip
+            rows.append(
+                {
+                    "docs": n,
+                    "stage": stage,
+                    "in": s["documents_in"],
+                    "wall_s": r["wall_s"],
+                    "docs_per_s": s["documents_in"] / r["wall_s"],
+                    "rss_mb": r["rss_mb"],
+                    "removed": sum(s["removed"].values()),
+                }
+            )
             x = rows[-1]
-            print(f"  {stage:14s} in {x['in']:>8d}  {x['wall_s']:7.1f} s  {x['docs_per_s']:7.0f} "
-                  f"docs/s  peak RSS {x['rss_mb']:6.0f} MB  removed {x['removed']}")  # fmt: skip
+            print(
+                f"  {stage:14s} in {x['in']:>8d}  {x['wall_s']:7.1f} s  {x['docs_per_s']:7.0f} "
+                f"docs/s  peak RSS {x['rss_mb']:6.0f} MB  removed {x['removed']}"
+            )
             prev = base / stage
         print(f"  chain: {total:.0f} s, {n / total:.0f} docs/s end to end")
-    print("\nscaling per stage vs the smallest size: time per document (x1.00 = linear; start-up"
-          " costs make small sizes dearer) and peak RSS (x1.00 = flat)")  # fmt: skip
+    print(
+        "\nscaling per stage vs the smallest size: time per document (x1.00 = linear; start-up"
+        " costs make small sizes dearer) and peak RSS (x1.00 = flat)"
+    )
     first = {r["stage"]: r for r in rows if r["docs"] == args.docs[0]}
     for r in rows:
         f = first[r["stage"]]

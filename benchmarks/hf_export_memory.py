@@ -68,11 +68,25 @@ def measure(size: str, tmp: Path, tokenizer: Path, shard_mb: int) -> dict:
     weight_bytes = sum(f.stat().st_size for f in src.glob("*.safetensors"))
     py = sys.executable
     imp = peak_rss([py, "-m", "trainer.import_hf", f"source={src}", f"output={ours}"])
-    exp = peak_rss([py, "-m", "trainer.export", f"checkpoint.dir={ours}", f"output={back}",
-                    f"tokenizer={tokenizer}", f"shard_size_mb={shard_mb}"])  # fmt: skip
+    exp = peak_rss(
+        [
+            py,
+            "-m",
+            "trainer.export",
+            f"checkpoint.dir={ours}",
+            f"output={back}",
+            f"tokenizer={tokenizer}",
+            f"shard_size_mb={shard_mb}",
+        ]
+    )
     baseline = peak_rss([py, "-c", BASELINE, str(src), str(base)])
-    return {"size": size, "weights_gib": weight_bytes / 2**30, "import": imp, "export": exp,
-            "baseline": baseline}  # fmt: skip
+    return {
+        "size": size,
+        "weights_gib": weight_bytes / 2**30,
+        "import": imp,
+        "export": exp,
+        "baseline": baseline,
+    }
 
 
 def main() -> None:

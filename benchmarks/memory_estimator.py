@@ -77,16 +77,23 @@ def cpu_rows(models: list[str]) -> list[tuple]:
                 finally:
                     destroy_parallel()
                 est = estimate_memory(
-                    model, ParallelConfig(), PrecisionConfig(name=dtype, params_dtype=dtype),
-                    MICRO, SEQ, GLOBAL // MICRO, use_distributed_optimizer=distopt,
-                )  # fmt: skip
+                    model,
+                    ParallelConfig(),
+                    PrecisionConfig(name=dtype, params_dtype=dtype),
+                    MICRO,
+                    SEQ,
+                    GLOBAL // MICRO,
+                    use_distributed_optimizer=distopt,
+                )
                 rows.append((name, dtype, distopt, est, got))
     return rows
 
 
 def print_cpu(rows: list[tuple]) -> bool:
-    print(f"{'model':14s} {'prec':5s} {'optim':7s} {'kind':10s} {'estimated':>12s} "
-          f"{'allocated':>12s} {'diff':>8s} {'ratio':>8s}")  # fmt: skip
+    print(
+        f"{'model':14s} {'prec':5s} {'optim':7s} {'kind':10s} {'estimated':>12s} "
+        f"{'allocated':>12s} {'diff':>8s} {'ratio':>8s}"
+    )
     exact = True
     for name, dtype, distopt, est, got in rows:
         if isinstance(got, str):
@@ -96,8 +103,10 @@ def print_cpu(rows: list[tuple]) -> bool:
         for kind in ("weights", "grads", "optimizer"):
             e, a = getattr(est, kind), getattr(got, kind)
             exact &= e == a
-            print(f"{name:14s} {dtype:5s} {'dist' if distopt else 'ddp':7s} {kind:10s} "
-                  f"{e:12,d} {a:12,d} {e - a:8,d} {e / a:8.5f}")  # fmt: skip
+            print(
+                f"{name:14s} {dtype:5s} {'dist' if distopt else 'ddp':7s} {kind:10s} "
+                f"{e:12,d} {a:12,d} {e - a:8,d} {e / a:8.5f}"
+            )
     print(f"static bytes: estimate == allocated for all {len(rows)} runs: {exact}")
     return exact
 
@@ -157,13 +166,20 @@ def gpu_check(name: str, steps: int) -> None:
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated()
     est = estimate_memory(
-        model, cfg.parallel, cfg.precision, micro, seq, batch // micro,
+        model,
+        cfg.parallel,
+        cfg.precision,
+        micro,
+        seq,
+        batch // micro,
         flash_attention=have_transformer_engine(),
-    )  # fmt: skip
-    print(f"GPU {torch.cuda.get_device_name()} {name} bf16 seq {seq} micro {micro}: "
-          f"estimate {est.total / 2**20:.1f} MiB (static {est.static / 2**20:.1f}, activations "
-          f"{est.activations / 2**20:.1f}) vs max_memory_allocated {peak / 2**20:.1f} MiB, "
-          f"ratio {est.total / peak:.3f}")  # fmt: skip
+    )
+    print(
+        f"GPU {torch.cuda.get_device_name()} {name} bf16 seq {seq} micro {micro}: "
+        f"estimate {est.total / 2**20:.1f} MiB (static {est.static / 2**20:.1f}, activations "
+        f"{est.activations / 2**20:.1f}) vs max_memory_allocated {peak / 2**20:.1f} MiB, "
+        f"ratio {est.total / peak:.3f}"
+    )
     destroy_parallel()
 
 

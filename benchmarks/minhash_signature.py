@@ -137,8 +137,12 @@ def mixed_docs(n: int) -> list[str]:
         print(f"(no mixed zh/en documents: {err})")
         return []
     rng = random.Random(11)
-    lines = [ln for _, t in en_docs(root) for ln in t.splitlines()
-             if 20 < len(ln) < 100 and ln.startswith(" ")]  # fmt: skip
+    lines = [
+        ln
+        for _, t in en_docs(root)
+        for ln in t.splitlines()
+        if 20 < len(ln) < 100 and ln.startswith(" ")
+    ]
     zh = [t for _, t in zh_man(root) if len(CJK.findall(t)) >= 1500]
     return ["\n".join(rng.sample(lines, 40)) + "\n" + t for t in rng.sample(zh, min(n, len(zh)))]
 

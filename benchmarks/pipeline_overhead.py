@@ -34,8 +34,15 @@ def compose(run_dir: Path, docs: int, uri: str, *extra: str):
     from pipeline.config import register_schema
 
     register_schema()
-    overrides = [f"run_dir={run_dir}", "live=false", "ray.num_cpus=1", "stages.train.enabled=false",
-                 f"stages.sample_corpus.options.docs_per_domain={docs}", f"tracking.uri={uri}", *extra]  # fmt: skip
+    overrides = [
+        f"run_dir={run_dir}",
+        "live=false",
+        "ray.num_cpus=1",
+        "stages.train.enabled=false",
+        f"stages.sample_corpus.options.docs_per_domain={docs}",
+        f"tracking.uri={uri}",
+        *extra,
+    ]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return OmegaConf.to_object(hydra_compose(config_name="pipeline", overrides=overrides))
 
@@ -91,9 +98,17 @@ def main() -> None:
     t_noop = time.perf_counter() - t0
     if again.ran:  # e.g. a stage's source changed while the benchmark ran
         print(f"warning: the rerun was not a no-op, it ran {again.ran}")
-    cli = [sys.executable, "-m", "pipeline", f"run_dir={cfg.run_dir}", "live=false", "ray.num_cpus=1",
-           "stages.train.enabled=false", f"stages.sample_corpus.options.docs_per_domain={args.docs_per_domain}",
-           f"tracking.uri={uri}"]  # fmt: skip
+    cli = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        f"run_dir={cfg.run_dir}",
+        "live=false",
+        "ray.num_cpus=1",
+        "stages.train.enabled=false",
+        f"stages.sample_corpus.options.docs_per_domain={args.docs_per_domain}",
+        f"tracking.uri={uri}",
+    ]
     t0 = time.perf_counter()
     subprocess.run(cli, cwd=REPO, check=True, capture_output=True)
     t_noop_cli = time.perf_counter() - t0

@@ -54,8 +54,12 @@ def prepare(work: Path, docs_per_domain: int) -> Path:
 
 
 def run_variant(variant: str, inp: Path, out: Path) -> dict:
-    res = subprocess.run([sys.executable, "-c", RUN, variant, str(inp), str(out)],
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-c", RUN, variant, str(inp), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -86,8 +90,10 @@ def main() -> None:
     print(f"quality stage, {ours['docs']} documents (zh+en), best of {args.rounds}, 1 process")
     for name, r in (("baseline (jieba.lcut + datatrove)", base), ("ours", ours)):
         print(f"  {name:34s} {r['cpu_s']:7.2f} CPU s  {r['docs'] / r['cpu_s']:7.1f} docs/s")
-    print(f"  speed-up: {base['cpu_s'] / ours['cpu_s']:.2f}x; kept {ours['kept']} in both; "
-          f"outputs byte-identical: {identical}")  # fmt: skip
+    print(
+        f"  speed-up: {base['cpu_s'] / ours['cpu_s']:.2f}x; kept {ours['kept']} in both; "
+        f"outputs byte-identical: {identical}"
+    )
 
 
 if __name__ == "__main__":

@@ -28,15 +28,24 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 VARIANTS = {
-    "off": ["resilience.hang_timeout_s=0", "resilience.straggler_interval=0",
-            "logging.system_metrics_interval_s=0"],
-    "on": ["resilience.hang_timeout_s=1800", "resilience.straggler_interval=10",
-           "logging.system_metrics_interval_s=10"],
-    "on_sys1s": ["resilience.hang_timeout_s=1800", "resilience.straggler_interval=10",
-                 "logging.system_metrics_interval_s=1"],
+    "off": [
+        "resilience.hang_timeout_s=0",
+        "resilience.straggler_interval=0",
+        "logging.system_metrics_interval_s=0",
+    ],
+    "on": [
+        "resilience.hang_timeout_s=1800",
+        "resilience.straggler_interval=10",
+        "logging.system_metrics_interval_s=10",
+    ],
+    "on_sys1s": [
+        "resilience.hang_timeout_s=1800",
+        "resilience.straggler_interval=10",
+        "logging.system_metrics_interval_s=1",
+    ],
     "sync_save": ["checkpoint.save_interval=5"],
     "async_save": ["checkpoint.save_interval=5", "checkpoint.async_save=true"],
-}  # fmt: skip
+}
 
 
 def _run(tmp: Path, name: str, steps: int, seq: int, extra: list[str]) -> dict[int, float]:
@@ -45,15 +54,33 @@ def _run(tmp: Path, name: str, steps: int, seq: int, extra: list[str]) -> dict[i
 
     write_tiny_manifest(tmp)
     ck = tmp / f"ck-{name}-{time.monotonic_ns()}"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "trainer", f"data.manifest={tmp / 'manifest.json'}", f"data.seq_length={seq}",
-           "model=tiny_dense", "parallel=dp2", f"train.steps={steps}", "train.global_batch_size=8",
-           "train.micro_batch_size=2", "train.eval_interval=0", f"checkpoint.dir={ck}",
-           "checkpoint.save_interval_s=0", "logging.mlflow=true",
-           f"logging.tracking_uri=sqlite:///{tmp}/mlflow.db", "logging.experiment=bench", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "trainer",
+        f"data.manifest={tmp / 'manifest.json'}",
+        f"data.seq_length={seq}",
+        "model=tiny_dense",
+        "parallel=dp2",
+        f"train.steps={steps}",
+        "train.global_batch_size=8",
+        "train.micro_batch_size=2",
+        "train.eval_interval=0",
+        f"checkpoint.dir={ck}",
+        "checkpoint.save_interval_s=0",
+        "logging.mlflow=true",
+        f"logging.tracking_uri=sqlite:///{tmp}/mlflow.db",
+        "logging.experiment=bench",
+        *extra,
+    ]
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     gaps, last = {}, None
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -88,14 +115,18 @@ def main() -> None:
     print(f"step time, resilience off : {1000 * off:8.1f} ms (median)")
     for name in ("on", "on_sys1s"):
         on = statistics.median(steps(name, lambda s: True))
-        print(f"step time, {name:14s} : {1000 * on:8.1f} ms (median); ratio {on / off:.3f} "
-              f"(overhead {100 * (on / off - 1):+.1f}%)")  # fmt: skip
+        print(
+            f"step time, {name:14s} : {1000 * on:8.1f} ms (median); ratio {on / off:.3f} "
+            f"(overhead {100 * (on / off - 1):+.1f}%)"
+        )
     for name in ("sync_save", "async_save"):
         plain = statistics.median(steps(name, lambda s: s % 5 not in (1, 2)))
         saving = statistics.mean(steps(name, lambda s: s % 5 == 1))  # the gap after a save step
         during = statistics.mean(steps(name, lambda s: s % 5 == 2))  # save in flight (async)
-        print(f"{name:10s}: step {1000 * plain:7.1f} ms; step that saved {1000 * saving:7.1f} ms "
-              f"(x{saving / plain:.2f}); next step {1000 * during:7.1f} ms (x{during / plain:.2f})")  # fmt: skip
+        print(
+            f"{name:10s}: step {1000 * plain:7.1f} ms; step that saved {1000 * saving:7.1f} ms "
+            f"(x{saving / plain:.2f}); next step {1000 * during:7.1f} ms (x{during / plain:.2f})"
+        )
 
 
 if __name__ == "__main__":

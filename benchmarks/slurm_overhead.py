@@ -44,13 +44,36 @@ def training(work: Path, steps: int) -> tuple[float, float]:
     from tests.tiny_corpus import write_tiny_manifest
 
     manifest = write_tiny_manifest(work)
-    common = ["model=tiny_v3", f"data.manifest={manifest}", "data.seq_length=64",
-              f"train.steps={steps}", "train.global_batch_size=4", "train.micro_batch_size=1",
-              "train.eval_interval=0"]  # fmt: skip
-    direct = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-              "-m", "trainer", *common, f"checkpoint.dir={work / 'direct'}"]  # fmt: skip
-    slurm = [sys.executable, "-m", "trainer", *common, f"checkpoint.dir={work / 'slurm'}",
-             "cluster=slurm", "cluster.wait=true", "cluster.procs_per_node=2"]  # fmt: skip
+    common = [
+        "model=tiny_v3",
+        f"data.manifest={manifest}",
+        "data.seq_length=64",
+        f"train.steps={steps}",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=1",
+        "train.eval_interval=0",
+    ]
+    direct = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "trainer",
+        *common,
+        f"checkpoint.dir={work / 'direct'}",
+    ]
+    slurm = [
+        sys.executable,
+        "-m",
+        "trainer",
+        *common,
+        f"checkpoint.dir={work / 'slurm'}",
+        "cluster=slurm",
+        "cluster.wait=true",
+        "cluster.procs_per_node=2",
+    ]
     return timed(direct), timed(slurm)
 
 
@@ -66,8 +89,10 @@ def data_stage(work: Path, docs: int) -> tuple[float, float]:
 
 
 def report(name: str, direct: float, slurm: float) -> None:
-    print(f"{name:11s} baseline {direct:7.1f} s   slurm {slurm:7.1f} s   "
-          f"+{slurm - direct:5.1f} s   ratio {slurm / direct:.2f}x")  # fmt: skip
+    print(
+        f"{name:11s} baseline {direct:7.1f} s   slurm {slurm:7.1f} s   "
+        f"+{slurm - direct:5.1f} s   ratio {slurm / direct:.2f}x"
+    )
 
 
 def main() -> None:

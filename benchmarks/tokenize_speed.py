@@ -36,8 +36,9 @@ def prepare(work: Path, docs_per_domain: int, copies: int) -> tuple[Path, Path]:
             for c in range(1, copies):
                 (corpus / f"{f.stem}_copy{c}.jsonl").write_text(text, encoding="utf-8")
     run_stage("read", [f"input={corpus}", f"output={work / 'read'}", "progress=false"])
-    run_stage("train_tokenizer", [f"input={work / 'read'}", f"output={work / 'tok'}",
-                                  "progress=false"])  # fmt: skip
+    run_stage(
+        "train_tokenizer", [f"input={work / 'read'}", f"output={work / 'tok'}", "progress=false"]
+    )
     return work / "read", work / "tok" / "tokenizer.json"
 
 
@@ -55,8 +56,16 @@ def stage(inp: Path, tokenizer: Path, out: Path) -> tuple[float, int, int]:
     from data_prep import run_stage
 
     start = time.perf_counter()
-    s = run_stage("tokenize", [f"input={inp}", f"output={out}", "progress=false", "force=true",
-                               f"tokenize.tokenizer={tokenizer}"])  # fmt: skip
+    s = run_stage(
+        "tokenize",
+        [
+            f"input={inp}",
+            f"output={out}",
+            "progress=false",
+            "force=true",
+            f"tokenize.tokenizer={tokenizer}",
+        ],
+    )
     return time.perf_counter() - start, s["tokens"], s["documents_in"]
 
 
@@ -71,8 +80,11 @@ def main() -> None:
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="tokenize_speed_"))
     inp, tokenizer = prepare(work, args.docs_per_domain, args.copies)
-    texts = [json.loads(line)["text"] for f in sorted(inp.glob("*.jsonl.gz"))
-             for line in gzip.open(f, "rt", encoding="utf-8")]  # fmt: skip
+    texts = [
+        json.loads(line)["text"]
+        for f in sorted(inp.glob("*.jsonl.gz"))
+        for line in gzip.open(f, "rt", encoding="utf-8")
+    ]
     mb = sum(len(t.encode()) for t in texts) / 1e6
     batch = TokenizeConfig().batch_size
     best = {"encode_batch": float("inf"), "encode_batch_fast": float("inf"), "stage": float("inf")}
@@ -84,8 +96,10 @@ def main() -> None:
         best["stage"] = min(best["stage"], t)
     # the stage appends one end-of-document token per document
     assert stage_tokens == raw_tokens + docs, (stage_tokens, raw_tokens, docs)
-    print(f"tokenize: {docs} documents, {mb:.1f} MB, {raw_tokens} tokens (+{docs} EOD), "
-          f"best of {args.rounds}")  # fmt: skip
+    print(
+        f"tokenize: {docs} documents, {mb:.1f} MB, {raw_tokens} tokens (+{docs} EOD), "
+        f"best of {args.rounds}"
+    )
     for name, t in best.items():
         print(
             f"  {name:20s} {t:6.2f} s  {raw_tokens / t / 1e6:5.2f} M tokens/s  {mb / t:5.1f} MB/s"

@@ -65,10 +65,16 @@ class Baseline:
         self.model = [DistributedDataParallel(config=tconfig, ddp_config=ddp, module=model)]
         o = cfg.optim
         self.optimizer = get_megatron_optimizer(
-            OptimizerConfig(optimizer="adam", lr=o.lr, weight_decay=o.weight_decay,
-                            adam_beta1=o.betas[0], adam_beta2=o.betas[1], clip_grad=o.clip_grad),
+            OptimizerConfig(
+                optimizer="adam",
+                lr=o.lr,
+                weight_decay=o.weight_decay,
+                adam_beta1=o.betas[0],
+                adam_beta2=o.betas[1],
+                clip_grad=o.clip_grad,
+            ),
             self.model,
-        )  # fmt: skip
+        )
         tconfig.no_sync_func = self.model[0].no_sync
         tconfig.finalize_model_grads_func = finalize_model_grads
         tconfig.grad_scale_func = self.optimizer.scale_loss
@@ -77,8 +83,9 @@ class Baseline:
     @staticmethod
     def _forward(data_iterator, model):
         b = next(data_iterator)
-        out = model(b["tokens"], b["position_ids"], None, labels=b["labels"],
-                    loss_mask=b["loss_mask"])  # fmt: skip
+        out = model(
+            b["tokens"], b["position_ids"], None, labels=b["labels"], loss_mask=b["loss_mask"]
+        )
 
         return out, partial(_loss_func, b["loss_mask"])
 
@@ -92,10 +99,14 @@ class Baseline:
         self.model[0].zero_grad_buffer()
         self.optimizer.zero_grad()
         get_forward_backward_func()(
-            forward_step_func=self._forward, data_iterator=iter(batches), model=self.model,
-            num_microbatches=len(batches), seq_length=self.cfg.data.seq_length,
-            micro_batch_size=t.micro_batch_size, forward_only=False,
-        )  # fmt: skip
+            forward_step_func=self._forward,
+            data_iterator=iter(batches),
+            model=self.model,
+            num_microbatches=len(batches),
+            seq_length=self.cfg.data.seq_length,
+            micro_batch_size=t.micro_batch_size,
+            forward_only=False,
+        )
         self.optimizer.step()
         self.step += 1
 
@@ -131,8 +142,10 @@ def main() -> None:
         for name, runner in pair if i % 2 == 0 else pair[::-1]:
             times[name].append(_step_time(runner))
     med = {k: tokens / statistics.median(v) for k, v in times.items()}
-    print(f"torch threads: {torch.get_num_threads()}, seq {args.seq}, {args.steps} steps each, "
-          f"{tokens} tokens/step (median step time)")  # fmt: skip
+    print(
+        f"torch threads: {torch.get_num_threads()}, seq {args.seq}, {args.steps} steps each, "
+        f"{tokens} tokens/step (median step time)"
+    )
     print(f"trainer (ours)          : {med['trainer']:9.1f} tokens/s")
     print(f"megatron-core directly  : {med['megatron_direct']:9.1f} tokens/s")
     ratio = med["trainer"] / med["megatron_direct"]

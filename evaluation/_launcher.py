@@ -122,11 +122,33 @@ def _install_guards(workdir: str) -> None:
     import socket
 
     for name in (
-        "fork", "forkpty", "system", "popen", "posix_spawn", "posix_spawnp", "kill", "killpg",
-        "setsid", "setpgid",
-        "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe",
-        "spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe",
-    ):  # fmt: skip
+        "fork",
+        "forkpty",
+        "system",
+        "popen",
+        "posix_spawn",
+        "posix_spawnp",
+        "kill",
+        "killpg",
+        "setsid",
+        "setpgid",
+        "execv",
+        "execve",
+        "execl",
+        "execle",
+        "execlp",
+        "execlpe",
+        "execvp",
+        "execvpe",
+        "spawnv",
+        "spawnve",
+        "spawnvp",
+        "spawnvpe",
+        "spawnl",
+        "spawnle",
+        "spawnlp",
+        "spawnlpe",
+    ):
         if hasattr(os, name):
             setattr(os, name, _blocked(f"os.{name}"))
     _posixsubprocess.fork_exec = _blocked("subprocess")
@@ -160,10 +182,20 @@ def _install_guards(workdir: str) -> None:
     builtins.open = io.open = guarded_open
     os.open = guarded_os_open
     for name, num_paths in (
-        ("remove", 1), ("unlink", 1), ("rmdir", 1), ("mkdir", 1), ("chmod", 1), ("chown", 1),
-        ("truncate", 1), ("utime", 1), ("mkfifo", 1), ("rename", 2), ("replace", 2),
-        ("link", 2), ("symlink", 2),
-    ):  # fmt: skip
+        ("remove", 1),
+        ("unlink", 1),
+        ("rmdir", 1),
+        ("mkdir", 1),
+        ("chmod", 1),
+        ("chown", 1),
+        ("truncate", 1),
+        ("utime", 1),
+        ("mkfifo", 1),
+        ("rename", 2),
+        ("replace", 2),
+        ("link", 2),
+        ("symlink", 2),
+    ):
         real = getattr(os, name)
 
         def guarded(*args, _real=real, _name=name, _n=num_paths, **kwargs):

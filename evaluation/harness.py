@@ -36,9 +36,24 @@ LOCAL = "next_sentence"
 HUMANEVAL = "humaneval"
 STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 """Where a HumanEval completion ends (Chen et al. 2021)."""
-DEEPSEEK_LLM = ["mmlu", "ceval-valid", "cmmlu", "hellaswag", "piqa", "arc_easy", "arc_challenge",
-                "winogrande", "triviaqa", "naturalqs", "gsm8k", "humaneval", "mbpp", "bbh",
-                "agieval", "race"]  # fmt: skip
+DEEPSEEK_LLM = [
+    "mmlu",
+    "ceval-valid",
+    "cmmlu",
+    "hellaswag",
+    "piqa",
+    "arc_easy",
+    "arc_challenge",
+    "winogrande",
+    "triviaqa",
+    "naturalqs",
+    "gsm8k",
+    "humaneval",
+    "mbpp",
+    "bbh",
+    "agieval",
+    "race",
+]
 """The DeepSeek LLM paper's base-model benchmarks as lm-eval task names (need the hub)."""
 
 
@@ -133,8 +148,13 @@ def run_harness(cfg: HarnessConfig) -> dict[str, Any]:
         results[HUMANEVAL], solved = _humaneval(cfg, folder)
         items += solved
     seconds = time.perf_counter() - start
-    out = {"results": results, "items": items, "seconds": round(seconds, 2),
-           "items_per_s": round(items / seconds, 2), "model": str(folder)}  # fmt: skip
+    out = {
+        "results": results,
+        "items": items,
+        "seconds": round(seconds, 2),
+        "items_per_s": round(items / seconds, 2),
+        "model": str(folder),
+    }
     Path(cfg.output).mkdir(parents=True, exist_ok=True)
     (Path(cfg.output) / "results.json").write_text(json.dumps(out, indent=1) + "\n")
     return out
@@ -146,11 +166,19 @@ def _lm_eval(cfg: HarnessConfig, folder: Path, names: list[str], manager: Any) -
 
     args = {"pretrained": str(folder), "dtype": "float32"}
     raw = simple_evaluate(
-        model=cfg.backend, model_args=args, tasks=names, task_manager=manager,
-        batch_size=cfg.batch_size, device=cfg.device, limit=cfg.limit, log_samples=False,
-        random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed,
+        model=cfg.backend,
+        model_args=args,
+        tasks=names,
+        task_manager=manager,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        limit=cfg.limit,
+        log_samples=False,
+        random_seed=cfg.seed,
+        numpy_random_seed=cfg.seed,
+        torch_random_seed=cfg.seed,
         bootstrap_iters=1000,
-    )  # fmt: skip
+    )
     results = {task: _metrics(values) for task, values in raw["results"].items()}
     items = sum(int(n.get("effective", n.get("original", 0))) for n in raw["n-samples"].values())
     return results, items
@@ -170,13 +198,19 @@ def _humaneval(cfg: HarnessConfig, folder: Path) -> tuple[dict[str, float], int]
     completions = {}
     room = getattr(model.config, "max_position_embeddings", 1 << 30) - cfg.humaneval_max_new_tokens
     if room < 1:
-        raise ValueError(f"humaneval_max_new_tokens={cfg.humaneval_max_new_tokens} leaves no room "
-                         f"for the prompt in the model's {model.config.max_position_embeddings} positions")  # fmt: skip
+        raise ValueError(
+            f"humaneval_max_new_tokens={cfg.humaneval_max_new_tokens} leaves no room "
+            f"for the prompt in the model's {model.config.max_position_embeddings} positions"
+        )
     for problem in problems:
         ids = tok(problem.prompt, return_tensors="pt").input_ids[:, -room:].to(cfg.device)
         with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=cfg.humaneval_max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.eos_token_id)  # fmt: skip
+            out = model.generate(
+                ids,
+                max_new_tokens=cfg.humaneval_max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.eos_token_id,
+            )
         text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
         cut = min((i for i in (text.find(s) for s in STOP) if i >= 0), default=len(text))
         completions[problem.task_id] = [text[:cut]]

@@ -52,8 +52,10 @@ def print_outcome(result: RunResult) -> None:
     if summary.exists():
         info = json.loads(summary.read_text())
         print(f"Training summary ({summary}):")
-        print(f"  steps {info.get('final_step')}, validation loss {info.get('valid_loss_first', float('nan')):.3f}"
-              f" -> {info.get('valid_loss_last', float('nan')):.3f}, {info.get('tokens_per_s', 0):,.0f} tokens/s")  # fmt: skip
+        print(
+            f"  steps {info.get('final_step')}, validation loss {info.get('valid_loss_first', float('nan')):.3f}"
+            f" -> {info.get('valid_loss_last', float('nan')):.3f}, {info.get('tokens_per_s', 0):,.0f} tokens/s"
+        )
     _print_eval(result.run_dir)
     if result.tracking_uri:
         print(f"MLflow parent run: {result.parent_run_id}")

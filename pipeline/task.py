@@ -208,22 +208,33 @@ def execute(node: Node, track: Tracking | None, driver: Driver | None, *upstream
             raise failed from None
         print(f"=== stage {node.key} done in {marker['finished_at'] - started:.1f}s", flush=True)
     return {
-        "key": node.key, "stats": stats, "started": started, "finished": marker["finished_at"],
+        "key": node.key,
+        "stats": stats,
+        "started": started,
+        "finished": marker["finished_at"],
         "moved_aside": str(moved) if moved else None,
-        "logged": run_id is not None, "params": ctx.params,
+        "logged": run_id is not None,
+        "params": ctx.params,
         "artifacts": [str(p) for p in _artifacts(node, ctx)],
         "max_mb": track.max_artifact_mb if track else 0,
-    }  # fmt: skip
+    }
 
 
 def _run_kind(node: Node, track: Tracking | None, run_id: str | None, echo) -> dict:
     ctx = TaskContext(
-        key=node.key, name=node.name, domain=node.domain, output=node.output,
-        run_dir=node.run_dir, overrides=list(node.overrides), options=node.options,
+        key=node.key,
+        name=node.name,
+        domain=node.domain,
+        output=node.output,
+        run_dir=node.run_dir,
+        overrides=list(node.overrides),
+        options=node.options,
         inputs={up: [node.run_dir / k for k in keys] for up, keys in node.inputs.items()},
-        log_path=node.log_path, mlflow_run_id=run_id, tracking_uri=track and track.uri,
+        log_path=node.log_path,
+        mlflow_run_id=run_id,
+        tracking_uri=track and track.uri,
         echo=echo,
-    )  # fmt: skip
+    )
     stats = node.kind.run(ctx) or {}
     state.write_json_atomic(
         node.output / CONFIG_FILE, {"config": node.config, "overrides": node.overrides}

@@ -268,8 +268,15 @@ def log_finished_stage(uri: str, experiment_id: str, parent_id: str, node, resul
     params = dict(result.get("params", {}))
     if node.kind.describe:
         params.update(node.kind.describe(node))
-    finish_stage_run(uri, run_id, result["stats"], artifacts, result["max_mb"], params,
-                     end_time=result["finished"])  # fmt: skip
+    finish_stage_run(
+        uri,
+        run_id,
+        result["stats"],
+        artifacts,
+        result["max_mb"],
+        params,
+        end_time=result["finished"],
+    )
     return run_id
 
 

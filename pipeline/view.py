@@ -16,9 +16,14 @@ from rich.table import Table
 from pipeline.state import ATTEMPT
 
 _COLORS = {
-    "pending": "dim", "running": "cyan", "done": "green", "skipped": "blue",
-    "failed": "bold red", "blocked": "yellow", "stopped": "magenta",
-}  # fmt: skip
+    "pending": "dim",
+    "running": "cyan",
+    "done": "green",
+    "skipped": "blue",
+    "failed": "bold red",
+    "blocked": "yellow",
+    "stopped": "magenta",
+}
 _RATE_KEY = re.compile(r"(per_s(ec)?|throughput|/s)$")
 
 

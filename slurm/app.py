@@ -92,9 +92,15 @@ def submit_job(
     job_id = submit(script, env, args)
     out = log_path_for(script, job_id)
     sub = Submission(
-        cluster.job_name, job_id, str(script), str(out), str(out.with_suffix(".err")),
-        dependency, time.time(), role,
-    )  # fmt: skip
+        cluster.job_name,
+        job_id,
+        str(script),
+        str(out),
+        str(out.with_suffix(".err")),
+        dependency,
+        time.time(),
+        role,
+    )
     record(script.parent, sub, meta)
     after = f" (after {dependency})" if dependency else ""
     print(f"submitted {sub.name}: job {job_id}{after}", flush=True)

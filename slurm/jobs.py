@@ -17,10 +17,18 @@ from slurm.render import named, render_sbatch
 
 TERMINAL_STATES = frozenset(
     {
-        "COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "CANCELLED", "NODE_FAIL",
-        "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED",
+        "COMPLETED",
+        "FAILED",
+        "TIMEOUT",
+        "OUT_OF_MEMORY",
+        "CANCELLED",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "REVOKED",
     }
-)  # fmt: skip
+)
 
 
 class SlurmError(RuntimeError):

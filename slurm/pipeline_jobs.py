@@ -51,10 +51,21 @@ def data_cluster(launch: LaunchConfig) -> ClusterConfig:
 def finish_cluster(base: ClusterConfig) -> ClusterConfig:
     """A 1-CPU, 10-minute, never-requeued job on the data job's partition/account."""
     return dataclasses.replace(
-        base, nodes=1, gpus_per_node=0, procs_per_node=None, cpus_per_task=1, mem=None,
-        time="00:10:00", exclusive=False, requeue=False, signal_before_s=0, constraint=None,
-        container_image=None, extra_sbatch=[], job_name="pipeline-finish",
-    )  # fmt: skip
+        base,
+        nodes=1,
+        gpus_per_node=0,
+        procs_per_node=None,
+        cpus_per_task=1,
+        mem=None,
+        time="00:10:00",
+        exclusive=False,
+        requeue=False,
+        signal_before_s=0,
+        constraint=None,
+        container_image=None,
+        extra_sbatch=[],
+        job_name="pipeline-finish",
+    )
 
 
 def plan_jobs(
@@ -78,7 +89,7 @@ def plan_jobs(
                 CommandJob(command, str(job_dir), per_node=False, restart_on_failure=True),
                 train_cluster,
                 "afterok" if jobs else None,
-            )  # fmt: skip
+            )
         )
     if jobs:
         command = [sys.executable, "-m", "slurm", "status", str(job_dir), "--finalize"]
@@ -159,8 +170,14 @@ def _submit(
         after = None
         if planned.after:
             after = planned.after + ":" + ":".join(s.job_id for s in submissions)
-        sub = submit_job(planned.job, planned.cluster, config_yaml=yaml, dependency=after,
-                         meta=meta, role=planned.role)  # fmt: skip
+        sub = submit_job(
+            planned.job,
+            planned.cluster,
+            config_yaml=yaml,
+            dependency=after,
+            meta=meta,
+            role=planned.role,
+        )
         submissions.append(sub)
     return submissions
 

@@ -92,8 +92,11 @@ def classify(
     first_node = task["host"] if task and task["host"] in nodes else None
     if status == HANG_EXIT or hang_report:
         report = hang_report or {}
-        hosts = {r.get("host") for k, r in report.get("ranks", {}).items()
-                 if int(k) in report.get("suspects", [])}  # fmt: skip
+        hosts = {
+            r.get("host")
+            for k, r in report.get("ranks", {}).items()
+            if int(k) in report.get("suspects", [])
+        }
         node = _slurm_node(hosts.pop(), nodes, None) if len(hosts) == 1 else None
         return Failure("hang", report.get("summary", f"hang watchdog fired (exit {status})"), node)
     root = _ROOT_CAUSE.search(log_text)
@@ -102,8 +105,9 @@ def classify(
         if code < 0:  # torchrun names its host as the OS does; srun's line names the Slurm node
             detail = f"rank {rank} on {host} was killed by {_signal_name(-code)}"
             return Failure("killed", detail, _slurm_node(host, nodes, first_node))
-        return Failure("crash", f"rank {rank} on {host} exited with code {code}"
-                       + _last_error(log_text), None)  # fmt: skip
+        return Failure(
+            "crash", f"rank {rank} on {host} exited with code {code}" + _last_error(log_text), None
+        )
     if task and task["how"] in ("Killed", "Terminated"):
         detail = f"task {task['rank']} on {task['host']} was {task['how'].lower()}"
         return Failure("killed", detail, first_node)
@@ -157,16 +161,25 @@ def decide(args: argparse.Namespace, ledger: dict, failure: Failure) -> tuple[st
                 "stopped on the time-limit signal; not requeueable (cluster.requeue=false)",
             )
         if used < args.max_requeues:
-            return "requeue", (f"stopped on the time-limit signal (exit {args.exit}); requeueing "
-                               f"(attempt {used + 1} of {args.max_requeues + 1})")  # fmt: skip
-        return "stop", (f"stopped on the time-limit signal; no requeue left "
-                        f"(cluster.max_requeues={args.max_requeues})")  # fmt: skip
+            return "requeue", (
+                f"stopped on the time-limit signal (exit {args.exit}); requeueing "
+                f"(attempt {used + 1} of {args.max_requeues + 1})"
+            )
+        return "stop", (
+            f"stopped on the time-limit signal; no requeue left "
+            f"(cluster.max_requeues={args.max_requeues})"
+        )
     used = sum(a["action"] == "restart" for a in done)
     if args.restartable and args.requeue and used < args.max_restarts:
-        return "restart", (f"{failure.cause}: {failure.detail}; restarting from the last "
-                           f"checkpoint (restart {used + 1} of {args.max_restarts})")  # fmt: skip
-    budget = (f"no restart left (cluster.max_restarts={args.max_restarts})" if args.restartable
-              else "not restarted (only training jobs restart on failure)")  # fmt: skip
+        return "restart", (
+            f"{failure.cause}: {failure.detail}; restarting from the last "
+            f"checkpoint (restart {used + 1} of {args.max_restarts})"
+        )
+    budget = (
+        f"no restart left (cluster.max_restarts={args.max_restarts})"
+        if args.restartable
+        else "not restarted (only training jobs restart on failure)"
+    )
     return "fail", f"{failure.cause}: {failure.detail}; {budget}"
 
 
@@ -181,8 +194,11 @@ def _other_nodes(partition: str | None, excluded: set[str]) -> int:
     """Nodes of the job's partition (not down or drained) outside `excluded`."""
     cmd = ["sinfo", "-h", "-N", "-o", "%N %t"] + (["-p", partition] if partition else [])
     done = subprocess.run(cmd, capture_output=True, text=True)
-    usable = {line.split()[0] for line in done.stdout.splitlines()
-              if len(line.split()) == 2 and not line.split()[1].startswith(("down", "drain", "fail"))}  # fmt: skip
+    usable = {
+        line.split()[0]
+        for line in done.stdout.splitlines()
+        if len(line.split()) == 2 and not line.split()[1].startswith(("down", "drain", "fail"))
+    }
     return len(usable - excluded)
 
 
@@ -245,9 +261,21 @@ def recover(args: argparse.Namespace) -> int:
             message += f"; excluding node {failure.node}"
         else:
             message += f"; not excluding {failure.node}: no other node for a {args.nodes}-node job"
-    ledger["attempts"].append(asdict(Attempt(
-        len(ledger["attempts"]) + 1, args.job_id, nodes, args.exit, failure.cause,
-        failure.detail, failure.node, action, excluded)))  # fmt: skip
+    ledger["attempts"].append(
+        asdict(
+            Attempt(
+                len(ledger["attempts"]) + 1,
+                args.job_id,
+                nodes,
+                args.exit,
+                failure.cause,
+                failure.detail,
+                failure.node,
+                action,
+                excluded,
+            )
+        )
+    )
     ledger["excluded"] = excluded
     write_ledger(run_dir, ledger)
     print(f"[slurm] {message}", flush=True)

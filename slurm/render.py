@@ -127,11 +127,18 @@ def _train_launch(job: TrainJob, cluster: ClusterConfig, run_dir: str, workdir: 
     if cluster.scheduler == "slurm" and cluster.launch == "srun":
         return _CONT.join([*srun, f"{python} -m slurm.srun_task {job.module}", *overrides])
     if cluster.scheduler == "slurm":  # values are numbers or shell variables: not quoted
-        rdzv = rdzv_options('"$SLURM_JOB_NUM_NODES"', cluster.nproc_per_node,
-                            '"$MASTER_ADDR:$MASTER_PORT"', '"$SLURM_JOB_ID"')  # fmt: skip
+        rdzv = rdzv_options(
+            '"$SLURM_JOB_NUM_NODES"',
+            cluster.nproc_per_node,
+            '"$MASTER_ADDR:$MASTER_PORT"',
+            '"$SLURM_JOB_ID"',
+        )
     else:
-        rdzv = ["--standalone", f"--nproc-per-node={cluster.nproc_per_node}",
-                f"--max-restarts={cluster.max_restarts}"]  # fmt: skip
+        rdzv = [
+            "--standalone",
+            f"--nproc-per-node={cluster.nproc_per_node}",
+            f"--max-restarts={cluster.max_restarts}",
+        ]
     torchrun = f"{python} -m torch.distributed.run"
     return _CONT.join([*srun, torchrun, *rdzv, f"-m {job.module}", *overrides])
 

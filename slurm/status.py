@@ -47,8 +47,18 @@ def job_statuses(run_dir: Path) -> tuple[list[JobStatus], dict]:
     statuses = []
     for j in record["jobs"]:
         state, code, elapsed = states.get(j["job_id"], ("UNKNOWN", "", ""))
-        statuses.append(JobStatus(j["name"], j.get("role", "job"), j["job_id"], state, code,
-                                  elapsed, j["stdout"], j["stderr"]))  # fmt: skip
+        statuses.append(
+            JobStatus(
+                j["name"],
+                j.get("role", "job"),
+                j["job_id"],
+                state,
+                code,
+                elapsed,
+                j["stdout"],
+                j["stderr"],
+            )
+        )
     return statuses, record.get("meta", {})
 
 

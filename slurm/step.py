@@ -21,8 +21,10 @@ def allocation_nodes(env: Mapping[str, str]) -> list[str]:
         raise RuntimeError("launcher=srun must run inside a Slurm job (SLURM_JOB_ID is not set)")
     proc = subprocess.run(
         ["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return proc.stdout.split()
 
 
@@ -52,9 +54,12 @@ def srun_options(cluster: ClusterConfig, workdir: str) -> list[str]:
 def rdzv_options(nnodes: str, nproc: int, endpoint: str, rdzv_id: str) -> list[str]:
     """torchrun's multi-node options: c10d rendezvous at `endpoint` (host:port)."""
     return [
-        f"--nnodes={nnodes}", f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rdzv_id}",
-    ]  # fmt: skip
+        f"--nnodes={nnodes}",
+        f"--nproc-per-node={nproc}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint}",
+        f"--rdzv-id={rdzv_id}",
+    ]
 
 
 def train_step(

@@ -23,9 +23,20 @@ def write_tiny_manifest(root: Path) -> Path:
     for doc in docs:
         builder.add_document(torch.tensor(doc, dtype=torch.int64), [len(doc)])
     builder.finalize(str(root / "web.idx"))
-    shard = {"prefix": "web", "domain": "web", "documents": len(docs),
-             "tokens": sum(map(len, docs)), "weight": 1.0}  # fmt: skip
-    manifest = {"format_version": 1, "tokenizer": "tokenizer.json", "vocab_size": VOCAB,
-                "eod_token_id": EOD, "dtype": "uint16", "shards": [shard]}  # fmt: skip
+    shard = {
+        "prefix": "web",
+        "domain": "web",
+        "documents": len(docs),
+        "tokens": sum(map(len, docs)),
+        "weight": 1.0,
+    }
+    manifest = {
+        "format_version": 1,
+        "tokenizer": "tokenizer.json",
+        "vocab_size": VOCAB,
+        "eod_token_id": EOD,
+        "dtype": "uint16",
+        "shards": [shard],
+    }
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root / "manifest.json"

@@ -94,9 +94,13 @@ def precheck(argv: list[str]) -> list[str]:
         return argv
     try:
         return check_sweep(
-            "trainer", argv, conf_dir, lambda cfg: _to_config(cfg).checkpoint.dir,
-            "checkpoint.dir", "checkpoint.dir=runs/lr_sweep/${hydra:job.num}",
-        )  # fmt: skip
+            "trainer",
+            argv,
+            conf_dir,
+            lambda cfg: _to_config(cfg).checkpoint.dir,
+            "checkpoint.dir",
+            "checkpoint.dir=runs/lr_sweep/${hydra:job.num}",
+        )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

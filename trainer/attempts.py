@@ -52,5 +52,7 @@ def table(ledger: dict[str, Any]) -> dict[str, list]:
     """The ended attempts as columns (an MLflow table)."""
     cols = ("attempt", "job_id", "nodes", "exit", "cause", "detail", "action", "excluded")
     rows = ledger.get("attempts", [])
-    return {c: [", ".join(r.get(c) or []) if c in ("nodes", "excluded") else r.get(c)
-                for r in rows] for c in cols}  # fmt: skip
+    return {
+        c: [", ".join(r.get(c) or []) if c in ("nodes", "excluded") else r.get(c) for r in rows]
+        for c in cols
+    }

@@ -88,17 +88,24 @@ def evaluate(cfg: BpbConfig) -> dict[str, Any]:
     scores = bits_per_byte(
         lambda tokens: lm_logits(model, tokens),
         lambda text: tokenizer.encode(text, add_special_tokens=False).ids,
-        domains, tok.eod_id, seq_length, cfg.batch_size,
-    )  # fmt: skip
+        domains,
+        tok.eod_id,
+        seq_length,
+        cfg.batch_size,
+    )
     seconds = time.perf_counter() - start
     total = scores["all"]
     return {
-        "checkpoint": str(ckpt.path), "step": ckpt.step, "seq_length": seq_length,
+        "checkpoint": str(ckpt.path),
+        "step": ckpt.step,
+        "seq_length": seq_length,
         "bpb": {domain: s.bpb for domain, s in scores.items()},
         "documents": {domain: s.documents for domain, s in scores.items()},
-        "bytes": total.bytes, "tokens": total.tokens,
-        "seconds": round(seconds, 2), "tokens_per_s": round(total.tokens / seconds, 1),
-    }  # fmt: skip
+        "bytes": total.bytes,
+        "tokens": total.tokens,
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(total.tokens / seconds, 1),
+    }
 
 
 def watch(cfg: BpbConfig, emit) -> int:

@@ -38,8 +38,17 @@ class Callback:
 class ConsoleCallback(Callback):
     """One rich-formatted line per logged step."""
 
-    KEYS = ("loss", "lm_loss", "mtp_loss", "load_balancing_loss", "grad_norm", "lr",
-            "tokens_per_s", "mfu", "expert_imbalance_max_over_mean")  # fmt: skip
+    KEYS = (
+        "loss",
+        "lm_loss",
+        "mtp_loss",
+        "load_balancing_loss",
+        "grad_norm",
+        "lr",
+        "tokens_per_s",
+        "mfu",
+        "expert_imbalance_max_over_mean",
+    )
 
     def __init__(self) -> None:
         from rich.console import Console

@@ -83,8 +83,11 @@ def _rng_object() -> ShardedObject:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     pp, tp = ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()
-    shape = (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size(),
-             ps.get_data_parallel_world_size())  # fmt: skip
+    shape = (
+        ps.get_pipeline_model_parallel_world_size(),
+        ps.get_tensor_model_parallel_world_size(),
+        ps.get_data_parallel_world_size(),
+    )
     return ShardedObject(
         "rng_state", state, shape, (pp, tp, ps.get_data_parallel_rank()), replica_id=0
     )

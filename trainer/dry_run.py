@@ -22,9 +22,14 @@ def plan(cfg: TrainerConfig) -> dict[str, Any]:
     num_mb = cfg.micro_batches(layout.data)
     counts = count_parameters(cfg.model)
     mem = estimate_memory(
-        cfg.model, cfg.parallel, cfg.precision, cfg.train.micro_batch_size,
-        cfg.data.seq_length, num_mb, data_parallel_size=layout.data,
-    )  # fmt: skip
+        cfg.model,
+        cfg.parallel,
+        cfg.precision,
+        cfg.train.micro_batch_size,
+        cfg.data.seq_length,
+        num_mb,
+        data_parallel_size=layout.data,
+    )
     return {
         "layout": layout.describe(),
         "world_size": world,
@@ -40,7 +45,7 @@ def plan(cfg: TrainerConfig) -> dict[str, Any]:
             "grads": mem.grads,
             "optimizer": mem.optimizer,
             "activations": mem.activations,
-        },  # fmt: skip
+        },
         "params_on_busiest_rank": mem.num_params,
     }
 

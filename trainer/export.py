@@ -201,18 +201,31 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
         generation = {**special, "do_sample": True, "temperature": 0.6, "top_p": 0.95}
         tokenizer_config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": tok.eod, "eos_token": tok.eod, "pad_token": tok.eod,
-            "add_bos_token": False, "add_eos_token": False,
+            "bos_token": tok.eod,
+            "eos_token": tok.eod,
+            "pad_token": tok.eod,
+            "add_bos_token": False,
+            "add_eos_token": False,
             "model_max_length": model_cfg.max_position_embeddings,
             "clean_up_tokenization_spaces": False,
-        }  # fmt: skip
-        files = {"tokenizer.json": tok.path, "tokenizer_config.json": tokenizer_config,
-                 "special_tokens_map.json": {k: tok.eod for k in ("bos_token", "eos_token", "pad_token")}}  # fmt: skip
+        }
+        files = {
+            "tokenizer.json": tok.path,
+            "tokenizer_config.json": tokenizer_config,
+            "special_tokens_map.json": {
+                k: tok.eod for k in ("bos_token", "eos_token", "pad_token")
+            },
+        }
         out = writer.finish(config, generation, files)
     return {
-        "output": str(out), "checkpoint": str(ckpt.path), "step": ckpt.step, "model_type": kind,
-        "bytes": writer.total_bytes, "dtype": cfg.dtype, "seconds": round(time.perf_counter() - start, 2),
-    }  # fmt: skip
+        "output": str(out),
+        "checkpoint": str(ckpt.path),
+        "step": ckpt.step,
+        "model_type": kind,
+        "bytes": writer.total_bytes,
+        "dtype": cfg.dtype,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
 
 
 @hydra.main(config_path=None, config_name="export_schema", version_base="1.3")

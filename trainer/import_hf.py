@@ -128,17 +128,24 @@ def import_folder(cfg: ImportConfig) -> dict[str, Any]:
     parallel = ParallelConfig()
     initialize_parallel(model_cfg, parallel, seed=0)
     tensor_of = converted(model_cfg, source, model_entries(model_cfg))
-    identity = {"lineage": f"hf-{source_fingerprint(source)}", "model": fields,
-                "source": str(source.absolute())}  # fmt: skip
+    identity = {
+        "lineage": f"hf-{source_fingerprint(source)}",
+        "model": fields,
+        "source": str(source.absolute()),
+    }
     path = save_weights(
         output, identity, lambda folder, extra: write_weights(folder, model_cfg, tensor_of, extra)
     )
     (output / "model").mkdir(exist_ok=True)  # written once the checkpoint is complete
     (output / "model" / f"{name}.yaml").write_text(model_yaml(fields))
-    (output / SOURCE_MARK).write_text(json.dumps({"source": str(source.absolute()),
-                                                  "fingerprint": source_fingerprint(source)}))  # fmt: skip
-    return {"checkpoint": str(path), "model_yaml": str(output / "model" / f"{name}.yaml"),
-            "model": fields}  # fmt: skip
+    (output / SOURCE_MARK).write_text(
+        json.dumps({"source": str(source.absolute()), "fingerprint": source_fingerprint(source)})
+    )
+    return {
+        "checkpoint": str(path),
+        "model_yaml": str(output / "model" / f"{name}.yaml"),
+        "model": fields,
+    }
 
 
 def is_current(output: Path, source: Path) -> bool:

@@ -76,9 +76,14 @@ def validate_layout(model: ModelConfig, parallel: ParallelConfig, world_size: in
         raise ValueError("parallel layout: sequence_parallel needs tensor_parallel > 1")
     _check_heads(model, p.tensor_parallel)
     return Layout(
-        world_size, p.tensor_parallel, p.pipeline_parallel, p.virtual_pipeline_parallel,
-        p.expert_parallel, p.context_parallel, data,
-    )  # fmt: skip
+        world_size,
+        p.tensor_parallel,
+        p.pipeline_parallel,
+        p.virtual_pipeline_parallel,
+        p.expert_parallel,
+        p.context_parallel,
+        data,
+    )
 
 
 def _check_heads(model: ModelConfig, tp: int) -> None:
@@ -135,13 +140,27 @@ def _restart_store(world: int, timeout: timedelta) -> dist.Store | None:
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     if restart == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                          is_master=False, timeout=timeout)  # fmt: skip
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=False,
+        timeout=timeout,
+    )
     return dist.PrefixStore(f"/trainer/restart_{restart}", store)
 
 
-RANK_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-            "TORCHELASTIC_RUN_ID", "GROUP_RANK", "ROLE_RANK")  # fmt: skip
+RANK_ENV = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "GROUP_RANK",
+    "ROLE_RANK",
+)
 """Variables through which torchrun (or srun via _SLURM_ENV) places a process in a job."""
 
 

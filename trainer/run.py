@@ -235,9 +235,13 @@ def train(cfg: TrainerConfig) -> dict[str, Any]:
     layout = initialize_parallel(cfg.model, cfg.parallel, cfg.train.seed)
     cfg.micro_batches(layout.data)
     train_ds, valid_ds = build_datasets(
-        cfg.data, cfg.model, cfg.train.global_batch_size, cfg.train.steps,
-        cfg.train.eval_iters, cfg.train.eval_interval,
-    )  # fmt: skip
+        cfg.data,
+        cfg.model,
+        cfg.train.global_batch_size,
+        cfg.train.steps,
+        cfg.train.eval_iters,
+        cfg.train.eval_interval,
+    )
     trainer = Trainer(cfg, train_ds, valid_ds)
     resumed_from = resume(cfg, trainer)
     summary_path = Path(cfg.checkpoint.dir) / SUMMARY

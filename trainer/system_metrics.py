@@ -28,9 +28,12 @@ def system_metrics(cfg: LoggingConfig, run_id: str | None) -> Iterator[None]:
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     monitor = SystemMetricsMonitor(
-        run_id, sampling_interval=cfg.system_metrics_interval_s, resume_logging=True,
-        node_id=socket.gethostname(), tracking_uri=tracking_uri(cfg),
-    )  # fmt: skip
+        run_id,
+        sampling_interval=cfg.system_metrics_interval_s,
+        resume_logging=True,
+        node_id=socket.gethostname(),
+        tracking_uri=tracking_uri(cfg),
+    )
     monitor.start()
     try:
         yield

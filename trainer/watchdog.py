@@ -35,8 +35,12 @@ REPORT_ENV = "PRETRAIN_HANG_REPORT"
 """Set by the batch script: rank 0 writes the hang report there too."""
 _SAME_HANG_S = 60.0
 """Records fired this close together belong to one hang (the ranks' timers differ by a poll)."""
-_COLLECTIVES = (f"torch{os.sep}distributed{os.sep}", f"megatron{os.sep}core{os.sep}distributed{os.sep}",
-                f"tensor_parallel{os.sep}mappings", f"pipeline_parallel{os.sep}p2p_communication")  # fmt: skip
+_COLLECTIVES = (
+    f"torch{os.sep}distributed{os.sep}",
+    f"megatron{os.sep}core{os.sep}distributed{os.sep}",
+    f"tensor_parallel{os.sep}mappings",
+    f"pipeline_parallel{os.sep}p2p_communication",
+)
 """Where a main-thread stack shows a rank waiting for the others."""
 
 
@@ -71,9 +75,13 @@ class HangWatchdog:
                 self._fire(idle)
 
     def _fire(self, idle: float) -> None:
-        print(f"[watchdog] rank {self.rank}: no progress for {idle:.0f} s after step "
-              f"{self._step} (resilience.hang_timeout_s={self.timeout_s:g}); stacks of all "
-              f"threads follow", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"[watchdog] rank {self.rank}: no progress for {idle:.0f} s after step "
+            f"{self._step} (resilience.hang_timeout_s={self.timeout_s:g}); stacks of all "
+            f"threads follow",
+            file=sys.stderr,
+            flush=True,
+        )
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         record = self._record(idle)
         _write_json(self.folder / f"rank_{self.rank}.json", record)
@@ -103,10 +111,15 @@ class HangWatchdog:
         frame = sys._current_frames().get(threading.main_thread().ident)
         stack = traceback.format_stack(frame) if frame is not None else []
         return {
-            "rank": self.rank, "host": socket.gethostname(), "step": self._step, "idle_s": round(idle, 1), "fired_at": time.time(),
+            "rank": self.rank,
+            "host": socket.gethostname(),
+            "step": self._step,
+            "idle_s": round(idle, 1),
+            "fired_at": time.time(),
             "in_collective": any(m in line for line in stack for m in _COLLECTIVES),
-            "where": stack[-1].strip().splitlines()[0] if stack else "?", "stack": stack,
-        }  # fmt: skip
+            "where": stack[-1].strip().splitlines()[0] if stack else "?",
+            "stack": stack,
+        }
 
     def _report(self, fired_at: float) -> dict[str, Any]:
         """Every rank's record of this hang (waiting up to grace_s for them), suspects and a
@@ -126,12 +139,22 @@ class HangWatchdog:
         suspects = sorted(r for r, rec in records.items() if not rec["in_collective"])
         waiting = sorted(r for r, rec in records.items() if rec["in_collective"])
         where = "; ".join(f"rank {r} at {records[r]['where']}" for r in suspects)
-        summary = (f"hang after step {self._step}: suspects {suspects or 'none'}"
-                   + (f" ({where})" if where else "") + f"; waiting in a collective: {waiting}"
-                   + (f"; no report from ranks {missing} (dead or stuck harder)" if missing else ""))  # fmt: skip
-        return {"timeout_s": self.timeout_s, "step": self._step, "fired_at": fired_at, "suspects": suspects,
-                "waiting": waiting, "missing": missing, "summary": summary,
-                "ranks": {str(r): rec for r, rec in sorted(records.items())}}  # fmt: skip
+        summary = (
+            f"hang after step {self._step}: suspects {suspects or 'none'}"
+            + (f" ({where})" if where else "")
+            + f"; waiting in a collective: {waiting}"
+            + (f"; no report from ranks {missing} (dead or stuck harder)" if missing else "")
+        )
+        return {
+            "timeout_s": self.timeout_s,
+            "step": self._step,
+            "fired_at": fired_at,
+            "suspects": suspects,
+            "waiting": waiting,
+            "missing": missing,
+            "summary": summary,
+            "ranks": {str(r): rec for r, rec in sorted(records.items())},
+        }
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -143,8 +166,9 @@ def _write_json(path: Path, data: dict) -> None:
 
 def first_attempt() -> bool:
     """Neither Slurm nor torchrun has restarted this job."""
-    return all(os.environ.get(v, "0") == "0"
-               for v in ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT"))  # fmt: skip
+    return all(
+        os.environ.get(v, "0") == "0" for v in ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT")
+    )
 
 
 def inject_fault(cfg: Any, rank: int, step: int) -> None:
@@ -158,6 +182,9 @@ def inject_fault(cfg: Any, rank: int, step: int) -> None:
         )
         time.sleep(10**6)
     if (rank, step) == (cfg.inject_kill_rank, cfg.inject_kill_step):
-        print(f"[watchdog] test hook: rank {rank} kills itself in step {step}", file=sys.stderr,
-              flush=True)  # fmt: skip
+        print(
+            f"[watchdog] test hook: rank {rank} kills itself in step {step}",
+            file=sys.stderr,
+            flush=True,
+        )
         os.kill(os.getpid(), signal.SIGKILL)

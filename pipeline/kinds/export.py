@@ -13,8 +13,13 @@ from pathlib import Path
 from pipeline.kinds.app_process import run_app
 from pipeline.registry import TaskContext, register_kind
 
-SMALL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json",
-               "tokenizer_config.json", "special_tokens_map.json")  # fmt: skip
+SMALL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors.index.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 
 @register_kind("export", code=("trainer.export", "trainer.hf"))

@@ -86,8 +86,14 @@ def command(opts: TrainOptions, overrides: list[str]) -> tuple[list[str], dict[s
     if opts.nproc_per_node == 1:
         return [sys.executable, "-m", opts.module, *overrides], {}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    argv = [*launcher, f"--nproc-per-node={opts.nproc_per_node}",
-            f"--max-restarts={opts.max_restarts}", "-m", opts.module, *overrides]  # fmt: skip
+    argv = [
+        *launcher,
+        f"--nproc-per-node={opts.nproc_per_node}",
+        f"--max-restarts={opts.max_restarts}",
+        "-m",
+        opts.module,
+        *overrides,
+    ]
     return argv, {}
 
 
@@ -160,9 +166,13 @@ def run_local(ctx: TaskContext, opts: TrainOptions, overrides: list[str]) -> Non
     tail: deque = deque(maxlen=20)
     _kill_stale_trainer(ctx.output / ".trainer.json")
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-        preexec_fn=_die_with_parent, start_new_session=True,
-    )  # fmt: skip
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        preexec_fn=_die_with_parent,
+        start_new_session=True,
+    )
     (ctx.output / ".trainer.json").write_text(
         json.dumps({"pgid": proc.pid, "host": socket.gethostname()})
     )
@@ -240,8 +250,11 @@ def validate(node) -> None:
         hydra = [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
         res = subprocess.run(
             [sys.executable, "-m", opts.module, *overrides, "dry_run=true", *hydra],
-            env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     if res.returncode != 0:
         raise ValueError(_error_lines(res.stderr or res.stdout, res.returncode))
 
@@ -249,21 +262,43 @@ def validate(node) -> None:
 def _error_lines(text: str, code: int) -> str:
     """The trainer's error in one line (its `error: ...` line, or Hydra's few lines)."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    lines = [ln for ln in lines if "HYDRA_FULL_ERROR" not in ln and not ln.startswith(
-        ("full_key:", "reference_type=", "object_type="))]  # fmt: skip
+    lines = [
+        ln
+        for ln in lines
+        if "HYDRA_FULL_ERROR" not in ln
+        and not ln.startswith(("full_key:", "reference_type=", "object_type="))
+    ]
     errors = [ln.removeprefix("error: ") for ln in lines if ln.startswith("error: ")]
     shown = errors[-1:] or lines[-3:]
     return " ".join(shown) or f"trainer dry run exited with code {code}"
 
 
-EXTENDS = ("train.steps+", "train.eval_interval", "train.eval_iters", "train.log_interval",
-           "logging.*", "checkpoint.save_interval", "checkpoint.save_interval_s",
-           "checkpoint.keep_last", "resilience.hang_timeout_s")  # fmt: skip
+EXTENDS = (
+    "train.steps+",
+    "train.eval_interval",
+    "train.eval_iters",
+    "train.log_interval",
+    "logging.*",
+    "checkpoint.save_interval",
+    "checkpoint.save_interval_s",
+    "checkpoint.keep_last",
+    "resilience.hang_timeout_s",
+)
 """Trainer keys that only extend a finished run: changing only these continues training from the
 stage's last checkpoint (`train.steps` only when raised) instead of restarting."""
 
 
-@register_kind("train", options=TrainOptions, code=lambda o: (o.module,), conf=("model/**", "parallel/**", "precision/**", "trainer.yaml"), resumable=True, live_run=True, validate=validate, extends=EXTENDS, role="training")  # fmt: skip
+@register_kind(
+    "train",
+    options=TrainOptions,
+    code=lambda o: (o.module,),
+    conf=("model/**", "parallel/**", "precision/**", "trainer.yaml"),
+    resumable=True,
+    live_run=True,
+    validate=validate,
+    extends=EXTENDS,
+    role="training",
+)
 def train(ctx: TaskContext) -> dict:
     """Train (or resume training) the model; returns the trainer's summary.json as stats."""
     opts: TrainOptions = ctx.options

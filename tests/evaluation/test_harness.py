@@ -22,18 +22,29 @@ HANZI = "天地玄黄宇宙洪荒日月盈昃辰宿列张寒来暑往秋收冬�
 
 def holdout_texts(seed: int = 0, docs: int = 12) -> dict[str, list[str]]:
     rng = random.Random(seed)
-    en = [" ".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))).capitalize() + "."
-                   for _ in range(4)) for _ in range(docs)]  # fmt: skip
-    zh = ["".join("".join(rng.choice(HANZI) for _ in range(rng.randint(8, 14))) + "。"
-                  for _ in range(4)) for _ in range(docs)]  # fmt: skip
+    en = [
+        " ".join(
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))).capitalize() + "."
+            for _ in range(4)
+        )
+        for _ in range(docs)
+    ]
+    zh = [
+        "".join(
+            "".join(rng.choice(HANZI) for _ in range(rng.randint(8, 14))) + "。" for _ in range(4)
+        )
+        for _ in range(docs)
+    ]
     return {"en": en, "zh": zh}
 
 
 def write_holdout(root: Path, domains: dict[str, list[str]]) -> Path:
     for domain, texts in domains.items():
         (root / "holdout" / domain).mkdir(parents=True)
-        lines = [json.dumps({"id": f"{domain}{i}", "text": t}, ensure_ascii=False)
-                 for i, t in enumerate(texts)]  # fmt: skip
+        lines = [
+            json.dumps({"id": f"{domain}{i}", "text": t}, ensure_ascii=False)
+            for i, t in enumerate(texts)
+        ]
         (root / "holdout" / domain / "00000.jsonl").write_text("\n".join(lines) + "\n")
     return root
 
@@ -66,14 +77,22 @@ def _hf_folder(root: Path) -> Path:
     from tests.trainer.test_export import write_tokenizer
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=512,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.5,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(root)
     texts = [t for ts in holdout_texts(5, 40).values() for t in ts]
     tok_file = write_tokenizer(root / "tokenizer.json", 400, texts)
     eos = "<|endoftext|>"
-    PreTrainedTokenizerFast(tokenizer_file=str(tok_file), eos_token=eos, bos_token=eos,
-                            pad_token=eos).save_pretrained(root)  # fmt: skip
+    PreTrainedTokenizerFast(
+        tokenizer_file=str(tok_file), eos_token=eos, bos_token=eos, pad_token=eos
+    ).save_pretrained(root)
     return root
 
 
@@ -119,8 +138,12 @@ def test_harness_scores_local_tasks_like_a_direct_computation(tmp_path: Path) ->
         json.loads((tmp_path / "out" / "results.json").read_text())["results"] == result["results"]
     )
     for domain in domains:
-        items = [json.loads(line) for line in
-                 (tmp_path / "out" / "tasks" / f"next_sentence_{domain}.jsonl").read_text().splitlines()]  # fmt: skip
+        items = [
+            json.loads(line)
+            for line in (tmp_path / "out" / "tasks" / f"next_sentence_{domain}.jsonl")
+            .read_text()
+            .splitlines()
+        ]
         want = direct_accuracy(folder, items, domain == "zh")
         assert result["results"][f"next_sentence_{domain}"]["acc"] == pytest.approx(want, abs=1e-9)
 
@@ -130,8 +153,13 @@ def test_humaneval_generates_and_scores_in_the_sandbox(tmp_path: Path) -> None:
     """The offline HumanEval path: completions generated from the folder, executed in the
     sandbox (a random model solves nothing); scored items counted."""
     folder = _hf_folder(tmp_path / "hf")
-    done = harness(f"hf={folder}", f"output={tmp_path / 'out'}", "tasks=[humaneval]", "limit=3",
-                   "humaneval_max_new_tokens=16")  # fmt: skip
+    done = harness(
+        f"hf={folder}",
+        f"output={tmp_path / 'out'}",
+        "tasks=[humaneval]",
+        "limit=3",
+        "humaneval_max_new_tokens=16",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["results"] == {"humaneval": {"pass_at_1": 0.0}} and result["items"] == 3

@@ -14,8 +14,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *argv], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", *argv], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.usefixtures("dev_cluster")
@@ -23,8 +24,16 @@ def test_data_prep_stage_submitted_with_cluster_slurm_runs_on_ray_in_the_job(tmp
     docs = tmp_path / "in.jsonl"
     docs.write_text("".join(json.dumps({"text": f"Document {i}. " * 30}) + "\n" for i in range(40)))
     out = tmp_path / "read"
-    res = _run("data_prep", "stage=read", f"input={docs}", f"output={out}", "cluster=slurm",
-               "cluster.wait=true", "cluster.cpus_per_task=1", "cluster.time=00:05:00")  # fmt: skip
+    res = _run(
+        "data_prep",
+        "stage=read",
+        f"input={docs}",
+        f"output={out}",
+        "cluster=slurm",
+        "cluster.wait=true",
+        "cluster.cpus_per_task=1",
+        "cluster.time=00:05:00",
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     stats = json.loads((out / "stats.json").read_text())
     assert stats["documents_in"] == stats["documents_kept"] == 40
@@ -40,8 +49,16 @@ def test_data_prep_stage_submitted_with_cluster_slurm_runs_on_ray_in_the_job(tmp
 
 def test_trainer_dry_run_prints_the_job_and_submits_nothing(tmp_path):
     ckpt = tmp_path / "ck"
-    res = _run("trainer", "cluster=slurm", "cluster.nodes=2", "cluster.gpus_per_node=8",
-               "dry_run=true", f"checkpoint.dir={ckpt}", "train.steps=7", timeout=120)  # fmt: skip
+    res = _run(
+        "trainer",
+        "cluster=slurm",
+        "cluster.nodes=2",
+        "cluster.gpus_per_node=8",
+        "dry_run=true",
+        f"checkpoint.dir={ckpt}",
+        "train.steps=7",
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert "#SBATCH --nodes=2" in res.stdout and "--nproc-per-node=8" in res.stdout
     assert "train.steps=7 \\\n    cluster=local \\\n" in res.stdout  # the job trains in place
@@ -50,15 +67,28 @@ def test_trainer_dry_run_prints_the_job_and_submits_nothing(tmp_path):
 
 
 def test_cluster_slurm_with_datatrove_slurm_executor_is_refused(tmp_path):
-    res = _run("data_prep", "stage=read", "input=x", f"output={tmp_path}", "cluster=slurm",
-               "executor=slurm", "executor.partition=debug", timeout=120)  # fmt: skip
+    res = _run(
+        "data_prep",
+        "stage=read",
+        "input=x",
+        f"output={tmp_path}",
+        "cluster=slurm",
+        "executor=slurm",
+        "executor.partition=debug",
+        timeout=120,
+    )
     assert res.returncode == 2 and "not both" in res.stderr
 
 
 @pytest.mark.usefixtures("dev_cluster")
 def test_rejected_submission_is_one_clear_line(tmp_path):
-    res = _run("trainer", "cluster=slurm", "cluster.partition=no_such_partition",
-               f"checkpoint.dir={tmp_path}", timeout=120)  # fmt: skip
+    res = _run(
+        "trainer",
+        "cluster=slurm",
+        "cluster.partition=no_such_partition",
+        f"checkpoint.dir={tmp_path}",
+        timeout=120,
+    )
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert res.stderr.startswith("error: sbatch ") and "invalid partition" in res.stderr.lower()
 
@@ -66,14 +96,21 @@ def test_rejected_submission_is_one_clear_line(tmp_path):
 @pytest.mark.parametrize(
     "argv, error",
     [
-        (["data_prep", "stage=read", "input=x", "output={tmp}/o x", "cluster=slurm_dev"],
-         "error: run_dir '{tmp}/o x/slurm': Slurm log paths cannot contain whitespace"),
-        (["trainer", "cluster=slurm", "cluster.nodes=0"], "error: cluster.nodes must be >= 1, got 0"),
-        (["trainer", "+cluster.bogus=1"],
-         "error: unknown config key 'cluster.bogus' (not in the launch schema)"),
+        (
+            ["data_prep", "stage=read", "input=x", "output={tmp}/o x", "cluster=slurm_dev"],
+            "error: run_dir '{tmp}/o x/slurm': Slurm log paths cannot contain whitespace",
+        ),
+        (
+            ["trainer", "cluster=slurm", "cluster.nodes=0"],
+            "error: cluster.nodes must be >= 1, got 0",
+        ),
+        (
+            ["trainer", "+cluster.bogus=1"],
+            "error: unknown config key 'cluster.bogus' (not in the launch schema)",
+        ),
         (["pipeline", "cluster=nosuch"], "error: Could not find 'cluster/nosuch' (clusters in"),
     ],
-)  # fmt: skip
+)
 def test_launch_errors_are_one_line_naming_the_field(tmp_path, argv, error):
     res = _run(*(a.replace("{tmp}", str(tmp_path)) for a in argv), timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr

@@ -68,8 +68,18 @@ def test_cli_submits_to_the_dev_cluster(tmp_path):
     body = f'printf "%s\\n" "$@" > {tmp_path}/argv.$SLURM_JOB_ID'
     fake = write_fakes(tmp_path, {"fake_python": body}) / "fake_python"
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "slurm", "submit", "cluster=slurm_dev", f"run_dir={run_dir}",
-           f"cluster.python={fake}", "poll_s=0.5", "--", "train.max_steps=2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "slurm",
+        "submit",
+        "cluster=slurm_dev",
+        f"run_dir={run_dir}",
+        f"cluster.python={fake}",
+        "poll_s=0.5",
+        "--",
+        "train.max_steps=2",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "COMPLETED" in proc.stdout
@@ -80,8 +90,16 @@ def test_cli_submits_to_the_dev_cluster(tmp_path):
 
 def test_cli_failure_exits_nonzero_with_one_line_and_log(tmp_path):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "slurm", "submit", "cluster=slurm_dev", f"run_dir={run_dir}",
-           "cluster.python=/bin/false", "poll_s=0.5"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "slurm",
+        "submit",
+        "cluster=slurm_dev",
+        f"run_dir={run_dir}",
+        "cluster.python=/bin/false",
+        "poll_s=0.5",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: train job ") and "ended FAILED" in proc.stderr
@@ -91,10 +109,19 @@ def test_cli_failure_exits_nonzero_with_one_line_and_log(tmp_path):
 
 def test_hydra_submitit_launcher_multirun(tmp_path):
     app = Path(__file__).resolve().parent / "hydra_app" / "app.py"
-    cmd = [sys.executable, str(app), "--multirun", "hydra/launcher=submitit_slurm",
-           "hydra.launcher.partition=debug", "hydra.launcher.timeout_min=5",
-           "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
-           f"hydra.sweep.dir={tmp_path / 'sweep'}", f"out_dir={tmp_path}", "x=2,3"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(app),
+        "--multirun",
+        "hydra/launcher=submitit_slurm",
+        "hydra.launcher.partition=debug",
+        "hydra.launcher.timeout_min=5",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"out_dir={tmp_path}",
+        "x=2,3",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {p.name: p.read_text().split() for p in tmp_path.glob("x*.txt")}
@@ -104,12 +131,25 @@ def test_hydra_submitit_launcher_multirun(tmp_path):
 
 
 def test_cli_without_wait_returns_the_job_id_at_once(tmp_path):
-    cmd = [sys.executable, "-m", "slurm", "submit", "cluster=slurm_dev", f"run_dir={tmp_path}",
-           "cluster.python=/bin/true", "wait=false"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "slurm",
+        "submit",
+        "cluster=slurm_dev",
+        f"run_dir={tmp_path}",
+        "cluster.python=/bin/true",
+        "wait=false",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.split("submitted job ")[1].split(";")[0]
     assert jobs.wait(job_id, poll_s=0.5, timeout_s=60).state == "COMPLETED"
-    status = subprocess.run([sys.executable, "-m", "slurm", "status", str(tmp_path)], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    status = subprocess.run(
+        [sys.executable, "-m", "slurm", "status", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert status.returncode == 0 and f"{job_id}  train" in status.stdout

@@ -131,13 +131,31 @@ def test_local_job_is_restarted_by_torchrun_and_resumes(tmp_path):
 
     write_tiny_manifest(tmp_path)
     ck = tmp_path / "ck"
-    cmd = [sys.executable, "-m", "slurm", "submit", "cluster=local", "cluster.max_restarts=1",
-           f"run_dir={tmp_path / 'run'}", "--", f"data.manifest={tmp_path / 'manifest.json'}",
-           "data.seq_length=64", "model=tiny_dense", "parallel=dp2", "train.steps=6",
-           "train.global_batch_size=4", "train.micro_batch_size=1", "train.eval_interval=0",
-           f"checkpoint.dir={ck}", "checkpoint.save_interval=2", "logging.mlflow=true",
-           f"logging.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "logging.experiment=local",
-           "resilience.inject_kill_rank=1", "resilience.inject_kill_step=3"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "slurm",
+        "submit",
+        "cluster=local",
+        "cluster.max_restarts=1",
+        f"run_dir={tmp_path / 'run'}",
+        "--",
+        f"data.manifest={tmp_path / 'manifest.json'}",
+        "data.seq_length=64",
+        "model=tiny_dense",
+        "parallel=dp2",
+        "train.steps=6",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=1",
+        "train.eval_interval=0",
+        f"checkpoint.dir={ck}",
+        "checkpoint.save_interval=2",
+        "logging.mlflow=true",
+        f"logging.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        "logging.experiment=local",
+        "resilience.inject_kill_rank=1",
+        "resilience.inject_kill_step=3",
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     logs = "".join(p.read_text() for p in sorted((tmp_path / "run" / "logs").glob("*")))
     out = done.stdout + done.stderr + logs

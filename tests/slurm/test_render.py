@@ -47,8 +47,10 @@ def test_command_script_matches_golden():
 
 GOLDEN_DATA = RayJob(
     ["/opt/venv/bin/python", "-m", "data_prep", "stage=minhash_dedup", "executor=ray"],
-    run_dir="/runs/data", workdir="/work/project", python="/opt/venv/bin/python",
-)  # fmt: skip
+    run_dir="/runs/data",
+    workdir="/work/project",
+    python="/opt/venv/bin/python",
+)
 
 
 def test_multi_node_ray_data_job_matches_golden():
@@ -60,9 +62,13 @@ def test_multi_node_ray_data_job_matches_golden():
 
 def test_task_per_gpu_launch_without_requeue_matches_golden():
     cluster = dataclasses.replace(
-        load_cluster("slurm_h100"), launch="srun", requeue=False, signal_before_s=0,
-        container_image=None, extra_sbatch=[],
-    )  # fmt: skip
+        load_cluster("slurm_h100"),
+        launch="srun",
+        requeue=False,
+        signal_before_s=0,
+        container_image=None,
+        extra_sbatch=[],
+    )
     text = render_sbatch(GOLDEN_TRAIN, cluster)
     _check_golden("train_srun_no_requeue.sbatch", text)
     assert "#SBATCH --ntasks-per-node=8" in text and "-m slurm.srun_task trainer" in text
@@ -71,8 +77,10 @@ def test_task_per_gpu_launch_without_requeue_matches_golden():
 
 def test_every_golden_is_checked_and_valid_bash():
     expected = {f"train_{n}.sbatch" for n in CLUSTERS} | {
-        "command_slurm_dev.sbatch", "data_ray_4_nodes.sbatch", "train_srun_no_requeue.sbatch"
-    }  # fmt: skip
+        "command_slurm_dev.sbatch",
+        "data_ray_4_nodes.sbatch",
+        "train_srun_no_requeue.sbatch",
+    }
     assert {p.name for p in GOLDEN_DIR.glob("*.sbatch")} == expected
     for path in GOLDEN_DIR.glob("*.sbatch"):
         subprocess.run(["bash", "-n", str(path)], check=True)
@@ -81,9 +89,17 @@ def test_every_golden_is_checked_and_valid_bash():
 def test_sbatch_directives_follow_the_cluster():
     text = render_sbatch(GOLDEN_TRAIN, load_cluster("slurm_h100"))
     directives = [line for line in text.splitlines() if line.startswith("#SBATCH")]
-    for expected in ("--nodes=16", "--gpus-per-node=8", "--account=llm-pretrain", "--exclusive",
-                     "--output=/runs/example/logs/%x-%j.out", "--error=/runs/example/logs/%x-%j.err",
-                     "--constraint=h100", "--requeue", "--signal=B:USR1@300"):  # fmt: skip
+    for expected in (
+        "--nodes=16",
+        "--gpus-per-node=8",
+        "--account=llm-pretrain",
+        "--exclusive",
+        "--output=/runs/example/logs/%x-%j.out",
+        "--error=/runs/example/logs/%x-%j.err",
+        "--constraint=h100",
+        "--requeue",
+        "--signal=B:USR1@300",
+    ):
         assert f"#SBATCH {expected}" in directives
     local = render_sbatch(GOLDEN_TRAIN, load_cluster("local"))
     assert "#SBATCH" not in local and "srun" not in local and "--standalone" in local
@@ -126,18 +142,30 @@ def test_local_script_passes_overrides_verbatim(tmp_path):
     cluster = ClusterConfig(scheduler="local", cpus_per_task=2, python="python")
     rec = _run_script(render_sbatch(job, cluster), tmp_path, {})
     argv = (rec / "python.argv").read_text().splitlines()
-    assert argv == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                    "--max-restarts=2",
-                    "-m", "trainer", *TRICKY, f"hydra.run.dir={tmp_path}/run/hydra"]  # fmt: skip
+    assert argv == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "--max-restarts=2",
+        "-m",
+        "trainer",
+        *TRICKY,
+        f"hydra.run.dir={tmp_path}/run/hydra",
+    ]
     assert (tmp_path / "run" / "logs").is_dir()
 
 
 def test_slurm_script_rendezvous_on_the_head_node(tmp_path):
     job = TrainJob(overrides=TRICKY, run_dir=str(tmp_path / "run"), workdir=str(tmp_path))
     cluster = ClusterConfig(
-        nodes=2, gpus_per_node=4, python="python", env={"NCCL_DEBUG": "WARN"},
-        env_setup=['export FROM_SETUP="yes$UNSET_IN_SETUP"'], container_image="img:1",
-    )  # fmt: skip
+        nodes=2,
+        gpus_per_node=4,
+        python="python",
+        env={"NCCL_DEBUG": "WARN"},
+        env_setup=['export FROM_SETUP="yes$UNSET_IN_SETUP"'],
+        container_image="img:1",
+    )
     slurm_env = {
         "SLURM_JOB_ID": "12345",
         "SLURM_JOB_NODELIST": "node[7-8]",
@@ -145,8 +173,15 @@ def test_slurm_script_rendezvous_on_the_head_node(tmp_path):
     }
     rec = _run_script(render_sbatch(job, cluster), tmp_path, slurm_env)
     argv = (rec / "python.argv").read_text().splitlines()
-    assert argv[:7] == ["-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=4",
-                        "--rdzv-backend=c10d", "--rdzv-endpoint=node7:32345", "--rdzv-id=12345"]  # fmt: skip
+    assert argv[:7] == [
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--nproc-per-node=4",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=node7:32345",
+        "--rdzv-id=12345",
+    ]
     assert argv[7:] == ["-m", "trainer", *TRICKY, f"hydra.run.dir={tmp_path}/run/hydra"]
     srun = (rec / "srun.argv").read_text().splitlines()
     assert srun[:4] == [

@@ -32,12 +32,20 @@ STEP_LINE = re.compile(r"^step (\d+) loss=", re.M)
 
 def _overrides(tmp_path: Path, name: str, steps: int = STEPS, extra: tuple = ()) -> list[str]:
     return [
-        "model=tiny_v3", f"data.manifest={tmp_path / 'manifest.json'}", "data.seq_length=64",
-        f"train.steps={steps}", "train.global_batch_size=4", "train.micro_batch_size=1",
-        "train.eval_interval=4", "train.eval_iters=1", f"checkpoint.dir={tmp_path / name}",
-        "logging.mlflow=true", f"logging.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-        f"logging.experiment={name}", *extra,
-    ]  # fmt: skip
+        "model=tiny_v3",
+        f"data.manifest={tmp_path / 'manifest.json'}",
+        "data.seq_length=64",
+        f"train.steps={steps}",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=1",
+        "train.eval_interval=4",
+        "train.eval_iters=1",
+        f"checkpoint.dir={tmp_path / name}",
+        "logging.mlflow=true",
+        f"logging.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"logging.experiment={name}",
+        *extra,
+    ]
 
 
 def _submit(
@@ -74,7 +82,10 @@ def _wait_for(what: str, check, timeout_s: float = 150.0, poll_s: float = 0.2):
 
 def _signal_at_step(job_id: str, log: Path, step: int) -> float:
     """Wait until the log shows `step`, then send what `--signal=B:USR1@N` sends."""
-    _wait_for(f"step {step} in {log}", lambda: max(map(int, STEP_LINE.findall(_read(log))), default=0) >= step)  # fmt: skip
+    _wait_for(
+        f"step {step} in {log}",
+        lambda: max(map(int, STEP_LINE.findall(_read(log))), default=0) >= step,
+    )
     subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
     return time.monotonic()
 
@@ -119,8 +130,10 @@ def _sacct_states(job_id: str) -> list[str]:
     def states():
         out = subprocess.run(
             ["sacct", "-j", job_id, "-X", "-D", "-n", "-P", "-o", "State"],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         found = out.stdout.split()
         return found if found and found[-1] not in ("RUNNING", "PENDING", "REQUEUED") else None
 
@@ -137,8 +150,11 @@ def test_signalled_job_checkpoints_requeues_and_matches_an_uninterrupted_run(tmp
     result = wait(job_id, log_path=log, poll_s=0.5, timeout_s=150)
     text = _read(log)
     assert result.state == "COMPLETED", text
-    stop = re.search(r"\[trainer\] stop requested \((.+)\): checkpoint at step (\d+) saved; "
-                     r"exiting with code 75", text)  # fmt: skip
+    stop = re.search(
+        r"\[trainer\] stop requested \((.+)\): checkpoint at step (\d+) saved; "
+        r"exiting with code 75",
+        text,
+    )
     assert stop, text
     stop_step = int(stop.group(2))
     assert 3 <= stop_step < STEPS
@@ -176,8 +192,11 @@ def test_max_requeues_bounds_the_retries(tmp_path):
 
 def test_killed_rank_restarts_resumes_and_matches_an_uninterrupted_run(tmp_path, reference):
     write_tiny_manifest(tmp_path)
-    kill = ("checkpoint.save_interval=2", "resilience.inject_kill_rank=1",
-            "resilience.inject_kill_step=5")  # fmt: skip
+    kill = (
+        "checkpoint.save_interval=2",
+        "resilience.inject_kill_rank=1",
+        "resilience.inject_kill_step=5",
+    )
     job_id, log = _submit(tmp_path, "killed", max_requeues=0, max_restarts=1, extra=kill)
     result = wait(job_id, log_path=log, poll_s=0.5, timeout_s=300)
     text = _read(log)
@@ -204,8 +223,11 @@ def test_killed_rank_restarts_resumes_and_matches_an_uninterrupted_run(tmp_path,
 
 def test_hang_past_max_restarts_fails_naming_the_hung_rank(tmp_path):
     write_tiny_manifest(tmp_path)
-    hang = ("resilience.hang_timeout_s=5", "resilience.inject_hang_rank=1",
-            "resilience.inject_hang_step=3")  # fmt: skip
+    hang = (
+        "resilience.hang_timeout_s=5",
+        "resilience.inject_hang_rank=1",
+        "resilience.inject_hang_step=3",
+    )
     job_id, log = _submit(tmp_path, "hung", max_requeues=1, max_restarts=0, extra=hang)
     result = wait(job_id, log_path=log, poll_s=0.5, timeout_s=200)
     text = _read(log)

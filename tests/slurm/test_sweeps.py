@@ -50,9 +50,15 @@ def _job_logs(sweep: Path) -> list[str]:
 @pytest.mark.usefixtures("dev_cluster")
 def test_data_prep_threshold_sweep_runs_one_slurm_job_per_threshold(tmp_path):
     sweep = tmp_path / "sweep"
-    args = [*LAUNCHER, f"hydra.sweep.dir={sweep}", "stage=langid", "progress=false",
-            f"input={_write_docs(tmp_path / 'in.jsonl')}",
-            f"output={tmp_path}/langid_${{langid.threshold}}", "langid.threshold=0.3,0.9"]  # fmt: skip
+    args = [
+        *LAUNCHER,
+        f"hydra.sweep.dir={sweep}",
+        "stage=langid",
+        "progress=false",
+        f"input={_write_docs(tmp_path / 'in.jsonl')}",
+        f"output={tmp_path}/langid_${{langid.threshold}}",
+        "langid.threshold=0.3,0.9",
+    ]
     proc = _run("data_prep", args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"2 sweep jobs; sweep folder {sweep} (Slurm logs: {sweep}/logs/)" in proc.stdout
@@ -71,11 +77,20 @@ def test_data_prep_threshold_sweep_runs_one_slurm_job_per_threshold(tmp_path):
 @pytest.mark.usefixtures("dev_cluster")
 def test_trainer_lr_sweep_runs_one_slurm_job_per_lr(tmp_path):
     sweep = tmp_path / "sweep"
-    args = [*LAUNCHER, "hydra.launcher.mem_gb=3", f"hydra.sweep.dir={sweep}",
-            f"data.manifest={write_tiny_manifest(tmp_path)}", "data.seq_length=64",
-            "train.steps=3", "train.global_batch_size=2", "train.micro_batch_size=1",
-            "train.eval_interval=3", "train.eval_iters=1",
-            f"checkpoint.dir={tmp_path}/lr_sweep/${{hydra:job.num}}", "optim.lr=1e-3,3e-2"]  # fmt: skip
+    args = [
+        *LAUNCHER,
+        "hydra.launcher.mem_gb=3",
+        f"hydra.sweep.dir={sweep}",
+        f"data.manifest={write_tiny_manifest(tmp_path)}",
+        "data.seq_length=64",
+        "train.steps=3",
+        "train.global_batch_size=2",
+        "train.micro_batch_size=1",
+        "train.eval_interval=3",
+        "train.eval_iters=1",
+        f"checkpoint.dir={tmp_path}/lr_sweep/${{hydra:job.num}}",
+        "optim.lr=1e-3,3e-2",
+    ]
     proc = _run("trainer", args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = [json.loads((tmp_path / "lr_sweep" / n / "summary.json").read_text()) for n in "01"]
@@ -90,15 +105,24 @@ def test_trainer_lr_sweep_runs_one_slurm_job_per_lr(tmp_path):
 @pytest.mark.parametrize(
     ("app", "args", "message"),
     [
-        ("data_prep", ["stage=langid", "input=x", "output=runs/same", "langid.threshold=0.3,0.9"],
-         "data_prep: error: sweep jobs share output="),
+        (
+            "data_prep",
+            ["stage=langid", "input=x", "output=runs/same", "langid.threshold=0.3,0.9"],
+            "data_prep: error: sweep jobs share output=",
+        ),
         ("trainer", ["optim.lr=1e-3,3e-3"], "error: sweep jobs share checkpoint.dir="),
-        ("trainer", ["optim.lr=1e-3,-1", "checkpoint.dir=c/${hydra:job.num}"],
-         "error: optim config: lr must be positive"),
-        ("data_prep", ["stage=langid", "input=x", "output=o/${hydra:job.num}", "langid.nope=1,2"],
-         "data_prep: error: Could not override 'langid.nope'"),
+        (
+            "trainer",
+            ["optim.lr=1e-3,-1", "checkpoint.dir=c/${hydra:job.num}"],
+            "error: optim config: lr must be positive",
+        ),
+        (
+            "data_prep",
+            ["stage=langid", "input=x", "output=o/${hydra:job.num}", "langid.nope=1,2"],
+            "data_prep: error: Could not override 'langid.nope'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_sweep_is_refused_before_anything_is_submitted(tmp_path, app, args, message):
     proc = _run(app, [*LAUNCHER, f"hydra.sweep.dir={tmp_path / 'sweep'}", *args], timeout=60)
     assert proc.returncode == 2

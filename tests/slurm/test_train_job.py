@@ -18,10 +18,16 @@ def test_two_process_cpu_training_completes(tmp_path):
     manifest = write_tiny_manifest(tmp_path)
     ckpt = tmp_path / "ckpt"
     overrides = [
-        "model=tiny_v3", f"data.manifest={manifest}", "data.seq_length=64",
-        "train.steps=3", "train.global_batch_size=4", "train.micro_batch_size=1",
-        "train.eval_interval=3", "train.eval_iters=1", f"checkpoint.dir={ckpt}",
-    ]  # fmt: skip
+        "model=tiny_v3",
+        f"data.manifest={manifest}",
+        "data.seq_length=64",
+        "train.steps=3",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=1",
+        "train.eval_interval=3",
+        "train.eval_iters=1",
+        f"checkpoint.dir={ckpt}",
+    ]
     cluster = load_cluster("slurm_dev")
     cluster.time = "00:05:00"
     result = launch_training(overrides, cluster, tmp_path / "run", poll_s=0.5, timeout_s=170)
@@ -40,10 +46,14 @@ def test_task_per_process_launch_trains_the_same_as_torchrun(tmp_path):
     equals the torchrun-launched one step for step."""
     manifest = write_tiny_manifest(tmp_path)
     base = [
-        "model=tiny_v3", f"data.manifest={manifest}", "data.seq_length=64",
-        "train.steps=2", "train.global_batch_size=4", "train.micro_batch_size=1",
+        "model=tiny_v3",
+        f"data.manifest={manifest}",
+        "data.seq_length=64",
+        "train.steps=2",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=1",
         "train.eval_interval=0",
-    ]  # fmt: skip
+    ]
     losses = {}
     for launch in ("srun", "torchrun"):
         cluster = load_cluster("slurm_dev")
@@ -51,8 +61,13 @@ def test_task_per_process_launch_trains_the_same_as_torchrun(tmp_path):
         if launch == "srun":
             cluster.cpus_per_task = 1  # per task: 2 tasks x 1 CPU
         ckpt = tmp_path / launch
-        result = launch_training([*base, f"checkpoint.dir={ckpt}"], cluster, tmp_path / f"run_{launch}",
-                                 poll_s=0.5, timeout_s=170)  # fmt: skip
+        result = launch_training(
+            [*base, f"checkpoint.dir={ckpt}"],
+            cluster,
+            tmp_path / f"run_{launch}",
+            poll_s=0.5,
+            timeout_s=170,
+        )
         assert result.ok
         log = result.log_path.read_text()
         assert "layout: world 2 = DP2" in log

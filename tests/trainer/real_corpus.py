@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 
 LICENSES = Path("/usr/share/common-licenses")
-DOMAINS = {"gpl": ("GPL-2", "GPL-3", "LGPL-2.1", "LGPL-3"), "other": ("Apache-2.0", "MPL-2.0",
-           "GFDL-1.3", "Artistic")}  # fmt: skip
+DOMAINS = {
+    "gpl": ("GPL-2", "GPL-3", "LGPL-2.1", "LGPL-3"),
+    "other": ("Apache-2.0", "MPL-2.0", "GFDL-1.3", "Artistic"),
+}
 
 
 def _documents(names: tuple[str, ...]) -> list[str]:
@@ -46,11 +48,23 @@ def build_corpus(root: Path, vocab_size: int = 2048) -> Path:
             total += len(ids)
             builder.add_document(torch.tensor(ids, dtype=torch.int64), [len(ids)])
         builder.finalize(str(root / f"{domain}.idx"))
-        shards.append({"prefix": domain, "domain": domain, "documents": len(docs),
-                       "tokens": total, "weight": 0.5})  # fmt: skip
-    manifest = {"format_version": 1, "tokenizer": "tokenizer.json",
-                "vocab_size": tok.get_vocab_size(), "eod_token_id": eod, "dtype": "uint16",
-                "shards": shards}  # fmt: skip
+        shards.append(
+            {
+                "prefix": domain,
+                "domain": domain,
+                "documents": len(docs),
+                "tokens": total,
+                "weight": 0.5,
+            }
+        )
+    manifest = {
+        "format_version": 1,
+        "tokenizer": "tokenizer.json",
+        "vocab_size": tok.get_vocab_size(),
+        "eod_token_id": eod,
+        "dtype": "uint16",
+        "shards": shards,
+    }
     path = root / "manifest.json"
     path.write_text(json.dumps(manifest))
     return path

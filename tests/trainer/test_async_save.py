@@ -23,11 +23,27 @@ STEPS = 8
 
 
 def _cmd(tmp: Path, ck: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-            "-m", "trainer", f"data.manifest={tmp / 'manifest.json'}", "data.seq_length=64",
-            "model=tiny_dense", "parallel=dp2", f"train.steps={STEPS}", "train.global_batch_size=4",
-            "train.micro_batch_size=1", "train.eval_interval=0", f"checkpoint.dir={ck}",
-            "checkpoint.save_interval=2", "checkpoint.keep_last=5", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "trainer",
+        f"data.manifest={tmp / 'manifest.json'}",
+        "data.seq_length=64",
+        "model=tiny_dense",
+        "parallel=dp2",
+        f"train.steps={STEPS}",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=1",
+        "train.eval_interval=0",
+        f"checkpoint.dir={ck}",
+        "checkpoint.save_interval=2",
+        "checkpoint.keep_last=5",
+        *extra,
+    ]
 
 
 def _run(cmd: list[str]) -> str:
@@ -42,8 +58,14 @@ def test_async_save_overlaps_steps_and_survives_a_kill_mid_write(tmp_path):
     slow = ("checkpoint.async_save=true", "checkpoint.inject_write_delay_s=4")
     log = tmp_path / "killed.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(_cmd(tmp_path, ck, *slow), cwd=REPO, env=_env(), stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            _cmd(tmp_path, ck, *slow),
+            cwd=REPO,
+            env=_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 240
         while "step 5 loss" not in log.read_text() and proc.poll() is None:

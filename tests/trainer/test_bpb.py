@@ -25,8 +25,10 @@ def write_holdout(root: Path) -> Path:
     for domain, texts in docs.items():
         folder = root / "holdout" / domain
         folder.mkdir(parents=True)
-        lines = [json.dumps({"id": f"{domain}{i}", "text": t}, ensure_ascii=False)
-                 for i, t in enumerate(texts)]  # fmt: skip
+        lines = [
+            json.dumps({"id": f"{domain}{i}", "text": t}, ensure_ascii=False)
+            for i, t in enumerate(texts)
+        ]
         (folder / "00000.jsonl").write_text("\n".join(lines) + "\n")
     return root
 
@@ -126,13 +128,29 @@ def test_watch_scores_each_checkpoint_while_training_runs(tmp_path: Path) -> Non
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("bpb")).info.run_id
-    cmd = [sys.executable, "-m", "trainer.bpb", f"checkpoint.dir={ck}", f"holdout={holdout}",
-           "watch=true", "poll_s=0.2", f"mlflow_run_id={run_id}", f"tracking_uri={uri}"]  # fmt: skip
-    watcher = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer.bpb",
+        f"checkpoint.dir={ck}",
+        f"holdout={holdout}",
+        "watch=true",
+        "poll_s=0.2",
+        f"mlflow_run_id={run_id}",
+        f"tracking_uri={uri}",
+    ]
+    watcher = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
-        train(tmp_path / "manifest.json", ck, "model=tiny_dense", "train.steps=6",
-              "checkpoint.save_interval=2", "checkpoint.keep_last=3")  # fmt: skip
+        train(
+            tmp_path / "manifest.json",
+            ck,
+            "model=tiny_dense",
+            "train.steps=6",
+            "checkpoint.save_interval=2",
+            "checkpoint.keep_last=3",
+        )
         out, err = watcher.communicate(timeout=300)
     finally:
         watcher.kill()

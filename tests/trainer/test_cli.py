@@ -21,8 +21,12 @@ def _trainer(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess
     env.pop("MLFLOW_RUN_ID", None)
     return subprocess.run(
         [sys.executable, "-m", "trainer", *overrides],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _json_line(stdout: str) -> dict:
@@ -31,10 +35,16 @@ def _json_line(stdout: str) -> dict:
 
 def test_dry_run_of_the_published_v3_recipe(tmp_path: Path) -> None:
     res = _trainer(
-        "model=deepseek_v3", "parallel=v3_h100_1024", "precision=fp8_blockwise", "dry_run=true",
-        "world_size=1024", "train.global_batch_size=4096", "train.micro_batch_size=1",
-        "data.seq_length=4096", f"checkpoint.dir={tmp_path}",
-    )  # fmt: skip
+        "model=deepseek_v3",
+        "parallel=v3_h100_1024",
+        "precision=fp8_blockwise",
+        "dry_run=true",
+        "world_size=1024",
+        "train.global_batch_size=4096",
+        "train.micro_batch_size=1",
+        "data.seq_length=4096",
+        f"checkpoint.dir={tmp_path}",
+    )
     assert res.returncode == 0, res.stderr
     report = _json_line(res.stdout)
     assert report["total_params_without_mtp"] == pytest.approx(671e9, rel=0.01)
@@ -48,13 +58,15 @@ def test_dry_run_of_the_published_v3_recipe(tmp_path: Path) -> None:
     ("overrides", "message"),
     [
         (["parallel=tp2", "dry_run=true", "world_size=3"], "world size 3"),
-        (["parallel=pp2_vpp2", "model.num_layers=6", "dry_run=true", "world_size=2"],
-         "divisible by PP x VPP"),
+        (
+            ["parallel=pp2_vpp2", "model.num_layers=6", "dry_run=true", "world_size=2"],
+            "divisible by PP x VPP",
+        ),
         (["data.seq_length=1024"], "rope limit"),
         (["precision=fp8_blockwise"], "needs Transformer Engine"),
         (["data.manifest=/nonexistent/manifest.json"], "/nonexistent/manifest.json"),
     ],
-)  # fmt: skip
+)
 def test_bad_config_is_one_clear_line(tmp_path: Path, overrides: list, message: str) -> None:
     res = _trainer(*overrides, f"checkpoint.dir={tmp_path}")
     assert res.returncode != 0
@@ -74,11 +86,17 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_training_on_real_text(corpus: Path, tmp_path: Path) -> None:
     run_dir, db = tmp_path / "run", tmp_path / "mlflow.db"
     args = [
-        f"data.manifest={corpus}", "data.seq_length=64", "train.steps=16",
-        "train.eval_interval=8", "optim.warmup_steps=2", f"checkpoint.dir={run_dir}",
-        "checkpoint.save_interval=8", "logging.mlflow=true",
-        f"logging.tracking_uri=sqlite:///{db}", "logging.experiment=test",
-    ]  # fmt: skip
+        f"data.manifest={corpus}",
+        "data.seq_length=64",
+        "train.steps=16",
+        "train.eval_interval=8",
+        "optim.warmup_steps=2",
+        f"checkpoint.dir={run_dir}",
+        "checkpoint.save_interval=8",
+        "logging.mlflow=true",
+        f"logging.tracking_uri=sqlite:///{db}",
+        "logging.experiment=test",
+    ]
     res = _trainer(*args)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -17,8 +17,9 @@ def test_progress_lines_are_read_once_and_a_partial_line_waits(tmp_path, monkeyp
     callback.on_step(2, {"loss": 2.0})
     records, offset = contract.read_progress(path)
     assert [(r["step"], r.get("tokens_per_s"), r["loss"]) for r in records] == [
-        (1, 100.0, 2.5), (2, None, 2.0)
-    ]  # fmt: skip
+        (1, 100.0, 2.5),
+        (2, None, 2.0),
+    ]
     assert set(records[0]) == set(contract.PROGRESS_KEYS)
     with open(path, "a") as f:
         f.write('{"step": 3, "lo')  # the trainer is mid-write

@@ -26,9 +26,11 @@ def write_tokenizer(path: Path, size: int = 400, texts: list[str] | None = None)
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=size, special_tokens=["<|endoftext|>"], show_progress=False,
+        vocab_size=size,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )  # fmt: skip
+    )
     texts = texts or ["the quick brown fox jumps over the lazy dog 你好世界 中文文本"] * 50
     tok.train_from_iterator(texts, trainer)
     tok.save(str(path))
@@ -51,14 +53,27 @@ def _env() -> dict[str, str]:
 
 def train(manifest: Path, ckpt: Path, *extra: str, nproc: int = 1) -> None:
     args = [
-        f"data.manifest={manifest}", "data.seq_length=64", "train.steps=1",
-        "train.global_batch_size=4", "train.micro_batch_size=1", "train.eval_interval=0",
-        f"checkpoint.dir={ckpt}", "checkpoint.save_interval=1", *extra,
-    ]  # fmt: skip
+        f"data.manifest={manifest}",
+        "data.seq_length=64",
+        "train.steps=1",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=1",
+        "train.eval_interval=0",
+        f"checkpoint.dir={ckpt}",
+        "checkpoint.save_interval=1",
+        *extra,
+    ]
     launch = [sys.executable, "-m", "trainer"]
     if nproc > 1:
-        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                  f"--nproc-per-node={nproc}", "-m", "trainer"]  # fmt: skip
+        launch = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "trainer",
+        ]
     done = subprocess.run([*launch, *args], cwd=REPO, env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
@@ -142,8 +157,11 @@ def test_export_matches_transformers(corpus: Path, tmp_path: Path, model: str) -
         ]
         done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True)
         assert done.returncode == 0 and "mtp_num_layers: 1" in done.stdout, done.stderr[-2000:]
-        again = export(f"checkpoint.dir={tmp_path / 'in'}", f"output={tmp_path / 'again'}",
-                       f"tokenizer={out / 'tokenizer.json'}")  # fmt: skip
+        again = export(
+            f"checkpoint.dir={tmp_path / 'in'}",
+            f"output={tmp_path / 'again'}",
+            f"tokenizer={out / 'tokenizer.json'}",
+        )
         assert again.returncode == 0, again.stderr[-2000:]
         first, second = hf_tensors(out), hf_tensors(tmp_path / "again")
         assert sorted(first) == sorted(second)
@@ -152,9 +170,13 @@ def test_export_matches_transformers(corpus: Path, tmp_path: Path, model: str) -
 
 def test_yarn_export_matches_beyond_the_original_length(corpus: Path, tmp_path: Path) -> None:
     ckpt, out = tmp_path / "ck", tmp_path / "hf"
-    yarn = ["model.rope_type=yarn", "model.rotary_scaling_factor=4",
-            "model.original_max_position_embeddings=16", "model.rope_mscale=1.0",
-            "model.rope_mscale_all_dim=0.8"]  # fmt: skip
+    yarn = [
+        "model.rope_type=yarn",
+        "model.rotary_scaling_factor=4",
+        "model.original_max_position_embeddings=16",
+        "model.rope_mscale=1.0",
+        "model.rope_mscale_all_dim=0.8",
+    ]
     train(corpus, ckpt, "model=tiny_v3", *yarn)
     exported(ckpt, out)
     assert json.loads((out / "config.json").read_text())["rope_scaling"]["factor"] == 4

@@ -36,19 +36,41 @@ def _transformers_model(kind: str, out: Path) -> Path:
     torch.manual_seed(0)
     if kind == "deepseek_v3":
         config = DeepseekV3Config(
-            vocab_size=512, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
-            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
-            n_shared_experts=1, n_routed_experts=8, routed_scaling_factor=2.5, kv_lora_rank=32,
-            q_lora_rank=48, qk_rope_head_dim=8, v_head_dim=16, qk_nope_head_dim=16, n_group=2,
-            topk_group=1, num_experts_per_tok=2, first_k_dense_replace=1, norm_topk_prob=True,
-            max_position_embeddings=256, rope_interleave=True, initializer_range=0.1,
-        )  # fmt: skip
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            moe_intermediate_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            n_shared_experts=1,
+            n_routed_experts=8,
+            routed_scaling_factor=2.5,
+            kv_lora_rank=32,
+            q_lora_rank=48,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+            qk_nope_head_dim=16,
+            n_group=2,
+            topk_group=1,
+            num_experts_per_tok=2,
+            first_k_dense_replace=1,
+            norm_topk_prob=True,
+            max_position_embeddings=256,
+            rope_interleave=True,
+            initializer_range=0.1,
+        )
     else:
         config = LlamaConfig(
-            vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
             initializer_range=0.1,
-        )  # fmt: skip
+        )
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -107,11 +129,21 @@ def test_init_from_hf_trains_and_exports(corpus: Path, tmp_path: Path) -> None:
     assert diff <= TOL
     # Another model than the folder holds: one line naming the differing fields.
     wrong = subprocess.run(
-        [sys.executable, "-m", "trainer", "model=tiny_v3", f"data.manifest={corpus}",
-         "data.seq_length=64", f"checkpoint.dir={tmp_path / 'ck2'}",
-         f"checkpoint.init_from=hf:{source}"],
-        cwd=REPO, env=_env(), capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "model=tiny_v3",
+            f"data.manifest={corpus}",
+            "data.seq_length=64",
+            f"checkpoint.dir={tmp_path / 'ck2'}",
+            f"checkpoint.init_from=hf:{source}",
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
     last = wrong.stderr.strip().splitlines()[-1]
     assert "this run is 'tiny_v3'" in last and "num_layers=3 vs 4" in last, last
@@ -186,9 +218,15 @@ def test_bad_input_is_one_line_and_writes_nothing(corpus: Path, tmp_path: Path) 
     config = json.loads((source / "config.json").read_text())
     bad = {
         "model_type='gpt2' is not supported": (gpt2, None),
-        "attention_bias=true: our models have no linear biases": (source, {**config, "attention_bias": True}),
-        "quantization_config .*dequantize": (source, {**config, "quantization_config": {"quant_method": "fp8"}}),
-    }  # fmt: skip
+        "attention_bias=true: our models have no linear biases": (
+            source,
+            {**config, "attention_bias": True},
+        ),
+        "quantization_config .*dequantize": (
+            source,
+            {**config, "quantization_config": {"quant_method": "fp8"}},
+        ),
+    }
     for message, (folder, content) in bad.items():
         if content is not None:
             (folder / "config.json").write_text(json.dumps(content))

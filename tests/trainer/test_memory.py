@@ -151,9 +151,12 @@ def test_full_size_estimates_are_sane() -> None:
     """DeepSeek-V2 on 8-way TP x 8-way EP with the distributed optimizer over DP 32."""
     v2 = load_model("deepseek_v2")
     par = ParallelConfig(
-        tensor_parallel=4, pipeline_parallel=6, expert_parallel=8, sequence_parallel=True,
+        tensor_parallel=4,
+        pipeline_parallel=6,
+        expert_parallel=8,
+        sequence_parallel=True,
         use_distributed_optimizer=True,
-    )  # fmt: skip
+    )
     est = estimate_memory(v2, par, precision("bf16"), 1, 4096, 16, data_parallel_size=32)
     total = count_parameters(v2).total
     assert est.num_params < total / 20
@@ -255,9 +258,15 @@ def test_static_bytes_equal_megatron_allocations(allocated: list[tuple], index: 
     name, dtype, distopt = CASES[index]
     world, got = _check_ran(allocated[index])
     est = estimate_memory(
-        load_model(name), ParallelConfig(), precision(dtype), 1, 16, 2,
-        use_distributed_optimizer=distopt, data_parallel_size=world,
-    )  # fmt: skip
+        load_model(name),
+        ParallelConfig(),
+        precision(dtype),
+        1,
+        16,
+        2,
+        use_distributed_optimizer=distopt,
+        data_parallel_size=world,
+    )
     assert got == (est.weights, est.grads, est.optimizer)
 
 
@@ -269,18 +278,35 @@ def test_static_bytes_exact_on_two_ranks() -> None:
         rank0 = run_distributed(_allocated, 2, [(name, dtype, distopt, ep)], timeout_s=90)[0]
         _, got = _check_ran(rank0[0])
         est = estimate_memory(
-            load_model(name), ParallelConfig(expert_parallel=ep), precision(dtype), 1, 16, 1,
-            use_distributed_optimizer=distopt, data_parallel_size=2,
-        )  # fmt: skip
+            load_model(name),
+            ParallelConfig(expert_parallel=ep),
+            precision(dtype),
+            1,
+            16,
+            1,
+            use_distributed_optimizer=distopt,
+            data_parallel_size=2,
+        )
         assert got == (est.weights, est.grads, est.optimizer), (name, dtype, distopt, ep)
     single = estimate_memory(
-        load_model("tiny_v3"), ParallelConfig(), precision("bf16"), 1, 16, 2,
+        load_model("tiny_v3"),
+        ParallelConfig(),
+        precision("bf16"),
+        1,
+        16,
+        2,
         use_distributed_optimizer=True,
-    )  # fmt: skip
+    )
     dp2 = estimate_memory(
-        load_model("tiny_v3"), ParallelConfig(), precision("bf16"), 1, 16, 1,
-        use_distributed_optimizer=True, data_parallel_size=2,
-    )  # fmt: skip
+        load_model("tiny_v3"),
+        ParallelConfig(),
+        precision("bf16"),
+        1,
+        16,
+        1,
+        use_distributed_optimizer=True,
+        data_parallel_size=2,
+    )
     assert dp2.optimizer < 0.6 * single.optimizer
 
 

@@ -36,10 +36,17 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _args(manifest: Path, ckpt: Path, steps: int, *extra: str) -> list[str]:
     return [
-        f"data.manifest={manifest}", "data.seq_length=64", f"train.steps={steps}",
-        "train.global_batch_size=4", "train.micro_batch_size=2", "train.eval_interval=2",
-        "train.eval_iters=1", f"checkpoint.dir={ckpt}", "checkpoint.save_interval=2", *extra,
-    ]  # fmt: skip
+        f"data.manifest={manifest}",
+        "data.seq_length=64",
+        f"train.steps={steps}",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=2",
+        "train.eval_interval=2",
+        "train.eval_iters=1",
+        f"checkpoint.dir={ckpt}",
+        "checkpoint.save_interval=2",
+        *extra,
+    ]
 
 
 def _env(tag: str | None = None) -> dict[str, str]:
@@ -217,9 +224,13 @@ def _tagged(tag: str) -> list[int]:
 
 def _launch(cmd: list[str], tag: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        cmd, cwd=REPO, env=_env(tag), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+        cmd,
+        cwd=REPO,
+        env=_env(tag),
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
-    )  # fmt: skip
+    )
 
 
 def _step_reached(log: Path, step: int) -> bool:

@@ -60,9 +60,16 @@ def test_callbacks_only_on_rank_zero() -> None:
 
 
 PARALLEL_WORLDS = {
-    "single": 1, "dp2": 2, "tp2": 2, "pp2": 2, "ep2": 2, "pp2_vpp2": 2, "tp2_pp2": 4,
-    "dp2_ep2": 4, "v3_h100_1024": 1024,
-}  # fmt: skip
+    "single": 1,
+    "dp2": 2,
+    "tp2": 2,
+    "pp2": 2,
+    "ep2": 2,
+    "pp2_vpp2": 2,
+    "tp2_pp2": 4,
+    "dp2_ep2": 4,
+    "v3_h100_1024": 1024,
+}
 
 
 @pytest.mark.parametrize(("name", "world"), PARALLEL_WORLDS.items())

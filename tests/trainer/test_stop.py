@@ -27,13 +27,21 @@ STEPS, STOP_AT = 6, 3
 
 def _overrides(root: Path, name: str, manifest: Path) -> list[str]:
     return [
-        "model=tiny_v3", f"data.manifest={manifest}", "data.seq_length=64",
-        f"train.steps={STEPS}", "train.global_batch_size=4", "train.micro_batch_size=2",
-        "train.eval_interval=3", "train.eval_iters=1", f"checkpoint.dir={root / name}",
-        f"checkpoint.stop_file={root / name}.stop", "logging.console=false",
-        "logging.mlflow=true", f"logging.tracking_uri=sqlite:///{root}/mlflow.db",
+        "model=tiny_v3",
+        f"data.manifest={manifest}",
+        "data.seq_length=64",
+        f"train.steps={STEPS}",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=2",
+        "train.eval_interval=3",
+        "train.eval_iters=1",
+        f"checkpoint.dir={root / name}",
+        f"checkpoint.stop_file={root / name}.stop",
+        "logging.console=false",
+        "logging.mlflow=true",
+        f"logging.tracking_uri=sqlite:///{root}/mlflow.db",
         "logging.experiment=stop-test",
-    ]  # fmt: skip
+    ]
 
 
 def _main(overrides: list[str], losses: list, stop_file: Path | None) -> int:

@@ -19,17 +19,36 @@ STEPS = 6
 def test_slow_rank_is_named_and_system_metrics_are_logged(tmp_path):
     write_tiny_manifest(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "trainer", f"data.manifest={tmp_path / 'manifest.json'}", "data.seq_length=64",
-           "model=tiny_dense", "parallel=dp2", f"train.steps={STEPS}", "train.global_batch_size=4",
-           "train.micro_batch_size=1", "train.eval_interval=0", f"checkpoint.dir={tmp_path / 'ck'}",
-           "resilience.straggler_interval=3", "resilience.inject_slow_rank=1",
-           "resilience.inject_slow_factor=3", "logging.mlflow=true", f"logging.tracking_uri={uri}",
-           "logging.experiment=straggler", "logging.system_metrics_interval_s=0.5"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "trainer",
+        f"data.manifest={tmp_path / 'manifest.json'}",
+        "data.seq_length=64",
+        "model=tiny_dense",
+        "parallel=dp2",
+        f"train.steps={STEPS}",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=1",
+        "train.eval_interval=0",
+        f"checkpoint.dir={tmp_path / 'ck'}",
+        "resilience.straggler_interval=3",
+        "resilience.inject_slow_rank=1",
+        "resilience.inject_slow_factor=3",
+        "logging.mlflow=true",
+        f"logging.tracking_uri={uri}",
+        "logging.experiment=straggler",
+        "logging.system_metrics_interval_s=0.5",
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = re.findall(r"\[straggler\] step (\d+): slowest rank (\d) \((\S+)\) [\d.]+ s = ([\d.]+)x",
-                       done.stdout)  # fmt: skip
+    lines = re.findall(
+        r"\[straggler\] step (\d+): slowest rank (\d) \((\S+)\) [\d.]+ s = ([\d.]+)x", done.stdout
+    )
     assert [(int(s), int(r)) for s, r, _, _ in lines] == [(3, 1), (6, 1)], done.stdout[-3000:]
     # slept twice as long as it computed (x3), but on a loaded 2-core machine either rank's
     # compute time swings (a x2 rank was seen at 1.36x-2.95x), so each report is held to the
@@ -47,5 +66,7 @@ def test_slow_rank_is_named_and_system_metrics_are_logged(tmp_path):
     )
     host = lines[0][2]
     system = {k for k in run.data.metrics if k.startswith(f"system/{host}/")}
-    assert {f"system/{host}/cpu_utilization_percentage",
-            f"system/{host}/system_memory_usage_megabytes"} <= system, sorted(run.data.metrics)  # fmt: skip
+    assert {
+        f"system/{host}/cpu_utilization_percentage",
+        f"system/{host}/system_memory_usage_megabytes",
+    } <= system, sorted(run.data.metrics)

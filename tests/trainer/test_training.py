@@ -101,8 +101,11 @@ def _expert_bias_experiment() -> dict[str, Any]:
     for router in trainer.metrics.routers:
         router.expert_bias.copy_(start)
     imbalance = [trainer.train_step()["expert_imbalance_max_over_mean"] for _ in range(10)]
-    return {"imbalance": imbalance, "start": start.tolist(),
-            "bias": trainer.metrics.routers[0].expert_bias.tolist()}  # fmt: skip
+    return {
+        "imbalance": imbalance,
+        "start": start.tolist(),
+        "bias": trainer.metrics.routers[0].expert_bias.tolist(),
+    }
 
 
 def _two_ranks(root: str) -> dict[str, Any]:

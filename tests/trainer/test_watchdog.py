@@ -22,14 +22,31 @@ def test_hang_is_reported_with_the_sleeping_rank(tmp_path: Path) -> None:
     write_tokenizer(tmp_path / "tokenizer.json")
     write_tiny_manifest(tmp_path)
     ck = tmp_path / "ck"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "trainer", f"data.manifest={tmp_path / 'manifest.json'}", "data.seq_length=64",
-           "model=tiny_dense", "parallel=dp2", "train.steps=20", "train.global_batch_size=4",
-           "train.micro_batch_size=1", "train.eval_interval=0", f"checkpoint.dir={ck}",
-           "checkpoint.save_interval=0", f"resilience.hang_timeout_s={TIMEOUT_S}",
-           "resilience.inject_hang_rank=1", "resilience.inject_hang_step=3"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "trainer",
+        f"data.manifest={tmp_path / 'manifest.json'}",
+        "data.seq_length=64",
+        "model=tiny_dense",
+        "parallel=dp2",
+        "train.steps=20",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=1",
+        "train.eval_interval=0",
+        f"checkpoint.dir={ck}",
+        "checkpoint.save_interval=0",
+        f"resilience.hang_timeout_s={TIMEOUT_S}",
+        "resilience.inject_hang_rank=1",
+        "resilience.inject_hang_step=3",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines: list[tuple[float, str]] = []
     assert proc.stdout is not None
     guard = threading.Timer(120, proc.kill)  # a watchdog that never fires must not hang the suite

@@ -165,9 +165,16 @@ def hf_config(m: ModelConfig, special: dict[str, int]) -> dict[str, Any]:
         "num_nextn_predict_layers": m.mtp_num_layers,
     }
     if not m.is_moe:  # MLA dense: every layer dense
-        return {**mla, "first_k_dense_replace": m.num_layers, "n_routed_experts": 1,
-                "n_shared_experts": 0, "num_experts_per_tok": 1, "moe_intermediate_size": 1,
-                "n_group": 1, "topk_group": 1}  # fmt: skip
+        return {
+            **mla,
+            "first_k_dense_replace": m.num_layers,
+            "n_routed_experts": 1,
+            "n_shared_experts": 0,
+            "num_experts_per_tok": 1,
+            "moe_intermediate_size": 1,
+            "n_group": 1,
+            "topk_group": 1,
+        }
     moe = {
         **mla,
         "moe_intermediate_size": m.moe_ffn_hidden_size,
@@ -180,8 +187,12 @@ def hf_config(m: ModelConfig, special: dict[str, int]) -> dict[str, Any]:
         "topk_group": m.router_group_topk or 1,
     }
     if kind == "deepseek_v3":
-        return {**moe, "scoring_func": "sigmoid", "topk_method": "noaux_tc",
-                "norm_topk_prob": m.router_topk > 1}  # fmt: skip
+        return {
+            **moe,
+            "scoring_func": "sigmoid",
+            "topk_method": "noaux_tc",
+            "norm_topk_prob": m.router_topk > 1,
+        }
     method = "group_limited_greedy" if m.router_num_groups else "greedy"
     return {**moe, "scoring_func": "softmax", "topk_method": method, "norm_topk_prob": False}
 
@@ -225,10 +236,16 @@ def model_fields(config: dict[str, Any], name: str) -> dict[str, Any]:
     if kind == "llama":
         heads, groups = config["num_attention_heads"], config.get("num_key_value_heads")
         head_dim = config.get("head_dim") or config["hidden_size"] // heads
-        return {**out, "attention_type": "gqa" if groups and groups != heads else "mha",
-                "num_query_groups": groups if groups and groups != heads else None,
-                "kv_channels": head_dim, "num_experts": None, "router_enable_expert_bias": False,
-                "router_num_groups": None, "router_group_topk": None}  # fmt: skip
+        return {
+            **out,
+            "attention_type": "gqa" if groups and groups != heads else "mha",
+            "num_query_groups": groups if groups and groups != heads else None,
+            "kv_channels": head_dim,
+            "num_experts": None,
+            "router_enable_expert_bias": False,
+            "router_num_groups": None,
+            "router_group_topk": None,
+        }
     out.update(
         attention_type="mla",
         q_lora_rank=config.get("q_lora_rank"),
@@ -248,8 +265,13 @@ def model_fields(config: dict[str, Any], name: str) -> dict[str, Any]:
         )
     dense_all = config.get("first_k_dense_replace", 0) >= config["num_hidden_layers"]
     if dense_all:
-        return {**out, "num_experts": None, "router_enable_expert_bias": False,
-                "router_num_groups": None, "router_group_topk": None}  # fmt: skip
+        return {
+            **out,
+            "num_experts": None,
+            "router_enable_expert_bias": False,
+            "router_num_groups": None,
+            "router_group_topk": None,
+        }
     groups = config.get("n_group") or 1
     sigmoid = kind == "deepseek_v3"
     if not sigmoid and config.get("norm_topk_prob"):
@@ -310,9 +332,11 @@ def _qkv(m: ModelConfig, w: torch.Tensor, prefix: str) -> Tensors:
     d = m.head_dim
     w = w.view(groups, (per + 2) * d, -1)
     q, k, v = w.split([per * d, d, d], dim=1)
-    return [(f"{prefix}.q_proj.weight", q.reshape(-1, w.shape[-1])),
-            (f"{prefix}.k_proj.weight", k.reshape(-1, w.shape[-1])),
-            (f"{prefix}.v_proj.weight", v.reshape(-1, w.shape[-1]))]  # fmt: skip
+    return [
+        (f"{prefix}.q_proj.weight", q.reshape(-1, w.shape[-1])),
+        (f"{prefix}.k_proj.weight", k.reshape(-1, w.shape[-1])),
+        (f"{prefix}.v_proj.weight", v.reshape(-1, w.shape[-1])),
+    ]
 
 
 def _layer_part(m: ModelConfig, rest: str, w: torch.Tensor, hf: str) -> Tensors:
@@ -327,15 +351,21 @@ def _layer_part(m: ModelConfig, rest: str, w: torch.Tensor, hf: str) -> Tensors:
         return [(f"{hf}.self_attn.{_ATTN[module]}.weight", w)]
     if rest == "mlp.router.weight":
         if family(m) == "deepseek_v3" and not m.router_enable_expert_bias:  # HF always adds it
-            return [(f"{hf}.mlp.gate.weight", w),
-                    (f"{hf}.mlp.gate.e_score_correction_bias", w.new_zeros(w.shape[0]))]  # fmt: skip
+            return [
+                (f"{hf}.mlp.gate.weight", w),
+                (f"{hf}.mlp.gate.e_score_correction_bias", w.new_zeros(w.shape[0])),
+            ]
         return [(f"{hf}.mlp.gate.weight", w)]
     if rest == "mlp.router.expert_bias":
         return [(f"{hf}.mlp.gate.e_score_correction_bias", w)]
     expert = re.match(r"mlp\.experts\.local_experts\.(\d+)\.(linear_fc[12])\.weight$", rest)
     if expert:
         where = f"{hf}.mlp.experts.{expert.group(1)}"
-        return _glu(where, w) if expert.group(2) == "linear_fc1" else [(f"{where}.down_proj.weight", w)]  # fmt: skip
+        return (
+            _glu(where, w)
+            if expert.group(2) == "linear_fc1"
+            else [(f"{where}.down_proj.weight", w)]
+        )
     ffn = re.match(r"mlp\.(shared_experts\.)?(linear_fc[12])\.weight$", rest)
     if ffn and ffn.group(1) and family(m) == "qwen2_moe":
         where = f"{hf}.mlp.shared_expert"
@@ -345,7 +375,9 @@ def _layer_part(m: ModelConfig, rest: str, w: torch.Tensor, hf: str) -> Tensors:
         return [(f"{where}.down_proj.weight", w * 2), (f"{hf}.mlp.shared_expert_gate.weight", gate)]
     if ffn:
         where = f"{hf}.mlp.shared_experts" if ffn.group(1) else f"{hf}.mlp"
-        return _glu(where, w) if ffn.group(2) == "linear_fc1" else [(f"{where}.down_proj.weight", w)]  # fmt: skip
+        return (
+            _glu(where, w) if ffn.group(2) == "linear_fc1" else [(f"{where}.down_proj.weight", w)]
+        )
     raise KeyError(rest)
 
 

@@ -72,9 +72,10 @@ class CheckpointReader:
     def __init__(self, path: str | Path, model_cfg: ModelConfig):
         self.path = str(path)
         self.entries = {
-            name: entry for name, entry in model_entries(model_cfg).items()
+            name: entry
+            for name, entry in model_entries(model_cfg).items()
             if isinstance(entry, ShardedTensor | ShardedTensorFactory)
-        }  # fmt: skip
+        }
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries
@@ -238,14 +239,17 @@ class _StreamingPlanner(DefaultSavePlanner):
     def _add_tensor(self, name: str, entry: Any, piece: ShardedTensor) -> None:
         chunk, _ = _chunk_view(piece)
         index = MetadataIndex(piece.key, chunk.offsets)
-        self._items.append(WriteItem(
-            index=index, type=WriteItemType.SHARD,
-            tensor_data=TensorWriteData(
-                chunk=chunk,
-                properties=TensorProperties(dtype=piece.dtype),
-                size=torch.Size(piece.global_shape),
-            ),
-        ))  # fmt: skip
+        self._items.append(
+            WriteItem(
+                index=index,
+                type=WriteItemType.SHARD,
+                tensor_data=TensorWriteData(
+                    chunk=chunk,
+                    properties=TensorProperties(dtype=piece.dtype),
+                    size=torch.Size(piece.global_shape),
+                ),
+            )
+        )
         self._sources[index] = (name, entry, piece)
 
     def _add_object(self, name: str, obj: ShardedObject) -> None:
