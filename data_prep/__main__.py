@@ -5,7 +5,7 @@
     python -m data_prep stage=remix input=... output=... '+remix.weights={zh_man:0.5,en_docs:0.5}'
     python -m data_prep stage=quality --cfg job        # print the resolved config
 
-Stages: read normalize langid quality exact_dedup minhash_dedup remix train_tokenizer tokenize.
+Stages: the names in data_prep.config.STAGE_TABLE (warc url_filter read ... tokenize).
 Executors: executor=local (default) | executor=ray | executor=slurm executor.partition=NAME.
     python -m data_prep stage=minhash_dedup ... cluster=slurm cluster.nodes=4   # one Slurm job:
         Ray head + workers over 4 nodes, the stage on it (dry_run=true prints the script)

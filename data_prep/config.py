@@ -15,27 +15,38 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-STAGE_SECTIONS = {  # stage -> the config section it reads (others do not affect its fingerprint)
-    "warc": "warc",
-    "url_filter": "url_filter",
-    "read": "read",
-    "normalize": "normalize",
-    "langid": "langid",
-    "quality": "quality",
-    "quality_model": "quality_model",
-    "exact_dedup": "exact_dedup",
-    "minhash_dedup": "minhash",
-    "pii": "pii",
-    "decontaminate": "decontaminate",
-    "remix": "remix",
-    "train_tokenizer": "train_tokenizer",
-    "tokenize": "tokenize",
+@dataclass(frozen=True)
+class StageSpec:
+    """One data_prep stage: the config section it reads (its phases: data_prep.stages)."""
+
+    section: str
+    """DataPrepConfig field the stage reads (with read/executor, the only ones in its fingerprint)."""
+    web: bool = False
+    """A web chain starts here (WARC files in); the others read JSONL/Parquet documents."""
+
+
+STAGE_TABLE = {  # every stage, in chain order; its phase builder: @builds(name) in data_prep.stages
+    "warc": StageSpec("warc", web=True),
+    "url_filter": StageSpec("url_filter", web=True),
+    "read": StageSpec("read"),
+    "normalize": StageSpec("normalize"),
+    "langid": StageSpec("langid"),
+    "quality": StageSpec("quality"),
+    "quality_model": StageSpec("quality_model"),
+    "exact_dedup": StageSpec("exact_dedup"),
+    "minhash_dedup": StageSpec("minhash"),
+    "pii": StageSpec("pii"),
+    "decontaminate": StageSpec("decontaminate"),
+    "remix": StageSpec("remix"),
+    "train_tokenizer": StageSpec("train_tokenizer"),
+    "tokenize": StageSpec("tokenize"),
 }
-STAGES = tuple(STAGE_SECTIONS)
-"""Every stage, in chain order (the one list the runner, validation and tests read)."""
-WEB_STAGES = ("warc", "url_filter")
-"""Where a web chain starts (WARC files in); the others read JSONL/Parquet documents."""
-TEXT_STAGES = tuple(s for s in STAGES if s not in WEB_STAGES)
+"""The one list of data_prep stages: the runner, validation and `build_phases` read it."""
+# Views of the table, for the code and tests that import them:
+STAGES = tuple(STAGE_TABLE)
+STAGE_SECTIONS = {name: spec.section for name, spec in STAGE_TABLE.items()}
+WEB_STAGES = tuple(name for name, spec in STAGE_TABLE.items() if spec.web)
+TEXT_STAGES = tuple(name for name, spec in STAGE_TABLE.items() if not spec.web)
 EXECUTORS = ("local", "ray", "slurm")
 INDEX_FILES = {"exact_dedup": "*.c4_index", "minhash_dedup": "bucket_*/*.minhash.index"}
 """Index files a dedup stage writes to `<output>/index` (what `against` folders must hold)."""
@@ -430,8 +441,7 @@ class DataPrepConfig:
     """`python -m data_prep stage=NAME input=PATH output=DIR [section.key=value ...]`."""
 
     stage: str = MISSING
-    """Stage to run: warc, url_filter, read, normalize, langid, quality, quality_model, exact_dedup,
-    minhash_dedup, pii, decontaminate, remix, train_tokenizer, tokenize."""
+    """Stage to run: a name in `STAGE_TABLE` (warc, url_filter, read, normalize, ..., tokenize)."""
     input: str = MISSING
     """Input file, folder or glob of JSONL / JSONL.gz / Parquet."""
     output: str = MISSING

@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from data_prep.accounting import merge_ledgers
-from data_prep.config import STAGE_SECTIONS, DataPrepConfig, register_configs
+from data_prep.config import STAGE_TABLE, DataPrepConfig, register_configs
 from data_prep.errors import DataPrepError, InputError
 from data_prep.output import LOCK, OutputLock, check_output
 from data_prep.reader import SUFFIXES, WARC_SUFFIXES, resolve_inputs, write_paths_file
@@ -112,7 +112,7 @@ def fingerprint(cfg: DataPrepConfig, files: list[str]) -> str:
         "removed_samples",
         "executor",
         "read",
-        STAGE_SECTIONS[cfg.stage],
+        STAGE_TABLE[cfg.stage].section,
     }
     conf = {k: v for k, v in conf.items() if k in keep}
     h = hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode())

@@ -3,6 +3,9 @@
 A phase is `(name, pipeline_factory, tasks, after)`. Phases of one stage are chained with
 datatrove's `depends=` by the runner; `after()` runs in the driver once a phase completed and
 returns extra stats fields (remix plan, tokenizer info, manifest summary).
+
+Each stage of `data_prep.config.STAGE_TABLE` has one phase builder here, registered with
+`@builds(name)`; tests/data_prep/test_stage_table.py checks the two agree.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ class StageContext:
     paths_file: str
 
     @property
+    def tasks(self) -> int:
+        return self.cfg.executor.tasks
+
+    @property
     def ledger_dir(self) -> str:
         return str(self.work / "ledger")
 
@@ -80,6 +87,10 @@ class StageContext:
 
         return build
 
+    def main(self, make_steps: Callable[[Ledger], list]) -> list[Phase]:
+        """The one phase `main` of a `simple` stage."""
+        return [Phase("main", self.simple(make_steps), self.tasks)]
+
     def filter_tail(
         self, make_filter: Callable[[LedgerExclusionWriter], object], step: str, reason: str
     ):
@@ -89,7 +100,31 @@ class StageContext:
         return [*self.read(led), make_filter(writer), *self.tail(led)]
 
 
-def _warc(ctx: StageContext) -> Callable[[], list]:
+PhaseBuilder = Callable[[StageContext], list[Phase]]
+BUILDERS: dict[str, PhaseBuilder] = {}
+"""Stage name (a key of data_prep.config.STAGE_TABLE) -> the function building its phases."""
+
+
+def builds(stage: str) -> Callable[[PhaseBuilder], PhaseBuilder]:
+    """Decorator: register `fn(ctx) -> phases` as the phase builder of `stage`."""
+
+    def wrap(fn: PhaseBuilder) -> PhaseBuilder:
+        assert stage not in BUILDERS, f"two phase builders for stage {stage!r}"
+        BUILDERS[stage] = fn
+        return fn
+
+    return wrap
+
+
+def build_phases(ctx: StageContext) -> list[Phase]:
+    """The phases of `ctx.cfg.stage`."""
+    if ctx.cfg.stage not in BUILDERS:
+        raise ValueError(f"unknown stage {ctx.cfg.stage!r}")
+    return BUILDERS[ctx.cfg.stage](ctx)
+
+
+@builds("warc")
+def _warc(ctx: StageContext) -> list[Phase]:
     cfg = ctx.cfg
 
     def build() -> list:
@@ -98,10 +133,37 @@ def _warc(ctx: StageContext) -> Callable[[], list]:
         extract = web.ExtractMainText(led, cfg.warc.timeout_s, cfg.warc.favour_precision)
         return [read, CountIn(led, cfg.stage, cfg.progress), extract, *ctx.tail(led)]
 
-    return build
+    return [Phase("main", build, ctx.tasks)]
 
 
-def _quality_model(ctx: StageContext, tasks: int) -> list[Phase]:
+@builds("url_filter")
+def _url_filter(ctx: StageContext) -> list[Phase]:
+    lists = (ctx.cfg.url_filter.block_domains, ctx.cfg.url_filter.block_substrings)
+    return ctx.main(lambda led: [web.UrlFilter(*lists, led)])
+
+
+@builds("read")
+def _read(ctx: StageContext) -> list[Phase]:
+    return ctx.main(lambda led: [])
+
+
+@builds("normalize")
+def _normalize(ctx: StageContext) -> list[Phase]:
+    return ctx.main(lambda led: [TextNormalize(ctx.cfg.normalize, led)])
+
+
+@builds("langid")
+def _langid(ctx: StageContext) -> list[Phase]:
+    return ctx.main(lambda led: [LangIdFilter(ctx.cfg.langid, led)])
+
+
+@builds("quality")
+def _quality(ctx: StageContext) -> list[Phase]:
+    return ctx.main(lambda led: [QualityFilters(ctx.cfg.quality, led)])
+
+
+@builds("quality_model")
+def _quality_model(ctx: StageContext) -> list[Phase]:
     cfg = ctx.cfg.quality_model
     sample, decision = ctx.work / "quality_sample", ctx.work / "threshold.json"
 
@@ -118,12 +180,57 @@ def _quality_model(ctx: StageContext, tasks: int) -> list[Phase]:
         return [quality_model.QualityModelFilter(str(decision), cfg.label, cfg.max_chars, led)]
 
     return [
-        Phase("sample", build_sample, tasks, train),
-        Phase("filter", ctx.simple(build_filter), tasks),
+        Phase("sample", build_sample, ctx.tasks, train),
+        Phase("filter", ctx.simple(build_filter), ctx.tasks),
     ]
 
 
-def _remix(ctx: StageContext, tasks: int) -> list[Phase]:
+def _dedup_tail(ctx: StageContext, reason: str) -> Callable:
+    """`make_filter -> pipeline` for a dedup filter that reports removals as `reason`."""
+    return lambda make: ctx.filter_tail(make, ctx.cfg.stage, reason)
+
+
+@builds("exact_dedup")
+def _exact_dedup(ctx: StageContext) -> list[Phase]:
+    ex, tail = ctx.cfg.exact_dedup, _dedup_tail(ctx, "duplicate")
+    raw = dedup.exact_phases(
+        ex.normalize, ex.against, str(ctx.work), ctx.read, tail, ctx.tasks, str(ctx.out)
+    )
+    return [Phase(name, build, n) for name, build, n in raw]
+
+
+@builds("minhash_dedup")
+def _minhash_dedup(ctx: StageContext) -> list[Phase]:
+    tail = _dedup_tail(ctx, "near_duplicate")
+    raw = dedup.minhash_phases(
+        ctx.cfg.minhash, str(ctx.work), ctx.read, tail, ctx.tasks, str(ctx.out)
+    )
+    return [Phase(name, build, n) for name, build, n in raw]
+
+
+@builds("pii")
+def _pii(ctx: StageContext) -> list[Phase]:
+    kinds = tuple(ctx.cfg.pii.kinds)
+    return ctx.main(lambda led: [pii.RedactPII(kinds, led)])
+
+
+@builds("decontaminate")
+def _decontaminate(ctx: StageContext) -> list[Phase]:
+    cfg = ctx.cfg.decontaminate
+    index = decontaminate.build_index(cfg.tasks, cfg.word_ngram, cfg.char_ngram)
+
+    def stats() -> dict:
+        return {"decontaminate": {
+            task: {"items": n, "items_skipped": index.skipped.get(task, 0)}
+            for task, n in index.items.items()
+        }}  # fmt: skip
+
+    build = ctx.simple(lambda led: [decontaminate.Decontaminate(index, led)])
+    return [Phase("main", build, ctx.tasks, stats)]
+
+
+@builds("remix")
+def _remix(ctx: StageContext) -> list[Phase]:
     cfg = ctx.cfg.remix
     counts, plan_path = str(ctx.work / "remix_counts"), str(ctx.work / "remix_plan.json")
 
@@ -136,7 +243,7 @@ def _remix(ctx: StageContext, tasks: int) -> list[Phase]:
         Phase(
             "count",
             lambda: [*ctx.read(), remix.RemixCount(counts, cfg.seed, cfg.holdout)],
-            tasks,
+            ctx.tasks,
             plan,
         ),
         Phase(
@@ -148,26 +255,13 @@ def _remix(ctx: StageContext, tasks: int) -> list[Phase]:
                     )
                 ]
             ),
-            tasks,
+            ctx.tasks,
         ),
     ]
 
 
-def _decontaminate(ctx: StageContext, tasks: int) -> list[Phase]:
-    cfg = ctx.cfg.decontaminate
-    index = decontaminate.build_index(cfg.tasks, cfg.word_ngram, cfg.char_ngram)
-
-    def stats() -> dict:
-        return {"decontaminate": {
-            task: {"items": n, "items_skipped": index.skipped.get(task, 0)}
-            for task, n in index.items.items()
-        }}  # fmt: skip
-
-    build = ctx.simple(lambda led: [decontaminate.Decontaminate(index, led)])
-    return [Phase("main", build, tasks, stats)]
-
-
-def _train_tokenizer(ctx: StageContext, tasks: int) -> list[Phase]:
+@builds("train_tokenizer")
+def _train_tokenizer(ctx: StageContext) -> list[Phase]:
     cfg = ctx.cfg.train_tokenizer
     folder = str(ctx.work / "tokenizer_sample")
 
@@ -182,10 +276,11 @@ def _train_tokenizer(ctx: StageContext, tasks: int) -> list[Phase]:
     def train() -> dict:
         return {"tokenizer": shards.train_bpe(cfg, folder, str(ctx.out / "tokenizer.json"))}
 
-    return [Phase("sample", build, tasks, train)]
+    return [Phase("sample", build, ctx.tasks, train)]
 
 
-def _tokenize(ctx: StageContext, tasks: int) -> list[Phase]:
+@builds("tokenize")
+def _tokenize(ctx: StageContext) -> list[Phase]:
     cfg = ctx.cfg.tokenize
     tok_path = str(Path(cfg.tokenizer).expanduser().resolve())
     if not Path(tok_path).is_file():
@@ -213,46 +308,4 @@ def _tokenize(ctx: StageContext, tasks: int) -> list[Phase]:
             "mix_source": m["mix"]["source"],
         }
 
-    return [Phase("shards", build, tasks, manifest)]
-
-
-def build_phases(ctx: StageContext) -> list[Phase]:
-    """The phases of `ctx.cfg.stage`."""
-    cfg, tasks, work = ctx.cfg, ctx.cfg.executor.tasks, str(ctx.work)
-    stage = cfg.stage
-    if stage == "warc":
-        return [Phase("main", _warc(ctx), tasks)]
-    if stage == "url_filter":
-        lists = (cfg.url_filter.block_domains, cfg.url_filter.block_substrings)
-        return [Phase("main", ctx.simple(lambda led: [web.UrlFilter(*lists, led)]), tasks)]
-    if stage == "read":
-        return [Phase("main", ctx.simple(lambda led: []), tasks)]
-    if stage == "normalize":
-        return [Phase("main", ctx.simple(lambda led: [TextNormalize(cfg.normalize, led)]), tasks)]
-    if stage == "langid":
-        return [Phase("main", ctx.simple(lambda led: [LangIdFilter(cfg.langid, led)]), tasks)]
-    if stage == "quality":
-        return [Phase("main", ctx.simple(lambda led: [QualityFilters(cfg.quality, led)]), tasks)]
-    if stage in ("exact_dedup", "minhash_dedup"):
-        reason = "duplicate" if stage == "exact_dedup" else "near_duplicate"
-        tail = lambda make: ctx.filter_tail(make, stage, reason)  # noqa: E731
-        ex, out = cfg.exact_dedup, str(ctx.out)
-        if stage == "exact_dedup":
-            raw = dedup.exact_phases(ex.normalize, ex.against, work, ctx.read, tail, tasks, out)
-        else:
-            raw = dedup.minhash_phases(cfg.minhash, work, ctx.read, tail, tasks, out)
-        return [Phase(name, build, n) for name, build, n in raw]
-    if stage == "pii":
-        kinds = tuple(cfg.pii.kinds)
-        return [Phase("main", ctx.simple(lambda led: [pii.RedactPII(kinds, led)]), tasks)]
-    if stage == "quality_model":
-        return _quality_model(ctx, tasks)
-    if stage == "decontaminate":
-        return _decontaminate(ctx, tasks)
-    if stage == "remix":
-        return _remix(ctx, tasks)
-    if stage == "train_tokenizer":
-        return _train_tokenizer(ctx, tasks)
-    if stage == "tokenize":
-        return _tokenize(ctx, tasks)
-    raise ValueError(f"unknown stage {stage!r}")
+    return [Phase("shards", build, ctx.tasks, manifest)]

@@ -95,16 +95,44 @@ class _Deps(dict):
         )
 
 
+def _placeholders(template: str) -> list[tuple[str, str]]:
+    """(placeholder, its root name) of each {placeholder} in `template`: `{deps[a]}` -> deps."""
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    return [(f, f.split("[")[0].split(".")[0]) for f in fields]
+
+
 def render(template: str, stage: str, values: dict[str, Any]) -> str:
     """Fill {placeholders} of one override; ValueError naming the stage on an unknown one."""
-    for _, field_name, _, _ in string.Formatter().parse(template):
-        root = (field_name or "").split("[")[0].split(".")[0]
-        if field_name is not None and root not in values:
+    for field_name, root in _placeholders(template):
+        if root not in values:
             raise ValueError(
                 f"stage {stage!r}: unknown placeholder {{{field_name}}} in {template!r}; "
                 f"known: {', '.join('{' + k + '}' for k in sorted(values))} (write {{{{ for a brace)"
             )
     return template.format_map(values)
+
+
+def override_key(override: str) -> str | None:
+    """`+train.steps=6` -> `train.steps` (None for a deletion or a malformed override)."""
+    if "=" not in override or override.startswith("~"):
+        return None
+    return override.split("=", 1)[0].lstrip("+")
+
+
+def with_defaults(defaults: tuple[str, ...], overrides: list[str], values: dict) -> list[str]:
+    """A kind's default overrides merged with a stage's own: in the defaults' order, each default
+    or, when the stage sets its key, the stage's (first) override of that key; then the stage's
+    other overrides in order. A default whose placeholders have no value here is left out."""
+    rest, merged = list(overrides), []
+    for default in defaults:
+        key = override_key(default)
+        own = next((o for o in rest if override_key(o) == key), None)
+        if own is not None:
+            rest.remove(own)
+            merged.append(own)
+        elif all(root in values for _, root in _placeholders(default)):
+            merged.append(default)
+    return merged + rest
 
 
 def _node_keys(name: str, stage: StageConfig, domains: list[str]) -> list[tuple[str, str | None]]:
@@ -143,11 +171,11 @@ def _make_node(cfg: PipelineConfig, run_dir: Path, name: str, key: str, domain, 
     all_dirs = [p for ps in dep_dirs.values() for p in ps]
     if all_dirs:
         values["input"] = all_dirs[0] if len(all_dirs) == 1 else values["inputs"]
-    templates = list(stage.overrides)
+    dom = cfg.domains[domain] if domain is not None else None
+    own = [*stage.overrides, *(dom.stage_overrides.get(name, []) if dom else [])]
+    templates = with_defaults(kind.default_overrides, own, values)
     config: dict[str, Any] = {"kind": stage.kind, "stage": name}
-    if domain is not None:
-        dom = cfg.domains[domain]
-        templates += list(dom.stage_overrides.get(name, []))
+    if dom is not None:
         config["domain"] = domain
         if any("{domain_input}" in t for t in templates):
             values["domain_input"] = render(dom.input, name, values)

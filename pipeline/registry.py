@@ -84,6 +84,11 @@ class StageKind:
     """`validate(node)` composes and checks the stage's config with its app (pipeline.dag.Node
     in) and raises ValueError with one line when the app would reject it. Called before any
     earlier output of the stage is touched, so a bad override never costs finished work."""
+    default_overrides: tuple[str, ...] = ()
+    """Overrides every stage of the kind gets unless it sets the same key itself (e.g.
+    `output={output}`); one whose placeholder has no value (`{input}` without upstream stages)
+    is left out. They take the place of the stage's own override of their key, in this order,
+    before its other overrides (pipeline.dag.with_defaults)."""
     extends: tuple[str, ...] = ()
     """Override keys that only extend a finished run (`train.steps`, `logging.*`): when they are
     all that changed, a resumable kind continues from its checkpoints instead of restarting.
@@ -124,6 +129,7 @@ def register_kind(
     live_run: bool = False,
     describe: Callable[[Any], dict] | None = None,
     validate: Callable[[Any], None] | None = None,
+    default_overrides: tuple[str, ...] = (),
     extends: tuple[str, ...] = (),
     role: str = "data",
 ) -> Callable[[Callable[[TaskContext], dict]], Callable[[TaskContext], dict]]:
@@ -136,7 +142,7 @@ def register_kind(
         code_spec = code if callable(code) else tuple(code)
         _KINDS[name] = StageKind(
             name, fn, options, code_spec, tuple(conf), resumable, live_run, describe, validate,
-            tuple(extends), role,
+            tuple(default_overrides), tuple(extends), role,
         )  # fmt: skip
         return fn
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.dag import Node
+from pipeline.dag import Node, override_key
 from pipeline.fingerprint import digest
 
 MARKER = ".complete.json"
@@ -86,7 +86,7 @@ def _changes(node: Node, marker: dict) -> str:
         keys = sorted(k for k in set(old) | set(node.config) if old.get(k) != node.config.get(k))
         if "overrides" in keys:  # name the override keys that moved
             moved = set(old.get("overrides", [])) ^ set(node.config.get("overrides", []))
-            names = sorted({_override_key(o) or o for o in moved})
+            names = sorted({override_key(o) or o for o in moved})
             keys[keys.index("overrides")] = f"overrides: {', '.join(names) or 'order'}"
         parts.append(f"config changed ({', '.join(keys) or 'format'})")
     if marker.get("code_version") != node.code_version:
@@ -104,13 +104,6 @@ def _changes(node: Node, marker: dict) -> str:
     return "; ".join(parts) or "fingerprint changed"
 
 
-def _override_key(override: str) -> str | None:
-    """`+train.steps=6` -> `train.steps` (None for a deletion or a malformed override)."""
-    if "=" not in override or override.startswith("~"):
-        return None
-    return override.split("=", 1)[0].lstrip("+")
-
-
 def _extend_rule(key: str, extends: tuple[str, ...]) -> str | None:
     """How `key` may change and still extend the run: 'any', 'grow', or None (it may not)."""
     for entry in extends:
@@ -124,7 +117,7 @@ def _split_overrides(overrides: list[str], extends) -> tuple[list[str], dict[str
     """Overrides that change the work (in order), and the values of the extend-only keys."""
     fixed, extended = [], {}
     for override in overrides:
-        key = _override_key(override)
+        key = override_key(override)
         if key is not None and _extend_rule(key, extends):
             extended[key] = override.split("=", 1)[1]  # Hydra: the last one wins
         else:

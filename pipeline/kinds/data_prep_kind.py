@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 from pipeline.registry import TaskContext, register_kind
 
+DEFAULT_OVERRIDES = ("input={input}", "output={output}")
+"""What every data_prep stage gets unless it sets `input=`/`output=` itself: the upstream
+stages' outputs in, its own folder out (so conf/pipeline.yaml names only what differs)."""
+
 
 @dataclass
 class DataPrepOptions:
@@ -36,7 +40,7 @@ def validate(node) -> None:
         raise ValueError(str(err)) from None
 
 
-@register_kind("data_prep", options=DataPrepOptions, code=("data_prep",), conf=("data_prep/**", "data_prep.yaml", "executor/**"), describe=describe, validate=validate)  # fmt: skip
+@register_kind("data_prep", options=DataPrepOptions, code=("data_prep",), conf=("data_prep.yaml", "executor/**"), default_overrides=DEFAULT_OVERRIDES, describe=describe, validate=validate)  # fmt: skip
 def data_prep_stage(ctx: TaskContext) -> dict:
     """Run the stage in this Ray task; its files land in ctx.output; returns its stats."""
     from data_prep import run_stage

@@ -6,7 +6,7 @@ import pytest
 from pipeline_testlib import compose
 
 from pipeline import state
-from pipeline.dag import build_graph
+from pipeline.dag import build_graph, with_defaults
 from pipeline.engine import load_plugins, plan, print_plan
 
 
@@ -31,6 +31,15 @@ def test_per_domain_branches_join_and_placeholders(tmp_path):
     assert f"checkpoint.dir={tmp_path / 'run' / 'train'}/checkpoints" in train.overrides
     assert f"data={tmp_path / 'run' / 'join'}" in train.overrides
     assert graph.dependants("clean/en") == {"join", "train"}
+
+
+def test_kind_default_overrides_give_way_to_the_stage_own_in_their_place():
+    defaults, values = ("input={input}", "output={output}"), {"input": "i", "output": "o"}
+    assert with_defaults(defaults, ["x=1"], values) == ["input={input}", "output={output}", "x=1"]
+    own = ["x=1", "++output=b", "input=a", "input=c"]  # Hydra: the last input= still wins
+    assert with_defaults(defaults, own, values) == ["input=a", "++output=b", "x=1", "input=c"]
+    # no upstream stage, so no {input}: the default is left out (the app reports the missing key)
+    assert with_defaults(defaults, [], {"output": "o"}) == ["output={output}"]
 
 
 def test_join_placeholder_is_a_hydra_list(tmp_path):
