@@ -59,9 +59,13 @@ def precheck(argv: list[str]) -> list[str]:
     try:
         if sweep:
             return check_sweep(
-                "data_prep", argv, CONF_DIR, lambda cfg: to_config(cfg).output, "output",
+                "data_prep",
+                argv,
+                CONF_DIR,
+                lambda cfg: to_config(cfg).output,
+                "output",
                 "output=runs/langid_${langid.threshold}' or 'output=${hydra:runtime.output_dir}",
-            )  # fmt: skip
+            )
         compose_config(argv, validate=False)
     except (DataPrepError, ValueError) as e:
         print(f"data_prep: error: {e}", file=sys.stderr)

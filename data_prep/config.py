@@ -15,6 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+
 @dataclass(frozen=True)
 class StageSpec:
     """One data_prep stage: the config section it reads (its phases: data_prep.stages)."""

@@ -478,8 +478,11 @@ def minhash_phases(
         against = gather_indexes(
             cfg.against, Path(work, "minhash", "against"), INDEX_FILES["minhash_dedup"]
         )
-        return [dt_minhash.MinhashDedupBuckets(sigs, buckets, config=mh, index_folder=against,
-                                               only_dedup_in_index=False)]  # fmt: skip
+        return [
+            dt_minhash.MinhashDedupBuckets(
+                sigs, buckets, config=mh, index_folder=against, only_dedup_in_index=False
+            )
+        ]
 
     return [
         ("signature", signature, tasks),

@@ -69,7 +69,6 @@ _IPV6 = re.compile(
 )
 _VERSION_BEFORE = re.compile(r"version|release|版本|\bv$", re.I)
 _REPEATS = re.compile(r"(\d)\1{5}")
-# fmt: skip
 
 
 def valid_id_number(text: str) -> bool:

@@ -155,15 +155,17 @@ def train(
             wordNgrams=cfg.word_ngrams,
             dim=cfg.dim,
             minCount=cfg.min_count,
-            thread=1,
+            thread=1,  # fastText's hogwild threads make training non-reproducible
             seed=cfg.seed,
             verbose=0,
-        )  # fmt: skip  (thread=1: fastText's hogwild threads make training non-reproducible)
+        )
         (out / "model").mkdir(parents=True, exist_ok=True)
         model_path = str(out / "model" / "quality.bin")
         model.save_model(model_path)
-        info |= {"model": model_path, "train": {"positives": len(pos_train),
-                                                "negatives": len(neg_train)}}  # fmt: skip
+        info |= {
+            "model": model_path,
+            "train": {"positives": len(pos_train), "negatives": len(neg_train)},
+        }
     threshold = cfg.threshold
     if cfg.keep_top is not None:  # the score that keeps `keep_top` of the input sample
         scores = sorted((positive_score(model, t, cfg.label) for t in negatives), reverse=True)

@@ -145,9 +145,12 @@ class MegatronShards(PipelineStep):
                     self.output_folder, prefix, token_size=self.token_size
                 )
                 self.info[prefix] = {
-                    "prefix": prefix, "domain": domain, "documents": 0, "tokens": 0,
+                    "prefix": prefix,
+                    "domain": domain,
+                    "documents": 0,
+                    "tokens": 0,
                     "max_token_id": self.eod,
-                }  # fmt: skip
+                }
             ids = enc.ids
             ids.append(self.eod)
             self.files[prefix].write(ids)

@@ -220,10 +220,12 @@ def _decontaminate(ctx: StageContext) -> list[Phase]:
     index = decontaminate.build_index(cfg.tasks, cfg.word_ngram, cfg.char_ngram)
 
     def stats() -> dict:
-        return {"decontaminate": {
-            task: {"items": n, "items_skipped": index.skipped.get(task, 0)}
-            for task, n in index.items.items()
-        }}  # fmt: skip
+        return {
+            "decontaminate": {
+                task: {"items": n, "items_skipped": index.skipped.get(task, 0)}
+                for task, n in index.items.items()
+            }
+        }
 
     build = ctx.simple(lambda led: [decontaminate.Decontaminate(index, led)])
     return [Phase("main", build, ctx.tasks, stats)]

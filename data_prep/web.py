@@ -162,9 +162,11 @@ class WarcRecords(BaseDiskReader):
         self.ledger.reject("broken_warc_record")
         os.makedirs(self.rejects_dir, exist_ok=True)
         rec = {
-            "file": "/" + filepath.lstrip("/"), "record": number, "reason": "broken_warc_record",
+            "file": "/" + filepath.lstrip("/"),
+            "record": number,
+            "reason": "broken_warc_record",
             "detail": f"{type(err).__name__}: {err}"[:300] + "; the rest of the file is unreadable",
-        }  # fmt: skip
+        }
         with open(os.path.join(self.rejects_dir, f"{self._rank:05d}.jsonl"), "a") as fh:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
 

@@ -186,10 +186,20 @@ def _make_node(cfg: PipelineConfig, run_dir: Path, name: str, key: str, domain, 
     opts = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
     config.update(overrides=templates, options=opts)
     return Node(
-        key=key, name=name, domain=domain, kind=kind, options=options, deps=deps,
-        inputs=inputs, run_dir=run_dir, output=output, log_path=run_dir / "logs" / f"{key.replace('/', '.')}.log",
-        overrides=overrides, num_cpus=stage.num_cpus, config=config,
-    )  # fmt: skip
+        key=key,
+        name=name,
+        domain=domain,
+        kind=kind,
+        options=options,
+        deps=deps,
+        inputs=inputs,
+        run_dir=run_dir,
+        output=output,
+        log_path=run_dir / "logs" / f"{key.replace('/', '.')}.log",
+        overrides=overrides,
+        num_cpus=stage.num_cpus,
+        config=config,
+    )
 
 
 def build_graph(cfg: PipelineConfig) -> Graph:

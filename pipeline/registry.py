@@ -141,9 +141,19 @@ def register_kind(
     def wrap(fn: Callable[[TaskContext], dict]) -> Callable[[TaskContext], dict]:
         code_spec = code if callable(code) else tuple(code)
         _KINDS[name] = StageKind(
-            name, fn, options, code_spec, tuple(conf), resumable, live_run, describe, validate,
-            tuple(default_overrides), tuple(extends), role,
-        )  # fmt: skip
+            name,
+            fn,
+            options,
+            code_spec,
+            tuple(conf),
+            resumable,
+            live_run,
+            describe,
+            validate,
+            tuple(default_overrides),
+            tuple(extends),
+            role,
+        )
         return fn
 
     return wrap

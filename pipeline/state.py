@@ -208,10 +208,15 @@ def prepare_output(node: Node, decision: Decision | None = None) -> Path | None:
     node.output.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         node.output / ATTEMPT,
-        {"fingerprint": node.fingerprint, "started_at": time.time(), "pid": os.getpid(),
-         "config": node.config, "code_version": node.code_version,
-         "inputs": node.input_fingerprints},
-    )  # fmt: skip
+        {
+            "fingerprint": node.fingerprint,
+            "started_at": time.time(),
+            "pid": os.getpid(),
+            "config": node.config,
+            "code_version": node.code_version,
+            "inputs": node.input_fingerprints,
+        },
+    )
     return moved
 
 

@@ -40,7 +40,15 @@ def validate(node) -> None:
         raise ValueError(str(err)) from None
 
 
-@register_kind("data_prep", options=DataPrepOptions, code=("data_prep",), conf=("data_prep.yaml", "executor/**"), default_overrides=DEFAULT_OVERRIDES, describe=describe, validate=validate)  # fmt: skip
+@register_kind(
+    "data_prep",
+    options=DataPrepOptions,
+    code=("data_prep",),
+    conf=("data_prep.yaml", "executor/**"),
+    default_overrides=DEFAULT_OVERRIDES,
+    describe=describe,
+    validate=validate,
+)
 def data_prep_stage(ctx: TaskContext) -> dict:
     """Run the stage in this Ray task; its files land in ctx.output; returns its stats."""
     from data_prep import run_stage

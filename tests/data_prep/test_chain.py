@@ -103,8 +103,11 @@ def test_remix_is_deterministic(chain, tmp_path, docs_of):
 
 
 def _holdout(folder: Path) -> list[dict]:
-    return [json.loads(line) for f in sorted(folder.glob("holdout/*/*.jsonl"))
-            for line in f.read_text().splitlines()]  # fmt: skip
+    return [
+        json.loads(line)
+        for f in sorted(folder.glob("holdout/*/*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
 
 
 def test_held_out_documents_never_reach_training_shards(chain, docs_of):

@@ -31,14 +31,22 @@ def _write(path: Path, docs: list[dict]) -> Path:
 def _dedup(src: Path, out: Path, against: list[Path] = ()) -> tuple[dict, dict]:
     exact = run_stage(
         "exact_dedup",
-        [f"input={src}", f"output={out / 'exact'}", "progress=false",
-         f"exact_dedup.against=[{','.join(str(a / 'exact' / INDEX) for a in against)}]"],
-    )  # fmt: skip
+        [
+            f"input={src}",
+            f"output={out / 'exact'}",
+            "progress=false",
+            f"exact_dedup.against=[{','.join(str(a / 'exact' / INDEX) for a in against)}]",
+        ],
+    )
     near = run_stage(
         "minhash_dedup",
-        [f"input={out / 'exact'}", f"output={out / 'minhash'}", "progress=false",
-         f"minhash.against=[{','.join(str(a / 'minhash' / INDEX) for a in against)}]"],
-    )  # fmt: skip
+        [
+            f"input={out / 'exact'}",
+            f"output={out / 'minhash'}",
+            "progress=false",
+            f"minhash.against=[{','.join(str(a / 'minhash' / INDEX) for a in against)}]",
+        ],
+    )
     return exact, near
 
 
@@ -57,7 +65,7 @@ def runs(corpus_dir, tmp_path_factory, docs_of) -> dict:
         + [
             {**d, "id": f"near/{i}", "text": edit_words(d["text"], 0.01, rng)}
             for i, d in enumerate(first[OLD : OLD + NEAR])
-        ]  # fmt: skip
+        ]
         + [{**d, "id": f"new/{i}"} for i, d in enumerate(fresh)]
     )
     run2 = base / "run2"
@@ -105,6 +113,10 @@ def test_against_a_folder_without_index_is_one_clear_error(runs, tmp_path):
     with pytest.raises(ValueError, match=r"against .*: no \*\.c4_index index files"):
         run_stage(
             "exact_dedup",
-            [f"input={src}", f"output={tmp_path / 'out'}", "progress=false",
-             f"exact_dedup.against=[{tmp_path}]"],
-        )  # fmt: skip
+            [
+                f"input={src}",
+                f"output={tmp_path / 'out'}",
+                "progress=false",
+                f"exact_dedup.against=[{tmp_path}]",
+            ],
+        )

@@ -63,8 +63,15 @@ def planted_run(chain, docs_of, tmp_path_factory):
         doc["text"] = _plant(doc["text"], piece)
         planted.add(doc["id"])
     _write(root / "input.jsonl.gz", docs)
-    stats = run_stage("decontaminate", [f"input={root / 'input.jsonl.gz'}", f"output={root / 'out'}",
-                                        "progress=false", f"decontaminate.tasks=[humaneval,{root / 'zh_task.jsonl'}]"])  # fmt: skip
+    stats = run_stage(
+        "decontaminate",
+        [
+            f"input={root / 'input.jsonl.gz'}",
+            f"output={root / 'out'}",
+            "progress=false",
+            f"decontaminate.tasks=[humaneval,{root / 'zh_task.jsonl'}]",
+        ],
+    )
     return stats, root, docs, planted
 
 

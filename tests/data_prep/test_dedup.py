@@ -176,12 +176,26 @@ def test_mixed_script_copies_are_near_duplicates_whatever_the_mix(corpus_dir, tm
 def test_parallel_tasks_remove_the_same_documents(dedup, tmp_path):
     """3 tasks: exact `find` runs as 3 hash-range merges and MinHash `verify` as 3 streams;
     the same number of documents goes for the same reasons as with 1 task."""
-    exact = run_stage("exact_dedup", [f"input={dedup['raw']}", f"output={tmp_path / 'exact'}",
-                                      "progress=false", "executor.tasks=3"])  # fmt: skip
+    exact = run_stage(
+        "exact_dedup",
+        [
+            f"input={dedup['raw']}",
+            f"output={tmp_path / 'exact'}",
+            "progress=false",
+            "executor.tasks=3",
+        ],
+    )
     assert exact["removed"] == dedup["exact"]["removed"]
     assert exact["documents_kept"] == dedup["exact"]["documents_kept"]
-    near = run_stage("minhash_dedup", [f"input={tmp_path / 'exact'}", "progress=false",
-                                       f"output={tmp_path / 'minhash'}", "executor.tasks=3"])  # fmt: skip
+    near = run_stage(
+        "minhash_dedup",
+        [
+            f"input={tmp_path / 'exact'}",
+            "progress=false",
+            f"output={tmp_path / 'minhash'}",
+            "executor.tasks=3",
+        ],
+    )
     assert near["removed"] == dedup["minhash"]["removed"]
     assert len(list((tmp_path / "exact" / ".work" / "exact" / "dups").iterdir())) == 3
 

@@ -24,8 +24,11 @@ def test_ray_executor_matches_local(ray_session, planted, tmp_path, docs_of):
 
 @pytest.mark.parametrize("stage", ["quality_model", "pii"])
 def test_new_stages_on_ray_match_local(ray_session, stage, planted, corpus_dir, tmp_path, docs_of):
-    args = [f"input={planted.raw}/planted_copies.jsonl", "progress=false",
-            f"quality_model.positives=[{corpus_dir}/en_docs.jsonl]"]  # fmt: skip
+    args = [
+        f"input={planted.raw}/planted_copies.jsonl",
+        "progress=false",
+        f"quality_model.positives=[{corpus_dir}/en_docs.jsonl]",
+    ]
     local = run_stage(stage, [*args, f"output={tmp_path / 'local'}"])
     on_ray = run_stage(stage, [*args, f"output={tmp_path / 'ray'}", "executor=ray"])
     for key in ("documents_in", "documents_kept", "removed", "counts"):
@@ -37,8 +40,11 @@ def test_new_stages_on_ray_match_local(ray_session, stage, planted, corpus_dir, 
 def test_new_stages_on_datatrove_slurm_executor_match_local(planted, corpus_dir, tmp_path, docs_of):
     """executor=slurm: each phase is a Slurm job array on the dev cluster; quality_model's
     training runs in the driver between its two phases."""
-    args = [f"input={planted.raw}/planted_copies.jsonl", "progress=false",
-            f"quality_model.positives=[{corpus_dir}/en_docs.jsonl]"]  # fmt: skip
+    args = [
+        f"input={planted.raw}/planted_copies.jsonl",
+        "progress=false",
+        f"quality_model.positives=[{corpus_dir}/en_docs.jsonl]",
+    ]
     slurm = ["executor=slurm", "executor.partition=debug", "executor.poll_s=0.5"]
     for stage in ("quality_model", "pii"):
         local = run_stage(stage, [*args, f"output={tmp_path / stage / 'local'}"])

@@ -51,9 +51,12 @@ def test_concurrent_runs_into_one_output_second_fails_with_one_line(tmp_path):
     out = tmp_path / "out"
     first = subprocess.Popen(
         _cli("stage=quality", f"input={big}", f"output={out}"),
-        cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
-    )  # fmt: skip
+    )
     try:
         lock = out / ".work" / "lock"
         deadline = time.monotonic() + 120
@@ -62,8 +65,12 @@ def test_concurrent_runs_into_one_output_second_fails_with_one_line(tmp_path):
             time.sleep(0.1)
         second = subprocess.run(
             _cli("stage=quality", f"input={small}", f"output={out}"),
-            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert first.poll() is None, "the first run ended before the second tried: not concurrent"
         first.kill()  # SIGKILL the run only: its forked helpers live on, orphaned
         first.wait()
@@ -76,8 +83,12 @@ def test_concurrent_runs_into_one_output_second_fails_with_one_line(tmp_path):
         # The killed run left a stale lock file and half a run: the next run takes over cleanly.
         again = subprocess.run(
             _cli("stage=quality", f"input={small}", f"output={out}"),
-            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert again.returncode == 0, again.stderr
     finally:
         try:
@@ -117,8 +128,11 @@ def test_output_that_is_a_file_is_one_line_error(tmp_path):
     for output in (target, target / "sub"):
         res = subprocess.run(
             _cli("stage=read", f"input={inp}", f"output={output}"),
-            cwd=ROOT, env=ENV, capture_output=True, text=True,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=ENV,
+            capture_output=True,
+            text=True,
+        )
         assert res.returncode == 2, res.stderr
         lines = [line for line in res.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and "output must be a folder" in lines[0], res.stderr
@@ -146,8 +160,11 @@ def test_read_only_output_is_one_line_error():
         for output in (ro, ro / "sub"):
             res = subprocess.run(
                 [*_as_nobody(), *_cli("stage=read", f"input={inp}", f"output={output}")],
-                cwd=ROOT, env=ENV | {"HOME": str(base)}, capture_output=True, text=True,
-            )  # fmt: skip
+                cwd=ROOT,
+                env=ENV | {"HOME": str(base)},
+                capture_output=True,
+                text=True,
+            )
             assert res.returncode == 2, res.stderr
             lines = [line for line in res.stderr.splitlines() if line.strip()]
             assert len(lines) == 1 and "is not writable" in lines[0], res.stderr
@@ -173,9 +190,12 @@ def test_sigkill_of_a_run_leaves_no_forked_helper(tmp_path):
     out = tmp_path / "out"
     run = subprocess.Popen(
         _cli("stage=quality", f"input={big}", f"output={out}"),
-        cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
-    )  # fmt: skip
+    )
     try:
         deadline = time.monotonic() + 120
         while len(_processes_in_group(run.pid)) < 2:  # the run and its forked Manager

@@ -39,10 +39,16 @@ def planted(rng: random.Random) -> dict[str, list[str]]:
         "id_number": [id_number(rng) for _ in range(5)],
         "card": [card(rng) for _ in range(5)],
         "email": ["zhang.wei@example.com.cn", "j-doe+news@mail.example.org", "li_na88@163.com"],
-        "phone": ["13812345678", "+86 139 1234 5678", "0086-15912345678", "(555) 123-4567",
-                  "+44 20 7946 0958", "186-0000-1111"],
+        "phone": [
+            "13812345678",
+            "+86 139 1234 5678",
+            "0086-15912345678",
+            "(555) 123-4567",
+            "+44 20 7946 0958",
+            "186-0000-1111",
+        ],
         "ip": ["8.8.8.8", "101.6.6.6", "2606:4700:4700::1111"],
-    }  # fmt: skip
+    }
 
 
 CONTEXTS = {
@@ -87,17 +93,27 @@ def test_checksums():
 def test_stage_counts_kinds_and_keeps_every_document(tmp_path, docs_of):
     rng = random.Random(2)
     items = planted(rng)
-    rows = [{"id": f"{kind}/{i}/{lang}", "text": CONTEXTS[lang].format(item=value)}
-            for kind, values in items.items() for i, value in enumerate(values)
-            for lang in CONTEXTS]  # fmt: skip
+    rows = [
+        {"id": f"{kind}/{i}/{lang}", "text": CONTEXTS[lang].format(item=value)}
+        for kind, values in items.items()
+        for i, value in enumerate(values)
+        for lang in CONTEXTS
+    ]
     rows.append(
         {"id": "clean", "text": "Nothing personal here, just version 3.1.4.1 and 2 + 2 = 4."}
     )
     (tmp_path / "in.jsonl").write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     )
-    stats = run_stage("pii", [f"input={tmp_path / 'in.jsonl'}", f"output={tmp_path / 'out'}",
-                              "progress=false", "pii.kinds=[email,phone,ip,card,id_number]"])  # fmt: skip
+    stats = run_stage(
+        "pii",
+        [
+            f"input={tmp_path / 'in.jsonl'}",
+            f"output={tmp_path / 'out'}",
+            "progress=false",
+            "pii.kinds=[email,phone,ip,card,id_number]",
+        ],
+    )
     assert stats["documents_in"] == stats["documents_kept"] == len(rows)
     want = {f"pii:{kind}": 2 * len(values) for kind, values in items.items()}
     assert stats["counts"] == want | {"pii:documents_redacted": len(rows) - 1}

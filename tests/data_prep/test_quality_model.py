@@ -12,14 +12,83 @@ import pytest
 from data_prep import run_stage
 from data_prep.quality_model import BINS, fasttext_line
 
-EN_SPAM = ["cheap", "best", "price", "buy", "online", "discount", "free", "shipping", "sale",
-           "deal", "casino", "bonus", "loan", "viagra", "replica", "watches", "top", "rated",
-           "click", "here", "now", "limited", "offer", "win", "cash", "fast", "guaranteed"]  # fmt: skip
-ZH_SPAM = ["免费", "下载", "最新", "电影", "高清", "在线", "观看", "优惠", "促销", "代购", "正品",
-           "低价", "包邮", "彩票", "娱乐", "注册", "送", "彩金", "点击", "进入", "官网", "秒杀"]  # fmt: skip
-NAV = ["Home", "About us", "Contact", "Privacy Policy", "Terms of Use", "Login", "Sign up",
-       "Cart", "FAQ", "Sitemap", "Careers", "Blog", "首页", "关于我们", "联系我们", "登录",
-       "注册", "隐私政策", "网站地图", "Cookie settings", "Accept all cookies", "Subscribe"]  # fmt: skip
+EN_SPAM = [
+    "cheap",
+    "best",
+    "price",
+    "buy",
+    "online",
+    "discount",
+    "free",
+    "shipping",
+    "sale",
+    "deal",
+    "casino",
+    "bonus",
+    "loan",
+    "viagra",
+    "replica",
+    "watches",
+    "top",
+    "rated",
+    "click",
+    "here",
+    "now",
+    "limited",
+    "offer",
+    "win",
+    "cash",
+    "fast",
+    "guaranteed",
+]
+ZH_SPAM = [
+    "免费",
+    "下载",
+    "最新",
+    "电影",
+    "高清",
+    "在线",
+    "观看",
+    "优惠",
+    "促销",
+    "代购",
+    "正品",
+    "低价",
+    "包邮",
+    "彩票",
+    "娱乐",
+    "注册",
+    "送",
+    "彩金",
+    "点击",
+    "进入",
+    "官网",
+    "秒杀",
+]
+NAV = [
+    "Home",
+    "About us",
+    "Contact",
+    "Privacy Policy",
+    "Terms of Use",
+    "Login",
+    "Sign up",
+    "Cart",
+    "FAQ",
+    "Sitemap",
+    "Careers",
+    "Blog",
+    "首页",
+    "关于我们",
+    "联系我们",
+    "登录",
+    "注册",
+    "隐私政策",
+    "网站地图",
+    "Cookie settings",
+    "Accept all cookies",
+    "Subscribe",
+]
 
 
 def junk_documents(n_per_kind: int, seed: int = 0) -> list[dict]:
@@ -69,17 +138,26 @@ def data(corpus_dir, tmp_path_factory) -> dict:
         inputs += _load(corpus_dir / f"{domain}.jsonl")
     rng.shuffle(inputs)
     _write(base / "input" / "mixed.jsonl", inputs)
-    return {"base": base, "heldout": {d["id"] for d in heldout}, "junk": {d["id"] for d in junk},
-            "n_input": len(inputs)}  # fmt: skip
+    return {
+        "base": base,
+        "heldout": {d["id"] for d in heldout},
+        "junk": {d["id"] for d in junk},
+        "n_input": len(inputs),
+    }
 
 
 def _run(data: dict, name: str, *overrides: str) -> tuple[dict, list[dict]]:
     out = data["base"] / name
     stats = run_stage(
         "quality_model",
-        [f"input={data['base'] / 'input'}", f"output={out}", "progress=false",
-         f"quality_model.positives=[{data['base'] / 'reference'}]", *overrides],
-    )  # fmt: skip
+        [
+            f"input={data['base'] / 'input'}",
+            f"output={out}",
+            "progress=false",
+            f"quality_model.positives=[{data['base'] / 'reference'}]",
+            *overrides,
+        ],
+    )
     from tests.data_prep.conftest import read_docs
 
     return stats, read_docs(out)
@@ -131,8 +209,21 @@ def test_keep_top_keeps_that_share_with_a_given_model(trained, data):
 
 def test_chinese_is_cut_into_words_for_the_classifier():
     assert fasttext_line("使用 man 命令查看手册页。Run `ls -l`!", 100).split() == [
-        "使用", "man", "命令", "查看", "手册", "页", "。", "run", "`", "ls", "-", "l", "`", "!",
-    ]  # fmt: skip
+        "使用",
+        "man",
+        "命令",
+        "查看",
+        "手册",
+        "页",
+        "。",
+        "run",
+        "`",
+        "ls",
+        "-",
+        "l",
+        "`",
+        "!",
+    ]
 
 
 def test_missing_reference_set_is_one_clear_error(data):

@@ -38,11 +38,13 @@ def test_every_record_is_accounted_for(web):
     # the record cut in half is no document (corpus.responses leaves it out): a reject naming
     # its file and number
     assert stats["documents_in"] == corpus.responses
-    assert stats["removed"] == {"warc:not_html": corpus.images, "warc:redirect": 1,
-                                "warc:http_error": 1}  # fmt: skip
+    assert stats["removed"] == {
+        "warc:not_html": corpus.images,
+        "warc:redirect": 1,
+        "warc:http_error": 1,
+    }
     assert stats["documents_kept"] == len(corpus.urls) == len(docs)
-    assert stats["counts"] == {"warc:request_records": corpus.requests,
-                               "warc:warcinfo_records": 1}  # fmt: skip
+    assert stats["counts"] == {"warc:request_records": corpus.requests, "warc:warcinfo_records": 1}
     assert stats["rejected"] == {"broken_warc_record": 1}
     (reject,) = [
         json.loads(x) for f in (base / "text" / "rejects").glob("*.jsonl") for x in open(f)
@@ -82,15 +84,23 @@ def test_url_filter_counts_per_list(web, tmp_path, docs_of):
     corpus, _, docs, base = web
     (tmp_path / "mirrors.txt").write_text("# mirrors we never want\nexample.cn\n")
     (tmp_path / "api_pages.txt").write_text("/LIBRARY/JSON\n\n")
-    stats = run_stage("url_filter", [
-        f"input={base / 'text'}", f"output={tmp_path / 'out'}", "progress=false",
-        f"url_filter.block_domains=[{tmp_path / 'mirrors.txt'}]",
-        f"url_filter.block_substrings=[{tmp_path / 'api_pages.txt'}]",
-    ])  # fmt: skip
+    stats = run_stage(
+        "url_filter",
+        [
+            f"input={base / 'text'}",
+            f"output={tmp_path / 'out'}",
+            "progress=false",
+            f"url_filter.block_domains=[{tmp_path / 'mirrors.txt'}]",
+            f"url_filter.block_substrings=[{tmp_path / 'api_pages.txt'}]",
+        ],
+    )
     assert stats["removed"] == {"url_filter:mirrors": 2, "url_filter:api_pages": 1}
     kept = {d["metadata"]["url"] for d in docs_of(tmp_path / "out")}
-    assert kept == set(docs) - {corpus.urls["zh/gb18030"], corpus.urls["zh/meta_gbk"],
-                                corpus.urls["en/library/json.html"]}  # fmt: skip
+    assert kept == set(docs) - {
+        corpus.urls["zh/gb18030"],
+        corpus.urls["zh/meta_gbk"],
+        corpus.urls["en/library/json.html"],
+    }
 
 
 def test_url_filter_needs_a_list(tmp_path):
@@ -100,8 +110,16 @@ def test_url_filter_needs_a_list(tmp_path):
 
 def _same_as_local(web, out, docs_of, *executor: str) -> None:
     corpus, local, docs, _ = web
-    stats = run_stage("warc", [f"input={corpus.folder}", f"output={out}", "progress=false",
-                               "executor.tasks=2", *executor])  # fmt: skip
+    stats = run_stage(
+        "warc",
+        [
+            f"input={corpus.folder}",
+            f"output={out}",
+            "progress=false",
+            "executor.tasks=2",
+            *executor,
+        ],
+    )
     for key in ("documents_in", "documents_kept", "removed", "rejected", "counts"):
         assert stats[key] == local[key], key
     assert {d["metadata"]["url"]: d["text"] for d in docs_of(out)} == {
@@ -115,5 +133,11 @@ def test_warc_on_ray_matches_local(ray_session, web, tmp_path, docs_of):
 
 @pytest.mark.usefixtures("dev_cluster")
 def test_warc_on_datatrove_slurm_executor_matches_local(web, tmp_path, docs_of):
-    _same_as_local(web, tmp_path / "slurm", docs_of, "executor=slurm", "executor.partition=debug",
-                   "executor.poll_s=0.5")  # fmt: skip
+    _same_as_local(
+        web,
+        tmp_path / "slurm",
+        docs_of,
+        "executor=slurm",
+        "executor.partition=debug",
+        "executor.poll_s=0.5",
+    )

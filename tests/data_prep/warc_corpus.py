@@ -33,13 +33,20 @@ class WebCorpus:
     broken_record: int = 0
 
 
-def _response(writer: WARCWriter, url: str, body: bytes, status: str, content_type: str,
-              extra: list[tuple[str, str]] = ()) -> None:  # fmt: skip
+def _response(
+    writer: WARCWriter,
+    url: str,
+    body: bytes,
+    status: str,
+    content_type: str,
+    extra: list[tuple[str, str]] = (),
+) -> None:
     headers = StatusAndHeaders(
         status, [("Content-Type", content_type), *extra], protocol="HTTP/1.1"
     )
-    writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body),
-                                                  http_headers=headers))  # fmt: skip
+    writer.write_record(
+        writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=headers)
+    )
 
 
 def _request(writer: WARCWriter, url: str) -> None:
@@ -94,10 +101,21 @@ def build_web_corpus(folder: Path) -> WebCorpus:
                 "image/png",
             )
             corpus.images += 1
-        _response(w, "http://docs.python.org/", b"<html><body>Moved</body></html>", "301 Moved Permanently",
-                  "text/html", [("Location", "https://docs.python.org/3/")])  # fmt: skip
-        _response(w, "https://docs.python.org/missing.html", b"<html><body><h1>Not Found</h1></body></html>",
-                  "404 Not Found", "text/html")  # fmt: skip
+        _response(
+            w,
+            "http://docs.python.org/",
+            b"<html><body>Moved</body></html>",
+            "301 Moved Permanently",
+            "text/html",
+            [("Location", "https://docs.python.org/3/")],
+        )
+        _response(
+            w,
+            "https://docs.python.org/missing.html",
+            b"<html><body><h1>Not Found</h1></body></html>",
+            "404 Not Found",
+            "text/html",
+        )
     corpus.requests = len(EN_PAGES)
     corpus.responses = len(corpus.urls) + corpus.images + 2
     # a second file: two good pages, then a record cut in half
@@ -110,8 +128,13 @@ def build_web_corpus(folder: Path) -> WebCorpus:
             corpus.urls[f"en/{page}"] = url
         corpus.responses += 2
         start = fh.tell()
-        _response(w, "https://docs.python.org/3.11/library/sys.html", (en / "library/sys.html").read_bytes(),
-                  "200 OK", "text/html")  # fmt: skip
+        _response(
+            w,
+            "https://docs.python.org/3.11/library/sys.html",
+            (en / "library/sys.html").read_bytes(),
+            "200 OK",
+            "text/html",
+        )
         end = fh.tell()
     data = broken.read_bytes()
     broken.write_bytes(data[: start + (end - start) // 2])

@@ -52,8 +52,14 @@ def main(argv: list[str]) -> int:
             with open(os.environ["PRETRAIN_PROGRESS_FILE"], "a") as f:
                 f.write(json.dumps({"step": step, "loss": loss, "tokens_per_s": 1234.0 + step}))
                 f.write("\n")
-    summary = {"final_step": steps, "train_loss": 10.0 / steps, "valid_loss_first": 10.0,
-               "valid_loss_last": 10.0 / steps, "tokens_per_s": 1234.0, "mfu": 0.0}  # fmt: skip
+    summary = {
+        "final_step": steps,
+        "train_loss": 10.0 / steps,
+        "valid_loss_first": 10.0,
+        "valid_loss_last": 10.0 / steps,
+        "tokens_per_s": 1234.0,
+        "mfu": 0.0,
+    }
     (ckpt / "summary.json").write_text(json.dumps(summary, sort_keys=True))
     if run:
         mlflow.end_run()

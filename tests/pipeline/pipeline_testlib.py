@@ -63,8 +63,17 @@ def compose(run_dir: Path, *overrides: str, config_name: str = "fake_pipeline"):
 
 def cli_command(run_dir: Path, *overrides: str) -> list[str]:
     conf = str(HERE / "conf")
-    return [sys.executable, "-m", "pipeline", "--config-dir", conf, "--config-name", "fake_pipeline",
-            f"run_dir={run_dir}", *overrides]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "--config-dir",
+        conf,
+        "--config-name",
+        "fake_pipeline",
+        f"run_dir={run_dir}",
+        *overrides,
+    ]
 
 
 def cli_env() -> dict[str, str]:
@@ -75,9 +84,13 @@ def run_cli(
     run_dir: Path, *overrides: str, cwd: Path, timeout: float = 180
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        cli_command(run_dir, *overrides), cwd=cwd, env=cli_env(), capture_output=True, text=True,
+        cli_command(run_dir, *overrides),
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
         timeout=timeout,
-    )  # fmt: skip
+    )
 
 
 def output_files(run_dir: Path) -> dict[str, bytes]:
@@ -166,8 +179,16 @@ def _status(p: psutil.Process) -> str | None:
 
 # MLflow server and headless Chromium (UI checks)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port() -> int:
@@ -202,8 +223,20 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 def start_mlflow_server(uri: str, tmp: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     log = open(tmp / "mlflow_server.log", "w")
     proc = subprocess.Popen(
         cmd, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -223,8 +256,14 @@ def start_mlflow_server(uri: str, tmp: Path) -> tuple[subprocess.Popen, str]:
 
 def page_text(url: str, tmp: Path) -> str:
     """Visible text of a page after Chromium ran its JavaScript for a while."""
-    cmd = [CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={tmp / 'chrome'}", "--virtual-time-budget=20000",
-           "--dump-dom", url]  # fmt: skip
+    cmd = [
+        CHROMIUM,
+        *CHROME_FLAGS,
+        f"--user-data-dir={tmp / 'chrome'}",
+        "--virtual-time-budget=20000",
+        "--dump-dom",
+        url,
+    ]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
     )

@@ -58,5 +58,9 @@ def test_eval_overrides_split_by_app_and_metrics_have_stable_keys() -> None:
         {"bpb": {"en": 2.0, "all": 2.5}},
         {"results": {"next_sentence_zh": {"acc": 0.5, "acc_stderr": 0.1, "acc_norm": 0.4}}},
     )
-    assert metrics == {"bpb/en": 2.0, "bpb/all": 2.5, "eval/next_sentence_zh/acc": 0.5,
-                       "eval/next_sentence_zh/acc_norm": 0.4}  # fmt: skip
+    assert metrics == {
+        "bpb/en": 2.0,
+        "bpb/all": 2.5,
+        "eval/next_sentence_zh/acc": 0.5,
+        "eval/next_sentence_zh/acc_norm": 0.4,
+    }

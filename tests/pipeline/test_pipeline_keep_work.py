@@ -30,9 +30,13 @@ def _train(*extra: str) -> str:
 
 def _trash(run: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", "trash", f"run_dir={run}", *args], cwd=REPO,
-        env=cli_env(), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-m", "pipeline", "trash", f"run_dir={run}", *args],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_bad_train_override_fails_before_any_output_is_touched(ray_session, tmp_path):
@@ -105,8 +109,11 @@ def test_removed_domain_is_moved_aside(ray_session, tmp_path):
 def test_extension_needs_same_code_inputs_and_other_overrides(tmp_path):
     graph = build_graph(compose(tmp_path, _train("train.steps=4", "checkpoint.keep_last=2")))
     node = graph.nodes["train"]
-    record = {"config": dict(node.config), "code_version": node.code_version,
-              "inputs": dict(node.input_fingerprints)}  # fmt: skip
+    record = {
+        "config": dict(node.config),
+        "code_version": node.code_version,
+        "inputs": dict(node.input_fingerprints),
+    }
     new = _train("checkpoint.keep_last=3", "train.steps=4")  # reordered and one changed
     other = build_graph(compose(tmp_path, new)).nodes["train"]
     assert extension(other, record) == "checkpoint.keep_last 2 -> 3"
@@ -148,8 +155,9 @@ def test_sigterm_ends_driver_and_its_mlflow_runs_killed(tmp_path):
     assert "RUNNING" not in runs.values(), runs
     print(f"driver exited {time.time() - started:.1f}s after SIGTERM")
     # the rerun resumes the interrupted training
-    res = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
-                         timeout=180)  # fmt: skip
+    res = subprocess.run(
+        cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=180
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "fake trainer: resumed from step" in (run / "logs/train.log").read_text()
 

@@ -26,13 +26,21 @@ from tests.tiny_corpus import write_tiny_manifest
 pytestmark = pytest.mark.slow
 
 TINY_MODEL = (
-    "model=tiny_dense", "model.num_layers=1", "model.vocab_size=512", "data.seq_length=32",
-    "train.global_batch_size=2", "train.micro_batch_size=1", "train.eval_interval=4",
-    "train.eval_iters=1", "checkpoint.save_interval=2", "logging.mlflow=true",
+    "model=tiny_dense",
+    "model.num_layers=1",
+    "model.vocab_size=512",
+    "data.seq_length=32",
+    "train.global_batch_size=2",
+    "train.micro_batch_size=1",
+    "train.eval_interval=4",
+    "train.eval_iters=1",
+    "checkpoint.save_interval=2",
+    "logging.mlflow=true",
     # constant LR: a cosine schedule depends on the total steps, so a run extended from 4 to 6
     # steps could not match one planned for 6 (the trainer keeps the schedule it started with)
-    "optim.schedule=constant", "optim.warmup_steps=0",
-)  # fmt: skip
+    "optim.schedule=constant",
+    "optim.warmup_steps=0",
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +56,24 @@ def _pinned_code_version(monkeypatch):
 
 
 def _train(manifest: Path, *extra: str) -> str:
-    items = [f"data.manifest={manifest}", "checkpoint.dir={output}/checkpoints",
-             "data.cache_dir={output}/dataset_cache", *TINY_MODEL, *extra]  # fmt: skip
+    items = [
+        f"data.manifest={manifest}",
+        "checkpoint.dir={output}/checkpoints",
+        "data.cache_dir={output}/dataset_cache",
+        *TINY_MODEL,
+        *extra,
+    ]
     return "stages.train.overrides=[" + ",".join(f"'{i}'" for i in items) + "]"
 
 
 def _cfg(tmp: Path, run: str, manifest: Path, *extra: str, dry_run: bool = False):
     return compose(
-        tmp / run, f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"dry_run={str(dry_run).lower()}",
-        _train(manifest, *extra), config_name="real_train",
-    )  # fmt: skip
+        tmp / run,
+        f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+        f"dry_run={str(dry_run).lower()}",
+        _train(manifest, *extra),
+        config_name="real_train",
+    )
 
 
 def _dry_run(tmp: Path, manifest: Path, *extra: str) -> str:
@@ -77,9 +93,10 @@ def _losses(tmp: Path, run_dir: Path) -> dict[int, float]:
     client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
     exp = client.get_experiment_by_name("keep_work").experiment_id
     (newest, *_) = client.search_runs(
-        [exp], filter_string=f"tags.`pipeline.run_dir` = '{run_dir}' and attributes.run_name = 'train'",
+        [exp],
+        filter_string=f"tags.`pipeline.run_dir` = '{run_dir}' and attributes.run_name = 'train'",
         order_by=["attributes.start_time DESC"],
-    )  # fmt: skip
+    )
     return {m.step: m.value for m in client.get_metric_history(newest.info.run_id, "loss")}
 
 
@@ -91,9 +108,13 @@ def _summary(run_dir: Path) -> dict:
 
 def _trash(run: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", "trash", f"run_dir={run}", *args], cwd=REPO,
-        env=cli_env(), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-m", "pipeline", "trash", f"run_dir={run}", *args],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +127,12 @@ def trained_to_6(ray_session, manifest, tmp_path_factory) -> dict:
         run_pipeline(_cfg(tmp, "run", manifest, "train.steps=6"))
     finally:
         mp.undo()
-    return {"tmp": tmp, "run": tmp / "run", "losses": _losses(tmp, tmp / "run"),
-            "summary": _summary(tmp / "run")}  # fmt: skip
+    return {
+        "tmp": tmp,
+        "run": tmp / "run",
+        "losses": _losses(tmp, tmp / "run"),
+        "summary": _summary(tmp / "run"),
+    }
 
 
 def test_bad_override_keeps_the_run_and_more_steps_continue_it(
@@ -180,9 +205,18 @@ def test_sigterm_to_driver_ends_the_train_run_killed(manifest, tmp_path):
     from mlflow import MlflowClient
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pipeline", "--config-dir", str(REPO / "tests/pipeline/conf"),
-           "--config-name", "real_train", f"run_dir={run}",
-           f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", _train(manifest, "train.steps=200")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "--config-dir",
+        str(REPO / "tests/pipeline/conf"),
+        "--config-name",
+        "real_train",
+        f"run_dir={run}",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        _train(manifest, "train.steps=200"),
+    ]
     ckpt = run / "train/checkpoints/iter_0000002"
     with open(tmp_path / "driver.log", "wb") as out:
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stdout=out, stderr=out)

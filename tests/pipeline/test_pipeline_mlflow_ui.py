@@ -39,9 +39,11 @@ def test_mlflow_server_shows_runs_and_loss_curve(ray_session, tmp_path):
         parent = by_name["ui-check"]
         assert parent["info"]["run_id"] == result.parent_run_id
         children = {
-            name for name, r in by_name.items()
-            if {"key": "mlflow.parentRunId", "value": result.parent_run_id} in r["data"].get("tags", [])
-        }  # fmt: skip
+            name
+            for name, r in by_name.items()
+            if {"key": "mlflow.parentRunId", "value": result.parent_run_id}
+            in r["data"].get("tags", [])
+        }
         assert children == {"source/en", "source/zh", "clean/en", "clean/zh", "join", "train"}
         assert {r["info"]["status"] for r in runs} == {"FINISHED"}
         train_id = by_name["train"]["info"]["run_id"]

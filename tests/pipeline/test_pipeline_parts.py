@@ -30,8 +30,9 @@ def test_parts_split_the_dag_and_share_one_parent_run(ray_session, tmp_path):
 
     parent = data.parent_run_id  # a Slurm submission creates it; both parts attach to it
     client.update_run(parent, status="RUNNING")
-    train = run_pipeline(compose(run, f"tracking.uri={uri}", "part=train",
-                                 f"tracking.parent_run_id={parent}"))  # fmt: skip
+    train = run_pipeline(
+        compose(run, f"tracking.uri={uri}", "part=train", f"tracking.parent_run_id={parent}")
+    )
     assert train.ran == ["train"] and train.parent_run_id == parent
     assert client.get_run(parent).info.status == "RUNNING"  # left to the finishing job
     exp = client.get_run(parent).info.experiment_id
@@ -47,8 +48,10 @@ def test_slurm_job_plan_follows_what_is_left_to_run(tmp_path):
     cfg = LaunchConfig(cluster=ClusterConfig(scheduler="slurm"))
     jobs = plan_jobs(cfg, graph, plan(graph), [])
     assert [(j.role, j.after) for j in jobs] == [
-        ("data", None), ("train", "afterok"), ("finish", "afterany")
-    ]  # fmt: skip
+        ("data", None),
+        ("train", "afterok"),
+        ("finish", "afterany"),
+    ]
     assert jobs[0].job.command[-2:] == ["part=data", "ray.address=auto"]
     assert "cluster=local" in jobs[1].job.command and "part=train" in jobs[1].job.command
     assert "++stages.train.options.launcher=srun" in jobs[1].job.command

@@ -29,8 +29,14 @@ def _stand_in_trainer(argv: list[str]) -> int:
     if stop_file and os.path.exists(stop_file):
         print(f"[trainer] stop requested ({stop_file}): exiting with code 75", flush=True)
         return 75
-    summary = {"final_step": 6, "train_loss": 1.0, "valid_loss_first": 2.0,
-               "valid_loss_last": 1.0, "tokens_per_s": 1.0, "mfu": 0.0}  # fmt: skip
+    summary = {
+        "final_step": 6,
+        "train_loss": 1.0,
+        "valid_loss_first": 2.0,
+        "valid_loss_last": 1.0,
+        "tokens_per_s": 1.0,
+        "mfu": 0.0,
+    }
     (ckpt / "summary.json").write_text(json.dumps(summary))
     return 0
 
@@ -38,9 +44,13 @@ def _stand_in_trainer(argv: list[str]) -> int:
 def _pipeline(run_dir: Path, stop_file: Path) -> subprocess.CompletedProcess:
     env = {**cli_env(), "PRETRAIN_STOP_FILE": str(stop_file)}
     return subprocess.run(
-        cli_command(run_dir, *STAND_IN), cwd=run_dir.parent, env=env, capture_output=True,
-        text=True, timeout=180,
-    )  # fmt: skip
+        cli_command(run_dir, *STAND_IN),
+        cwd=run_dir.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def _train_runs(tracking: Path) -> list:

@@ -32,8 +32,15 @@ pytestmark = pytest.mark.slow
 def _cmd(tmp: Path, run: str, remix: str | None = None) -> list[str]:
     """The real pipeline on TINY settings; `remix` replaces TINY's remix overrides."""
     tiny = [t for t in TINY if not (remix and t.startswith("stages.remix.overrides="))]
-    return [sys.executable, "-m", "pipeline", f"run_dir={tmp / run}",
-            f"tracking.uri=sqlite:///{tmp}/mlflow.db", *tiny, *([remix] if remix else [])]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        f"run_dir={tmp / run}",
+        f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+        *tiny,
+        *([remix] if remix else []),
+    ]
 
 
 def _run(tmp: Path, run: str, remix: str | None = None) -> subprocess.CompletedProcess:
@@ -80,8 +87,10 @@ def test_real_dag_resumes_after_sigkill_in_data_stage_and_training(tmp_path):
             f"{name} differs from the uninterrupted run"
         )
     # evaluation is seeded too: the resumed run's model scores exactly like the reference's
-    got_eval, want_eval = (json.loads((r / "eval/results.json").read_text())["metrics"]
-                           for r in (run, tmp_path / "reference"))  # fmt: skip
+    got_eval, want_eval = (
+        json.loads((r / "eval/results.json").read_text())["metrics"]
+        for r in (run, tmp_path / "reference")
+    )
     assert got_eval == want_eval and {"bpb/en", "bpb/zh", "eval/next_sentence_zh/acc"} <= set(
         got_eval
     )
@@ -101,12 +110,18 @@ def _check_compare_and_ui(tmp: Path) -> None:
     """A second pipeline with another remix weight: `pipeline compare` lines the eval tables
     up, and MLflow (REST and headless Chromium) shows both parents' eval metrics side by side
     and the eval table artifact."""
-    remix = ("stages.remix.overrides=['input={run_dir}/decontaminate/*/*.jsonl.gz',"
-             "'output={output}','+remix.weights.en=0.8','+remix.weights.zh=0.2','remix.holdout=0.3']")  # fmt: skip
+    remix = (
+        "stages.remix.overrides=['input={run_dir}/decontaminate/*/*.jsonl.gz',"
+        "'output={output}','+remix.weights.en=0.8','+remix.weights.zh=0.2','remix.holdout=0.3']"
+    )
     other = _run(tmp, "mix80", remix)
     assert "bpb/en" in other.stdout  # the run ends with its eval table
-    done = subprocess.run([sys.executable, "-m", "pipeline", "compare", str(tmp / "reference"),
-                           str(tmp / "mix80")], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "compare", str(tmp / "reference"), str(tmp / "mix80")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     rows = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()}
     assert rows["metric"] == ["reference", "mix80", "Δ", "mix80"]
@@ -120,8 +135,9 @@ def _check_compare_and_ui(tmp: Path) -> None:
     try:
         api = base + "/api/2.0/mlflow"
         exp = get_json(api + "/experiments/get-by-name?experiment_name=pipeline")["experiment"]
-        runs = post_json(api + "/runs/search", {"experiment_ids": [exp["experiment_id"]],
-                                                "max_results": 200})["runs"]  # fmt: skip
+        runs = post_json(
+            api + "/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 200}
+        )["runs"]
         parents = {
             r["info"]["run_name"]: r
             for r in runs
@@ -152,9 +168,10 @@ def _check_resumed_curve(tmp: Path, run_dir: Path) -> None:
     client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
     exp = client.get_experiment_by_name("pipeline").experiment_id
     runs = client.search_runs(
-        [exp], filter_string=f"tags.`pipeline.run_dir` = '{run_dir}' and attributes.run_name = 'train'",
+        [exp],
+        filter_string=f"tags.`pipeline.run_dir` = '{run_dir}' and attributes.run_name = 'train'",
         order_by=["attributes.start_time DESC"],
-    )  # fmt: skip
+    )
     assert [r.info.status for r in runs] == ["FINISHED", "KILLED"]
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == [3, 4]
 

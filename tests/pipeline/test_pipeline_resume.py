@@ -19,8 +19,10 @@ from pipeline.state import MARKER
 
 pytestmark = pytest.mark.slow
 
-SLOW = ("stages.clean.options.sleep_s=0.3",
-        "stages.train.overrides=['checkpoint.dir={output}/checkpoints','train.steps=6','data={deps[join]}','sleep_s=0.4']")  # fmt: skip
+SLOW = (
+    "stages.clean.options.sleep_s=0.3",
+    "stages.train.overrides=['checkpoint.dir={output}/checkpoints','train.steps=6','data={deps[join]}','sleep_s=0.4']",
+)
 
 
 def _lines(path: Path) -> int:
@@ -48,8 +50,12 @@ def reference(tmp_path_factory):
 def test_sigkill_anywhere_then_rerun_gives_identical_outputs(reference, tmp_path):
     run = tmp_path / "run"
     clean_en = run / "clean/en"
-    _kill_when(run, tmp_path, lambda: _lines(clean_en / "data.jsonl") >= 3 and not (clean_en / MARKER).exists(),
-               "a data stage half-way")  # fmt: skip
+    _kill_when(
+        run,
+        tmp_path,
+        lambda: _lines(clean_en / "data.jsonl") >= 3 and not (clean_en / MARKER).exists(),
+        "a data stage half-way",
+    )
     assert not (clean_en / MARKER).exists() and 3 <= _lines(clean_en / "data.jsonl") < 20
 
     _kill_when(run, tmp_path, lambda: (run / "join" / MARKER).exists(), "the join stage's marker")

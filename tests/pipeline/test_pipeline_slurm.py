@@ -19,8 +19,15 @@ ON_SLURM = ("cluster=slurm", "cluster.procs_per_node=1", "cluster.time=00:15:00"
 
 
 def _pipeline(tmp: Path, run: str, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pipeline", f"run_dir={tmp / run}",
-           f"tracking.uri=sqlite:///{tmp}/mlflow.db", *TINY, *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        f"run_dir={tmp / run}",
+        f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+        *TINY,
+        *extra,
+    ]
     res = subprocess.run(cmd, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res

@@ -14,11 +14,19 @@ from tests.tiny_corpus import write_tiny_manifest
 
 def _ctx(tmp_path, **options) -> TaskContext:
     return TaskContext(
-        key="train", name="train", domain=None, output=tmp_path, run_dir=tmp_path.parent,
-        inputs={}, overrides=["train.steps=3"], options=TrainOptions(**options),
-        log_path=tmp_path / "train.log", mlflow_run_id="abc", tracking_uri="sqlite:////x.db",
+        key="train",
+        name="train",
+        domain=None,
+        output=tmp_path,
+        run_dir=tmp_path.parent,
+        inputs={},
+        overrides=["train.steps=3"],
+        options=TrainOptions(**options),
+        log_path=tmp_path / "train.log",
+        mlflow_run_id="abc",
+        tracking_uri="sqlite:////x.db",
         echo=lambda line: None,
-    )  # fmt: skip
+    )
 
 
 def test_command_uses_torchrun_for_several_processes():
@@ -48,10 +56,15 @@ def test_slurm_launcher_trains_on_the_dev_cluster_into_the_stage_run(tmp_path):
     ctx = _ctx(tmp_path / "train", launcher="slurm", cluster="slurm_dev")
     ctx.mlflow_run_id, ctx.tracking_uri = run_id, uri
     ctx.overrides = [
-        f"data.manifest={write_tiny_manifest(tmp_path)}", "data.seq_length=64",
-        "train.steps=3", "train.global_batch_size=4", "train.micro_batch_size=1",
-        "train.eval_interval=3", "train.eval_iters=1", "logging.mlflow=true",
-    ]  # fmt: skip
+        f"data.manifest={write_tiny_manifest(tmp_path)}",
+        "data.seq_length=64",
+        "train.steps=3",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=1",
+        "train.eval_interval=3",
+        "train.eval_iters=1",
+        "logging.mlflow=true",
+    ]
     stats = train(ctx)
     assert stats["final_step"] == 3
     assert (tmp_path / "train/slurm/logs").is_dir()  # the job ran through the slurm package
@@ -82,5 +95,6 @@ def test_live_throughput_comes_from_the_trainer_progress_file(tmp_path, monkeypa
     lines = (tmp_path / ".progress.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
     assert json.loads((tmp_path / ".progress.json").read_text()) == {
-        "throughput": 1237.0, "unit": "tok/s"
-    }  # fmt: skip
+        "throughput": 1237.0,
+        "unit": "tok/s",
+    }

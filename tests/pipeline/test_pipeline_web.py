@@ -25,15 +25,24 @@ def test_web_stages_run_in_the_pipeline_with_their_mlflow_runs(tmp_path):
     blocked = tmp_path / "mirrors.txt"
     blocked.write_text("example.cn\n")  # the two GB-encoded zh pages are served from there
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pipeline", "--config-dir", str(HERE / "conf"),
-           "--config-name", "web_pipeline", f"run_dir={run}",
-           f"stages.warc.overrides=['input={corpus.folder}','output={{output}}']",
-           "stages.url_filter.overrides=['input={input}','output={output}',"
-           f"'url_filter.block_domains=[{blocked}]']",
-           "stages.quality_model.overrides=['input={input}','output={output}',"
-           "'quality_model.positives=[{deps[url_filter]}]','quality_model.threshold=0']"]  # fmt: skip
-    res = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
-                         timeout=400)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "--config-dir",
+        str(HERE / "conf"),
+        "--config-name",
+        "web_pipeline",
+        f"run_dir={run}",
+        f"stages.warc.overrides=['input={corpus.folder}','output={{output}}']",
+        "stages.url_filter.overrides=['input={input}','output={output}',"
+        f"'url_filter.block_domains=[{blocked}]']",
+        "stages.quality_model.overrides=['input={input}','output={output}',"
+        "'quality_model.positives=[{deps[url_filter]}]','quality_model.threshold=0']",
+    ]
+    res = subprocess.run(
+        cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=400
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
