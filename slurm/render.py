@@ -37,6 +37,7 @@ import jinja2
 
 from slurm.config import ClusterConfig, CommandJob, RayJob, TrainJob
 from slurm.step import rdzv_options, srun_options
+from trainer.contract import standalone_torchrun
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("slurm", "templates"),
@@ -134,11 +135,7 @@ def _train_launch(job: TrainJob, cluster: ClusterConfig, run_dir: str, workdir: 
             '"$SLURM_JOB_ID"',
         )
     else:
-        rdzv = [
-            "--standalone",
-            f"--nproc-per-node={cluster.nproc_per_node}",
-            f"--max-restarts={cluster.max_restarts}",
-        ]
+        rdzv = standalone_torchrun(cluster.nproc_per_node, cluster.max_restarts)
     torchrun = f"{python} -m torch.distributed.run"
     return _CONT.join([*srun, torchrun, *rdzv, f"-m {job.module}", *overrides])
 

@@ -8,6 +8,8 @@ the files it writes and the environment it reads, named here once. Imports nothi
 - `$PRETRAIN_STOP_FILE` (STOP_FILE_ENV): when this file appears the trainer checkpoints after the
   current step and exits with STOPPED_EXIT_CODE (75) so its job can be requeued.
 - `$MLFLOW_RUN_ID` / `$MLFLOW_TRACKING_URI`: log into this existing MLflow run.
+- on one machine it runs under `torchrun --standalone` (standalone_torchrun: the one builder of
+  that command line, used by the pipeline's train kind and by scripts for `cluster.scheduler=local`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ PROGRESS_ENV = "PRETRAIN_PROGRESS_FILE"
 STOP_FILE_ENV = "PRETRAIN_STOP_FILE"
 STOPPED_EXIT_CODE = os.EX_TEMPFAIL  # 75
 PROGRESS_KEYS = ("step", "tokens_per_s", "loss", "time")
+
+
+def standalone_torchrun(nproc_per_node: int, max_restarts: int) -> list[str]:
+    """torchrun's arguments (after `python -m torch.distributed.run`) for `nproc_per_node`
+    ranks on this machine, restarted at most `max_restarts` times (each resumes from the last
+    checkpoint); the module and its overrides follow."""
+    return ["--standalone", f"--nproc-per-node={nproc_per_node}", f"--max-restarts={max_restarts}"]
 
 
 def read_progress(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:

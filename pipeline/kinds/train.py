@@ -85,16 +85,9 @@ def command(opts: TrainOptions, overrides: list[str]) -> tuple[list[str], dict[s
         return train_step(load_cluster(opts.cluster), opts.module, overrides)
     if opts.nproc_per_node == 1:
         return [sys.executable, "-m", opts.module, *overrides], {}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    argv = [
-        *launcher,
-        f"--nproc-per-node={opts.nproc_per_node}",
-        f"--max-restarts={opts.max_restarts}",
-        "-m",
-        opts.module,
-        *overrides,
-    ]
-    return argv, {}
+    torchrun = contract.standalone_torchrun(opts.nproc_per_node, opts.max_restarts)
+    argv = [sys.executable, "-m", "torch.distributed.run", *torchrun, "-m", opts.module]
+    return [*argv, *overrides], {}
 
 
 def _die_with_parent() -> None:
