@@ -2,7 +2,9 @@
 no launch layer (`slurm`), and trainer and data_prep import neither each other nor pipeline.
 
 An app's `__main__` is the one door to the launch layer (`slurm.launch.route` takes `cluster=...`
-off the command line before the app sees it). Imports inside functions count like top-level ones.
+off the command line before the app sees it); the pipeline's train kind runs the launch layer's
+command line (`python -m slurm.train`) as a process, as it runs `python -m trainer`. Imports
+inside functions count like top-level ones.
 """
 
 from __future__ import annotations
@@ -19,11 +21,6 @@ FORBIDDEN = {
     "evaluation": {"slurm", "pipeline"},
 }
 """app -> top-level packages its modules may not import."""
-KNOWN = {
-    "pipeline/kinds/train.py -> slurm",
-}
-"""Violations left to fix (only ever shrinks): the train kind still launches training jobs
-through `slurm` (launcher=srun|slurm) instead of being handed a launcher."""
 
 
 def _imported(path: Path) -> set[str]:
@@ -50,12 +47,7 @@ def violations(root: Path) -> set[str]:
 
 
 def test_apps_import_only_what_their_floor_allows():
-    assert violations(ROOT) - KNOWN == set()
-
-
-def test_known_violations_are_still_real():
-    """A fixed violation leaves KNOWN, so it cannot come back unnoticed."""
-    assert KNOWN <= violations(ROOT)
+    assert violations(ROOT) == set()
 
 
 def test_a_forbidden_import_is_caught(tmp_path):

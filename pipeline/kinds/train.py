@@ -75,14 +75,20 @@ def checkpoint_dir(ctx: TaskContext) -> Path:
     return Path(found) if found else ctx.output / "checkpoints"
 
 
-def command(opts: TrainOptions, overrides: list[str]) -> tuple[list[str], dict[str, str]]:
+def command(
+    opts: TrainOptions, overrides: list[str], output: Path | None = None
+) -> tuple[list[str], dict[str, str]]:
     """The trainer command line (same interpreter, so the same virtual environment) and the
-    environment it needs beyond ours."""
+    environment it needs beyond ours. launcher=slurm|srun go through the launch layer's command
+    line (`python -m slurm.train`: a job in `output/slurm`, or an srun step of this job)."""
+    launch = [sys.executable, "-m", "slurm.train", opts.cluster]
     if opts.launcher == "srun":
-        from slurm import load_cluster
-        from slurm.step import train_step
-
-        return train_step(load_cluster(opts.cluster), opts.module, overrides)
+        return [*launch, "--step", f"--module={opts.module}", "--", *overrides], {}
+    if opts.launcher == "slurm":
+        launch.append(f"--run-dir={Path(output or '.') / 'slurm'}")
+        if opts.timeout_s is not None:
+            launch.append(f"--timeout-s={opts.timeout_s}")
+        return [*launch, "--", *overrides], {}
     if opts.nproc_per_node == 1:
         return [sys.executable, "-m", opts.module, *overrides], {}
     torchrun = contract.standalone_torchrun(opts.nproc_per_node, opts.max_restarts)
@@ -153,7 +159,7 @@ def _trainer_env(ctx: TaskContext, opts: TrainOptions) -> dict[str, str]:
 def run_local(ctx: TaskContext, opts: TrainOptions, overrides: list[str]) -> None:
     env = dict(os.environ, **_trainer_env(ctx, opts), PYTHONUNBUFFERED="1")
     env.setdefault("COLUMNS", "200")  # rich-based consoles wrap at 80 columns without a TTY
-    cmd, extra_env = command(opts, overrides)
+    cmd, extra_env = command(opts, overrides, ctx.output)
     env.update(extra_env)
     print("launch:", " ".join(cmd), flush=True)
     tail: deque = deque(maxlen=20)
@@ -197,22 +203,13 @@ def _stop_requested(env: dict[str, str], overrides: list[str]) -> bool:
 
 
 def run_slurm(ctx: TaskContext, opts: TrainOptions, overrides: list[str]) -> None:
-    """Submit through the slurm package's launcher and wait; copies the job log into ours."""
-    from slurm import SlurmError, launch_training
-
-    env = _trainer_env(ctx, opts)
+    """A Slurm training job, waited for (run_local runs the launch layer's command); the job's
+    log is copied into ours."""
     try:
-        result = launch_training(
-            overrides, opts.cluster, ctx.output / "slurm", env=env, timeout_s=opts.timeout_s
-        )
-    except SlurmError as err:
-        raise RuntimeError(f"slurm training job failed: {err}") from None
+        run_local(ctx, opts, overrides)
     finally:
         for log in sorted((ctx.output / "slurm").rglob("*.out")):
             print(f"--- {log}\n{log.read_text(errors='replace')}", flush=True)
-    print(
-        f"slurm job {result.job_id} ended {result.state} after {result.elapsed_s:.0f}s", flush=True
-    )
 
 
 def trainer_overrides(overrides: list[str], output: Path) -> list[str]:
@@ -225,9 +222,15 @@ def trainer_overrides(overrides: list[str], output: Path) -> list[str]:
 def _world_size(opts: TrainOptions) -> int:
     if opts.launcher == "local":
         return opts.nproc_per_node
-    from slurm import load_cluster
-
-    return load_cluster(opts.cluster).world_size
+    res = subprocess.run(
+        [sys.executable, "-m", "slurm.train", opts.cluster, "--world-size"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if res.returncode != 0:
+        raise ValueError(_error_lines(res.stderr or res.stdout, res.returncode))
+    return int(res.stdout.split()[-1])
 
 
 def validate(node) -> None:

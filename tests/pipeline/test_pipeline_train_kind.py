@@ -36,6 +36,24 @@ def test_command_uses_torchrun_for_several_processes():
     assert cmd[4:] == ["--nproc-per-node=4", "--max-restarts=0", "-m", "trainer", "a=1"]
 
 
+def test_slurm_launchers_run_the_launch_layer_command_line(tmp_path):
+    """launcher=srun|slurm: the kind runs `python -m slurm.train` (it imports no slurm code)."""
+    cmd, env = command(TrainOptions(launcher="srun", cluster="c.yaml", module="m"), ["a=1"])
+    assert (
+        cmd == [sys.executable, "-m", "slurm.train", "c.yaml", "--step", "--module=m", "--", "a=1"]
+        and env == {}
+    )
+    opts = TrainOptions(launcher="slurm", cluster="slurm_dev", timeout_s=60)
+    cmd, _ = command(opts, ["a=1"], tmp_path)
+    assert cmd[3:] == [
+        "slurm_dev",
+        f"--run-dir={tmp_path / 'slurm'}",
+        "--timeout-s=60",
+        "--",
+        "a=1",
+    ]
+
+
 def test_bad_options_are_clear_errors():
     with pytest.raises(ValueError, match="nproc_per_node must be >= 1"):
         TrainOptions(nproc_per_node=0)
