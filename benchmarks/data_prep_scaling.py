@@ -11,8 +11,9 @@ replaced). At least 4 files per task (at most 10,000 documents each), so every t
 
 Each stage runs as its own `python -m data_prep` process (executor.tasks = executor.workers =
 --tasks); the figures per stage: wall seconds, documents in per second, and the peak RSS of the
-largest process of that stage (the driver or a task; the process tree is sampled every 0.1 s). Linear cost: docs/s flat across sizes;
-bounded memory: peak RSS flat (it is set by batch sizes and per-task state, not corpus size).
+largest process of that stage (the driver or a task; the process tree is sampled every 0.1 s).
+Linear cost: docs/s flat across sizes; bounded memory: peak RSS flat (it is set by batch sizes
+and per-task state, not corpus size).
 Also printed: planted copies found (exact_dedup removals vs exact copies planted, minhash_dedup
 removals vs near copies planted).
 """
@@ -176,7 +177,8 @@ def main() -> None:
         f = first[r["stage"]]
         per_doc = (r["wall_s"] / r["in"]) / (f["wall_s"] / f["in"])
         print(
-            f"  {r['docs']:>8d} {r['stage']:14s} s/doc x{per_doc:.2f}  RSS x{r['rss_mb'] / f['rss_mb']:.2f}"
+            f"  {r['docs']:>8d} {r['stage']:14s} s/doc x{per_doc:.2f}  "
+            f"RSS x{r['rss_mb'] / f['rss_mb']:.2f}"
         )
 
 

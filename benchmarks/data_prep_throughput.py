@@ -239,7 +239,8 @@ def main() -> None:
     bench(warm, work / "warmup")
     rows = bench(corpus, work)
     print(
-        f"\n{'stage':<14}{'docs':>6}{'MB':>7} | {'ours docs/s':>11}{'MB/s':>7} | {'same':>7}{'plain':>7} CPU s | ratio plain/ours  overhead same/plain"
+        f"\n{'stage':<14}{'docs':>6}{'MB':>7} | {'ours docs/s':>11}{'MB/s':>7} | "
+        f"{'same':>7}{'plain':>7} CPU s | ratio plain/ours  overhead same/plain"
     )
     tot = {"ours": 0.0, "same": 0.0, "plain": 0.0}
     like = {"ours": 0.0, "same": 0.0, "plain": 0.0}  # stages where plain does the same work
@@ -249,16 +250,21 @@ def main() -> None:
             tot[k] += cpu[k]
             like[k] += cpu[k] if r["stage"] != "quality" else 0.0
         print(
-            f"{r['stage']:<14}{r['docs']:>6}{r['mb']:>7.2f} | {r['docs'] / cpu['ours']:>11.0f}{r['mb'] / cpu['ours']:>7.2f} | "
-            f"{cpu['same']:>7.2f}{cpu['plain']:>7.2f}       | {cpu['plain'] / cpu['ours']:>6.2f}x           {cpu['same'] / cpu['plain'] - 1:>+7.1%}"
+            f"{r['stage']:<14}{r['docs']:>6}{r['mb']:>7.2f} | "
+            f"{r['docs'] / cpu['ours']:>11.0f}{r['mb'] / cpu['ours']:>7.2f} | "
+            f"{cpu['same']:>7.2f}{cpu['plain']:>7.2f}       | "
+            f"{cpu['plain'] / cpu['ours']:>6.2f}x           "
+            f"{cpu['same'] / cpu['plain'] - 1:>+7.1%}"
         )
     for name, t in (("chain total", tot), ("chain w/o quality", like)):
         print(
-            f"{name:<27} | ours {t['ours']:.2f} s, same {t['same']:.2f} s, plain {t['plain']:.2f} s CPU | "
+            f"{name:<27} | ours {t['ours']:.2f} s, same {t['same']:.2f} s, "
+            f"plain {t['plain']:.2f} s CPU | "
             f"ratio {t['plain'] / t['ours']:.2f}x, overhead {t['same'] / t['plain'] - 1:+.1%}"
         )
     print(
-        "(plain quality applies English rules to Chinese too - a CJK sentence is one 'word' - so it is"
+        "(plain quality applies English rules to Chinese too - a CJK sentence is one 'word' - "
+        "so it is"
     )
     print(" cheaper but not the same work; the like-for-like chain overhead excludes it)")
     sig = signature_only(work / "ours" / "exact_dedup", groups)
@@ -266,10 +272,12 @@ def main() -> None:
     rec_plain = recall(corpus, work, groups, "plain")
     print(
         f"\nMinHash signature step: ours {sig['ours']['docs_per_s']:.0f} docs/s, plain datatrove "
-        f"{sig['plain']['docs_per_s']:.0f} docs/s -> {sig['ours']['docs_per_s'] / sig['plain']['docs_per_s']:.2f}x"
+        f"{sig['plain']['docs_per_s']:.0f} docs/s -> "
+        f"{sig['ours']['docs_per_s'] / sig['plain']['docs_per_s']:.2f}x"
     )
     print(
-        f"near-copy recall (pairs collapsed): ours {rec_ours}, plain {rec_plain}  ({len(groups)} groups, zh+en)"
+        f"near-copy recall (pairs collapsed): ours {rec_ours}, plain {rec_plain}  "
+        f"({len(groups)} groups, zh+en)"
     )
     print(f"work dir: {work}")
 

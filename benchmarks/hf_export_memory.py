@@ -6,8 +6,8 @@ For each size a LLaMA-shaped model with random weights is made and saved by tran
 - ours: `python -m trainer.import_hf` (HF -> our checkpoint) and `python -m trainer.export`
   (checkpoint -> HF), each a process of its own;
 - baseline: `AutoModelForCausalLM.from_pretrained(src).save_pretrained(dst)` in a process.
-Prints peak memory (PSS of the process tree, sampled every 50 ms with psutil) minus the RSS of the same process kind on
-the tiny model (imports, interpreter), divided by the fp32 weight bytes.
+Prints peak memory (PSS of the process tree, sampled every 50 ms with psutil) minus the RSS of
+the same process kind on the tiny model (imports, interpreter), divided by the fp32 weight bytes.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def main() -> None:
             over = (gib - floor[key][0]) / r["weights_gib"] if r["weights_gib"] > 0.01 else 0.0
             cells.append(f"{gib:5.2f}G x{over:4.2f} {secs:4.0f}s")
         print(
-            f"{r['size']:>6} {r['weights_gib']:8.3f}G | {cells[0]:>17} {cells[1]:>17} | {cells[2]:>17}"
+            f"{r['size']:>6} {r['weights_gib']:8.3f}G | "
+            f"{cells[0]:>17} {cells[1]:>17} | {cells[2]:>17}"
         )
     print("x = (peak PSS - the same step's peak on the tiny model) / fp32 weight bytes")
     print(json.dumps(rows))

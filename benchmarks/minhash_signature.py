@@ -169,8 +169,8 @@ def bench_speed(texts: list[str], n: int, cfg: MinhashConfig, before, scale: int
         )
     dt = rows["datatrove"]
     print(
-        f"ratio datatrove/ours: {dt[0] / rows['ours'][0]:.2f}x at N, {dt[1] / rows['ours'][1]:.2f}x "
-        f"at {scale}N"
+        f"ratio datatrove/ours: {dt[0] / rows['ours'][0]:.2f}x at N, "
+        f"{dt[1] / rows['ours'][1]:.2f}x at {scale}N"
     )
     if "before" in rows:
         print(f"ratio datatrove/before: {dt[0] / rows['before'][0]:.2f}x at N")

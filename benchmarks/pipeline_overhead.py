@@ -127,7 +127,8 @@ def main() -> None:
     )
     print(f"no-op rerun, in process:                     {t_noop:8.2f} s  (Ray not started)")
     print(
-        f"no-op rerun, python -m pipeline:             {t_noop_cli:8.2f} s  (target < 2 s + Ray start)"
+        f"no-op rerun, python -m pipeline:             {t_noop_cli:8.2f} s  "
+        "(target < 2 s + Ray start)"
     )
 
 

@@ -28,7 +28,9 @@ from data_prep import run_stage, wordtok, fast_filters
 if variant == "baseline":
     from datatrove.pipeline.filters.gopher_quality_filter import GopherQualityFilter
     from datatrove.pipeline.filters.gopher_repetition_filter import GopherRepetitionFilter
-    wordtok.jieba_words = lambda t, spaces=True: [w for w in jieba.lcut(t) if spaces or not w.isspace()]
+    wordtok.jieba_words = lambda t, spaces=True: [
+        w for w in jieba.lcut(t) if spaces or not w.isspace()
+    ]
     wordtok._Memo.__init__.__defaults__ = (4,)
     fast_filters.FastGopherRepetition = GopherRepetitionFilter
     fast_filters.FastGopherQuality = GopherQualityFilter

@@ -2,7 +2,8 @@
 
 Both use the same TransformerConfig, model, DDP wrapper, optimizer and schedule function; the
 baseline skips everything our loop adds (metrics hooks and reduction, LR schedule, batching
-helpers). Runs in one process (world size 1), alternating single steps so machine noise hits both;\nreports median step times.
+helpers). Runs in one process (world size 1), alternating single steps so machine noise hits both;
+reports median step times.
 
     .venv/bin/python benchmarks/trainer_throughput.py [--steps 20] [--seq 128]
 """

@@ -21,7 +21,8 @@ class StageSpec:
     """One data_prep stage: the config section it reads (its phases: data_prep.stages)."""
 
     section: str
-    """DataPrepConfig field the stage reads (with read/executor, the only ones in its fingerprint)."""
+    """DataPrepConfig field the stage reads (with read/executor, the only ones in its
+    fingerprint)."""
     web: bool = False
     """A web chain starts here (WARC files in); the others read JSONL/Parquet documents."""
 
@@ -238,7 +239,8 @@ class QualityModelConfig:
     """Characters of each document the classifier reads."""
     epochs: int = 10
     lr: float = 0.5
-    """fastText's learning rate (its tutorial's value for small sets; DCLM-size sets converge too)."""
+    """fastText's learning rate (its tutorial's value for small sets; DCLM-size sets converge
+    too)."""
     word_ngrams: int = 2
     """Word n-grams (DCLM's classifier uses bigrams)."""
     dim: int = 64

@@ -4,9 +4,10 @@ datatrove's GopherRepetitionFilter builds every n-gram with `str.join` inside Py
 (top 2/3/4-grams: `" ".join`, duplicated 5..10-grams: `"".join`), which is most of the quality
 stage's time after segmentation. Here, for words without whitespace (what FastWordTokenizer
 yields): top n-grams are counted as word tuples (same partition as the space-joined strings, same
-first-seen tie order) from word numbers packed into integers; duplicated n-grams are first told apart by numpy span hashes of the
-concatenated words, and only those sharing a hash are compared as strings and walked in
-datatrove's order. Paragraph and line rules are datatrove's own code. The quality filter
+first-seen tie order) from word numbers packed into integers; duplicated n-grams are first told
+apart by numpy span hashes of the concatenated words, and only those sharing a hash are compared
+as strings and walked in datatrove's order. Paragraph and line rules are datatrove's own code.
+The quality filter
 checks each distinct word once instead of every occurrence (`any()` over characters per word).
 """
 

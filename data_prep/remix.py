@@ -115,7 +115,8 @@ def plan_remix(cfg: RemixConfig, counts_folder: str) -> dict:
     missing = sorted(set(weights) - set(counts))
     if missing:
         raise ValueError(
-            f"remix.weights names domains absent from the input: {missing}; present: {sorted(counts)}"
+            f"remix.weights names domains absent from the input: {missing}; "
+            f"present: {sorted(counts)}"
         )
     wsum = sum(weights.values())
     total = cfg.total_tokens or sum(int(t.sum()) for _, t in counts.values())

@@ -218,7 +218,8 @@ DOMAINS = {"zh_man": zh_man, "zh_poems": zh_poems, "en_docs": en_docs, "en_fortu
 def build(
     out_dir: str | Path, docs_per_domain: int = 800, seed: int = 0, cache: Path = CACHE
 ) -> dict[str, int]:
-    """Write `<domain>.jsonl` files (a seeded sample of up to docs_per_domain each); return counts."""
+    """Write `<domain>.jsonl` files (a seeded sample of up to docs_per_domain each); return
+    counts."""
     root = fetch_packages(cache)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -124,7 +124,9 @@ class LangIdFilter(BaseFilter):
 
 
 _FILTERS = {
-    "gopher_repetition": "datatrove.pipeline.filters.gopher_repetition_filter:GopherRepetitionFilter",
+    "gopher_repetition": (
+        "datatrove.pipeline.filters.gopher_repetition_filter:GopherRepetitionFilter"
+    ),
     "gopher_quality": "datatrove.pipeline.filters.gopher_quality_filter:GopherQualityFilter",
     "c4": "datatrove.pipeline.filters.c4_filters:C4QualityFilter",
     "fineweb": "datatrove.pipeline.filters.fineweb_quality_filter:FineWebQualityFilter",

@@ -2,8 +2,8 @@
 
 datatrove's defaults build a spaCy Doc per filter call (about 40% of a CPU-second per 100 KB of
 Chinese) and every filter re-tokenizes the same text. `FastWordTokenizer` segments Chinese with
-jieba directly and other text on whitespace (the Gopher paper's notion of a word); both kinds memoise the last few texts so a filter
-chain tokenizes each document once.
+jieba directly and other text on whitespace (the Gopher paper's notion of a word); both kinds
+memoise the last few texts so a filter chain tokenizes each document once.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Bits per byte of held-out text: tokenizer-independent, so runs with different tokenizers and
 mixes compare (the DeepSeek LLM paper's held-out metric).
 
-    bpb = (sum of -log2 p(token | earlier tokens) over a document's tokens) / UTF-8 bytes of its text
+    bpb = (sum of -log2 p(token | earlier tokens) over a document's tokens)
+          / UTF-8 bytes of its text
 
 summed over all documents of a domain. A document is scored as the model saw documents in
 training: the end-of-document token, then its tokens. One longer than the context is cut into

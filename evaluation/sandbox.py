@@ -9,8 +9,8 @@ Layers (each detected at run time by `detect_isolation`; `Isolation.describe()` 
 - always: a child process (`python -I -S`: no site-packages, no PYTHON* variables, an empty
   environment) in its own session/process group, killed as a group (SIGKILL) on timeout and after
   it exits, so stray children die with it; a fresh temporary work directory as cwd, removed after;
-  wall-clock timeout plus RLIMIT_CPU; RLIMIT_AS (memory); RLIMIT_FSIZE; RLIMIT_NOFILE; RLIMIT_NPROC=1
-  (no fork or thread where the kernel enforces it: any non-root uid).
+  wall-clock timeout plus RLIMIT_CPU; RLIMIT_AS (memory); RLIMIT_FSIZE; RLIMIT_NOFILE;
+  RLIMIT_NPROC=1 (no fork or thread where the kernel enforces it: any non-root uid).
 - root only (`drop_privileges`): the child switches to a uid/gid of its own (unique per sandbox,
   no supplementary groups, no-new-privs), so RLIMIT_NPROC=1 holds (fork fails in the kernel) and
   the file system's permissions refuse writes anywhere it does not own - except world-writable dirs.

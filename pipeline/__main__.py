@@ -2,7 +2,8 @@
 
     python -m pipeline                              # demo: sample corpus -> ... -> tiny V3 model
     python -m pipeline run_dir=runs/exp1 dry_run=true   # show what would run or be skipped, and why
-    python -m pipeline ray.address=auto tracking.uri=http://mlflow:5000   # a Ray cluster + shared MLflow
+    python -m pipeline ray.address=auto tracking.uri=http://mlflow:5000   # a Ray cluster
+        + shared MLflow
     python -m pipeline stages.quality.overrides='[...]'  # any Hydra override of conf/pipeline.yaml
     python -m pipeline --cfg job                    # print the resolved config
     python -m pipeline cluster=slurm cluster.nodes=4 cluster.gpus_per_node=8   # chained Slurm
@@ -53,8 +54,10 @@ def print_outcome(result: RunResult) -> None:
         info = json.loads(summary.read_text())
         print(f"Training summary ({summary}):")
         print(
-            f"  steps {info.get('final_step')}, validation loss {info.get('valid_loss_first', float('nan')):.3f}"
-            f" -> {info.get('valid_loss_last', float('nan')):.3f}, {info.get('tokens_per_s', 0):,.0f} tokens/s"
+            f"  steps {info.get('final_step')}, validation loss "
+            f"{info.get('valid_loss_first', float('nan')):.3f}"
+            f" -> {info.get('valid_loss_last', float('nan')):.3f}, "
+            f"{info.get('tokens_per_s', 0):,.0f} tokens/s"
         )
     _print_eval(result.run_dir)
     if result.tracking_uri:

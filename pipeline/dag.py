@@ -107,7 +107,8 @@ def render(template: str, stage: str, values: dict[str, Any]) -> str:
         if root not in values:
             raise ValueError(
                 f"stage {stage!r}: unknown placeholder {{{field_name}}} in {template!r}; "
-                f"known: {', '.join('{' + k + '}' for k in sorted(values))} (write {{{{ for a brace)"
+                f"known: {', '.join('{' + k + '}' for k in sorted(values))} "
+                "(write {{ for a brace)"
             )
     return template.format_map(values)
 

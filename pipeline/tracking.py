@@ -3,9 +3,10 @@
 The one owner of these runs' lifecycle: `open_parent` starts (or attaches to) the parent for the
 local DAG and for a Slurm submission alike, `end_stage_run` / `ParentRun.end_live_stages` end
 runs a stopped stage left open, `end_parent_run` ends a submitted pipeline from its jobs' outcome
-(the finishing job). The driver owns the parent run; each stage's Ray task opens and closes its own nested run
-(params = resolved stage config, metrics = stats, artifacts = stats.json, manifest, removed
-samples, stage config, log, tokenizer; dataset inputs = upstream outputs). The train kind
+(the finishing job). The driver owns the parent run; each stage's Ray task opens and closes its
+own nested run (params = resolved stage config, metrics = stats, artifacts = stats.json,
+manifest, removed samples, stage config, log, tokenizer; dataset inputs = upstream outputs). The
+train kind
 hands the nested run to the trainer through MLFLOW_RUN_ID / MLFLOW_TRACKING_URI.
 """
 
@@ -82,10 +83,8 @@ class ParentRun:
 
     def close_stale(self) -> int:
         """Mark runs of earlier, killed drivers on this run_dir as KILLED."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`pipeline.run_dir` = '{self.run_dir}' and attributes.status = 'RUNNING'",
-        )
+        query = f"tags.`pipeline.run_dir` = '{self.run_dir}' and attributes.status = 'RUNNING'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=query)
         for run in runs:
             self.client.set_terminated(run.info.run_id, status="KILLED")
         return len(runs)
@@ -95,10 +94,8 @@ class ParentRun:
         with the driver) as KILLED, with a note why; returns how many."""
         if self.run_id is None:
             return 0
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{self.run_id}' and attributes.status = 'RUNNING'",
-        )
+        query = f"tags.mlflow.parentRunId = '{self.run_id}' and attributes.status = 'RUNNING'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=query)
         for run in runs:
             end_stage_run(self.uri, run.info.run_id, "KILLED", note)
         return len(runs)
@@ -121,10 +118,8 @@ class ParentRun:
         """Tag the parent with the run that produced each reused stage output."""
         from mlflow.entities import RunTag
 
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`pipeline.run_dir` = '{self.run_dir}' and attributes.status = 'FINISHED'",
-        )
+        query = f"tags.`pipeline.run_dir` = '{self.run_dir}' and attributes.status = 'FINISHED'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=query)
         producer = {r.data.tags.get("pipeline.fingerprint"): r.info.run_id for r in runs}
         tags = [
             RunTag(

@@ -56,7 +56,8 @@ class ClusterConfig:
     python: str | None = None
     """Interpreter on the compute nodes (after env_setup); None = the submitting interpreter."""
     env_setup: list[str] = field(default_factory=list)
-    """Shell lines run before launching, e.g. `module load cuda/12.4`, `source .venv/bin/activate`."""
+    """Shell lines run before launching, e.g. `module load cuda/12.4`,
+    `source .venv/bin/activate`."""
     env: dict[str, str] = field(default_factory=dict)
     """Environment variables exported in the job (values are quoted, not expanded)."""
     container_image: str | None = None

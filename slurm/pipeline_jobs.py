@@ -133,9 +133,8 @@ def submit_pipeline(
         return 0
     if cfg.dry_run:
         for planned in jobs:
-            print(
-                f"\n# ---- {planned.role} job{f' ({planned.after} on the previous)' if planned.after else ''}"
-            )
+            after = f" ({planned.after} on the previous)" if planned.after else ""
+            print(f"\n# ---- {planned.role} job{after}")
             print(render_sbatch(planned.job, planned.cluster), end="")
         return 0
     try:

@@ -47,7 +47,8 @@ def main(argv: list[str]) -> int:
         print(f"[slurm] error: {err}", file=sys.stderr)
         return 1
     print(
-        f"[slurm] Ray cluster {argv[1]}: {seen} node(s) alive after {time.monotonic() - start:.1f} s"
+        f"[slurm] Ray cluster {argv[1]}: {seen} node(s) alive after "
+        f"{time.monotonic() - start:.1f} s"
     )
     return 0
 

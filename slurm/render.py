@@ -3,8 +3,9 @@
 Training (`TrainJob`), `cluster.launch=torchrun` (default): one Slurm task per node, and on
 each node `torchrun` starts `nproc_per_node` processes that meet through torch's c10d rendezvous
 on the allocation's first node (first of `scontrol show hostnames`), on the first free port from
-20000 + job id % 20000 unless `cluster.master_port` is set. `cluster.launch=srun`: one Slurm task per process, and
-`python -m slurm.srun_task` maps SLURM_PROCID/LOCALID/NTASKS to RANK/LOCAL_RANK/WORLD_SIZE.
+20000 + job id % 20000 unless `cluster.master_port` is set. `cluster.launch=srun`: one Slurm
+task per process, and `python -m slurm.srun_task` maps SLURM_PROCID/LOCALID/NTASKS to
+RANK/LOCAL_RANK/WORLD_SIZE.
 Either way the trainer needs no Slurm-specific code, and a dead worker takes the whole job down
 (`srun --kill-on-bad-exit=1`). With `scheduler: local` the script runs under plain bash with
 `torchrun --standalone`.

@@ -236,7 +236,8 @@ def check_token_ids(shard: Shard, dtype: str, vocab_size: int, where: str) -> No
 
 
 class ManifestTokenizer:
-    """The tokenizer facts megatron's GPTDataset needs (it never tokenizes: data is pre-tokenized)."""
+    """The tokenizer facts megatron's GPTDataset needs (it never tokenizes: data is
+    pre-tokenized)."""
 
     def __init__(self, vocab_size: int, eod: int, path: str = "") -> None:
         self.vocab_size = vocab_size

@@ -6,10 +6,11 @@
 The checkpoint records its model config, so no `model=` is needed. Its files hold global,
 layout-independent tensors whatever layout wrote them (TP, PP, VPP, EP, DP with the distributed
 optimizer); trainer.hf.stream reads them one layer at a time (peak memory: one layer set plus
-one output shard; the model is built on the meta device only for its checkpoint map), trainer.hf.convert renames them to the
-transformers family that expresses the model, and they are written shard by shard into a
-temporary folder that is renamed to `output` at the end. The tokenizer comes from the data manifest the
-run trained on (or `tokenizer=`). Prints one JSON line; bad input is one line, exit 2.
+one output shard; the model is built on the meta device only for its checkpoint map),
+trainer.hf.convert renames them to the transformers family that expresses the model, and they
+are written shard by shard into a temporary folder that is renamed to `output` at the end. The
+tokenizer comes from the data manifest the run trained on (or `tokenizer=`). Prints one JSON
+line; bad input is one line, exit 2.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Session fixtures: a real bilingual corpus (Debian packages) with planted duplicates and bad lines.
+"""Session fixtures: a real bilingual corpus (Debian packages) with planted duplicates, bad lines.
 
 Planted per language (zh from zh_man, en from en_docs): exact copies, 1%-edited and 3%-edited near
 copies of long documents, plus German documents (for language ID) and one file of bad records.

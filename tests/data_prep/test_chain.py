@@ -1,4 +1,7 @@
-"""The full stage chain on the planted bilingual corpus: accounting, rejects, remix, shards, rerun."""
+"""The full stage chain on the planted bilingual corpus.
+
+Accounting, rejects, remix, shards, rerun.
+"""
 
 from __future__ import annotations
 

@@ -127,5 +127,8 @@ def test_markup_is_stripped():
     assert (
         "\\f" not in text and ".SH" not in text and "列出目录内容" in text and "粗体 文字" in text
     )
-    rest = ":mod:`bisect` --- Array\n=======\n\n.. module:: bisect\n\nUse ``insort()`` and :func:`bisect`.\n"
+    rest = (
+        ":mod:`bisect` --- Array\n=======\n\n"
+        ".. module:: bisect\n\nUse ``insort()`` and :func:`bisect`.\n"
+    )
     assert strip_rest(rest) == "bisect --- Array\n\nUse insort() and bisect."

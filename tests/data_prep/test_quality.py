@@ -1,4 +1,4 @@
-"""Quality filters keep clean Chinese and English prose (measured floor), drop junk, normalise text."""
+"""Quality filters keep clean Chinese/English prose (measured floor), drop junk, normalise text."""
 
 from __future__ import annotations
 

@@ -59,7 +59,8 @@ def test_wrong_and_hostile_completions_fail_while_the_rest_pass(problems, tmp_pa
             "alloc": "    x = []\n    while True:\n        x.append(bytearray(10**7))\n",
             "fork": "    import os\n    for _ in range(50):\n        os.fork()\n",
             "write": f"    open({str(escaped)!r}, 'w').write('pwned')\n",
-            "socket": f"    import socket\n    socket.create_connection(('127.0.0.1', {port}), 2)\n",
+            "socket": "    import socket\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), 2)\n",
         }
         tasks = [f"HumanEval/{i}" for i in range(len(hostile) + 2)]
         kinds = dict(zip(tasks, hostile, strict=False))  # the last two tasks: see below

@@ -173,7 +173,10 @@ def test_typo_in_a_data_prep_stage_fails_before_its_finished_output_is_touched(t
     from pipeline.task import InvalidConfig, validate
 
     register_schema()
-    typo = "stages.train_tokenizer.overrides=['input={input}','output={output}','train_tokenizer.vocab_sise=4096']"
+    typo = (
+        "stages.train_tokenizer.overrides="
+        "['input={input}','output={output}','train_tokenizer.vocab_sise=4096']"
+    )
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         good = OmegaConf.to_object(hydra_compose("pipeline", [f"run_dir={tmp_path}"]))
         bad = OmegaConf.to_object(hydra_compose("pipeline", [f"run_dir={tmp_path}", typo]))

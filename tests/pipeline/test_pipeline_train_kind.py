@@ -1,4 +1,7 @@
-"""The train stage kind: command lines, the Slurm hand-off on the dev cluster, failures (no Ray needed)."""
+"""The train stage kind: command lines, the Slurm hand-off on the dev cluster, failures.
+
+No Ray needed.
+"""
 
 from __future__ import annotations
 

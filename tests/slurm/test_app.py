@@ -109,7 +109,8 @@ def test_ray_data_script_starts_a_worker_on_every_other_node(tmp_path):
         # a Ray node blocks until stopped; the node wait gives the background sruns time to log
         "python": 'echo "python $*" >> "$REC/calls"; [[ "$*" == *"--block"* ]] && exec sleep 30\n'
         '[[ "$*" == *"ray_cluster wait"* ]] && sleep 0.5; exit 0',
-        "srun": 'echo "srun $*" >> "$REC/calls"; while [ "$1" != python ]; do shift; done; exec "$@"',
+        "srun": 'echo "srun $*" >> "$REC/calls"; '
+        'while [ "$1" != python ]; do shift; done; exec "$@"',
         "scontrol": "echo node1; echo node2; echo node3",
         "hostname": "echo 10.0.0.1 10.0.0.2",
     }

@@ -16,8 +16,10 @@ from tests.slurm.fake_bin import write_fakes
 def fake_slurm(tmp_path, monkeypatch):
     """Fake sbatch/sacct/scontrol; sacct answers the lines of sacct.seq one call at a time."""
     bodies = {
-        "sbatch": 'echo "$@" > "$FAKE/sbatch.args"; cat "$FAKE/sbatch.out"; exit $(cat "$FAKE/sbatch.rc")',
-        "sacct": 'line=$(head -n1 "$FAKE/sacct.seq"); sed -i 1d "$FAKE/sacct.seq"; [ -n "$line" ] && echo "$line"; true',
+        "sbatch": 'echo "$@" > "$FAKE/sbatch.args"; cat "$FAKE/sbatch.out"; '
+        'exit $(cat "$FAKE/sbatch.rc")',
+        "sacct": 'line=$(head -n1 "$FAKE/sacct.seq"); sed -i 1d "$FAKE/sacct.seq"; '
+        '[ -n "$line" ] && echo "$line"; true',
         "scontrol": 'cat "$FAKE/scontrol.out" 2>/dev/null; true',
     }
     bin_dir = write_fakes(tmp_path / "fakebin", bodies)
@@ -64,7 +66,8 @@ def test_wait_polls_until_a_final_state(fake_slurm):
 def test_wait_falls_back_to_scontrol_while_accounting_lags(fake_slurm):
     (fake_slurm / "sacct.seq").write_text("7|RUNNING|0:0|00:00:05\n")
     (fake_slurm / "scontrol.out").write_text(
-        "JobId=7 JobName=train JobState=OUT_OF_MEMORY Reason=OutOfMemory ExitCode=0:125 StdOut=/l/train-7.out\n"
+        "JobId=7 JobName=train JobState=OUT_OF_MEMORY Reason=OutOfMemory ExitCode=0:125 "
+        "StdOut=/l/train-7.out\n"
     )
     result = jobs.wait("7", poll_s=0.01)
     assert (result.state, result.exit_code, result.ok) == ("OUT_OF_MEMORY", "0:125", False)
@@ -115,7 +118,8 @@ def test_local_failure_raises_with_log(tmp_path):
 def test_launch_training_locally_runs_torchrun_with_overrides_and_env(tmp_path):
     fake_python = tmp_path / "python"
     fake_python.write_text(
-        f'#!/bin/bash\nprintf "%s\\n" "$@" > {tmp_path}/argv\necho "$MLFLOW_RUN_ID" > {tmp_path}/run_id\n'
+        f'#!/bin/bash\nprintf "%s\\n" "$@" > {tmp_path}/argv\n'
+        f'echo "$MLFLOW_RUN_ID" > {tmp_path}/run_id\n'
     )
     fake_python.chmod(0o755)
     cluster = {"scheduler": "local", "cpus_per_task": 2, "python": str(fake_python)}
