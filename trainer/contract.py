@@ -9,7 +9,7 @@ the files it writes and the environment it reads, named here once. Imports nothi
   current step and exits with STOPPED_EXIT_CODE (75) so its job can be requeued.
 - `$MLFLOW_RUN_ID` / `$MLFLOW_TRACKING_URI`: log into this existing MLflow run.
 - on one machine it runs under `torchrun --standalone` (standalone_torchrun: the one builder of
-  that command line, used by the pipeline's train kind and by scripts for `cluster.scheduler=local`).
+  that command line, used by the pipeline's train kind and by `cluster.scheduler=local` scripts).
 """
 
 from __future__ import annotations
