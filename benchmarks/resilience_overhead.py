@@ -50,33 +50,23 @@ VARIANTS = {
 
 def _run(tmp: Path, name: str, steps: int, seq: int, extra: list[str]) -> dict[int, float]:
     """Step -> seconds since the previous step's line (first step: none)."""
-    from tests.tiny_corpus import write_tiny_manifest
+    from tests.tiny_corpus import dp2_train_cmd, write_tiny_manifest
 
     write_tiny_manifest(tmp)
     ck = tmp / f"ck-{name}-{time.monotonic_ns()}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "-m",
-        "trainer",
-        f"data.manifest={tmp / 'manifest.json'}",
-        f"data.seq_length={seq}",
-        "model=tiny_dense",
-        "parallel=dp2",
-        f"train.steps={steps}",
+    cmd = dp2_train_cmd(
+        tmp,
+        steps,
         "train.global_batch_size=8",
         "train.micro_batch_size=2",
-        "train.eval_interval=0",
         f"checkpoint.dir={ck}",
         "checkpoint.save_interval_s=0",
         "logging.mlflow=true",
         f"logging.tracking_uri=sqlite:///{tmp}/mlflow.db",
         "logging.experiment=bench",
         *extra,
-    ]
+        seq_length=seq,
+    )
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True

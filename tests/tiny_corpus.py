@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +41,26 @@ def write_tiny_manifest(root: Path) -> Path:
     }
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root / "manifest.json"
+
+
+def dp2_train_cmd(root: Path, steps: int, *overrides: str, seq_length: int = 64) -> list[str]:
+    """`torchrun` of the trainer over 2 CPU ranks (tiny dense model, DP2) on root's tiny manifest,
+    batch 4 x micro 1, no validation; `overrides` follow (and win)."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "trainer",
+        f"data.manifest={root / 'manifest.json'}",
+        f"data.seq_length={seq_length}",
+        "model=tiny_dense",
+        "parallel=dp2",
+        f"train.steps={steps}",
+        "train.global_batch_size=4",
+        "train.micro_batch_size=1",
+        "train.eval_interval=0",
+        *overrides,
+    ]

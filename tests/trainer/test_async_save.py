@@ -10,40 +10,26 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 
-from tests.tiny_corpus import write_tiny_manifest
+from tests.tiny_corpus import dp2_train_cmd, write_tiny_manifest
 from tests.trainer.test_export import REPO, _env
 
 STEPS = 8
 
 
 def _cmd(tmp: Path, ck: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "-m",
-        "trainer",
-        f"data.manifest={tmp / 'manifest.json'}",
-        "data.seq_length=64",
-        "model=tiny_dense",
-        "parallel=dp2",
-        f"train.steps={STEPS}",
-        "train.global_batch_size=4",
-        "train.micro_batch_size=1",
-        "train.eval_interval=0",
+    return dp2_train_cmd(
+        tmp,
+        STEPS,
         f"checkpoint.dir={ck}",
         "checkpoint.save_interval=2",
         "checkpoint.keep_last=5",
         *extra,
-    ]
+    )
 
 
 def _run(cmd: list[str]) -> str:

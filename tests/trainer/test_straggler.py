@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 
 from mlflow import MlflowClient
 
-from tests.tiny_corpus import write_tiny_manifest
+from tests.tiny_corpus import dp2_train_cmd, write_tiny_manifest
 from tests.trainer.test_export import REPO, _env
 
 STEPS = 6
@@ -19,22 +18,9 @@ STEPS = 6
 def test_slow_rank_is_named_and_system_metrics_are_logged(tmp_path):
     write_tiny_manifest(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "-m",
-        "trainer",
-        f"data.manifest={tmp_path / 'manifest.json'}",
-        "data.seq_length=64",
-        "model=tiny_dense",
-        "parallel=dp2",
-        f"train.steps={STEPS}",
-        "train.global_batch_size=4",
-        "train.micro_batch_size=1",
-        "train.eval_interval=0",
+    cmd = dp2_train_cmd(
+        tmp_path,
+        STEPS,
         f"checkpoint.dir={tmp_path / 'ck'}",
         "resilience.straggler_interval=3",
         "resilience.inject_slow_rank=1",
@@ -43,7 +29,7 @@ def test_slow_rank_is_named_and_system_metrics_are_logged(tmp_path):
         f"logging.tracking_uri={uri}",
         "logging.experiment=straggler",
         "logging.system_metrics_interval_s=0.5",
-    ]
+    )
     done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = re.findall(

@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-from tests.tiny_corpus import write_tiny_manifest
+from tests.tiny_corpus import dp2_train_cmd, write_tiny_manifest
 from tests.trainer.test_export import REPO, _env, write_tokenizer
 
 TIMEOUT_S = 10  # well above a tiny step even on a loaded 2-core machine
@@ -22,28 +21,15 @@ def test_hang_is_reported_with_the_sleeping_rank(tmp_path: Path) -> None:
     write_tokenizer(tmp_path / "tokenizer.json")
     write_tiny_manifest(tmp_path)
     ck = tmp_path / "ck"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "-m",
-        "trainer",
-        f"data.manifest={tmp_path / 'manifest.json'}",
-        "data.seq_length=64",
-        "model=tiny_dense",
-        "parallel=dp2",
-        "train.steps=20",
-        "train.global_batch_size=4",
-        "train.micro_batch_size=1",
-        "train.eval_interval=0",
+    cmd = dp2_train_cmd(
+        tmp_path,
+        20,
         f"checkpoint.dir={ck}",
         "checkpoint.save_interval=0",
         f"resilience.hang_timeout_s={TIMEOUT_S}",
         "resilience.inject_hang_rank=1",
         "resilience.inject_hang_step=3",
-    ]
+    )
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
