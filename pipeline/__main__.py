@@ -9,6 +9,8 @@
     python -m pipeline cluster=slurm cluster.nodes=4 cluster.gpus_per_node=8   # chained Slurm
         jobs (data on a Ray cluster, then training, then a finishing job); dry_run=true prints them
     python -m slurm status runs/demo/slurm          # their states, log tails and MLflow run
+    python -m pipeline finalize runs/demo/slurm     # what the finishing job runs: end the MLflow
+        runs from the jobs' final states (FINISHED, or FAILED naming the failed job and its log)
     python -m pipeline trash run_dir=runs/exp1 [purge=true]   # earlier outputs moved aside
     python -m pipeline compare runs/exp1 runs/exp2  # eval tables side by side, with differences
 
@@ -147,6 +149,10 @@ if __name__ == "__main__":
         from pipeline.compare import main as compare_main
 
         sys.exit(compare_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["finalize"]:  # a submitted run's jobs ended: judge them, end its runs
+        from slurm.status import main as status_main
+
+        sys.exit(status_main([*sys.argv[2:], "--finalize"]))
     from slurm.launch import route  # the launch layer: `cluster=...` is routed before Hydra
 
     route("pipeline", sys.argv[1:], run_here)

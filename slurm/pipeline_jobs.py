@@ -5,8 +5,9 @@ goes on after the submitting shell logs out.
   Ray cluster over the allocation's nodes;
 - pipeline-train (afterok on data): `python -m pipeline part=train` in the batch script, whose
   train stage runs torchrun over the allocation as an `srun` step;
-- pipeline-finish (afterany on both; 1 CPU): `python -m slurm status --finalize`, which ends the
-  MLflow parent run FINISHED or FAILED from the jobs' final states, even after a SIGKILL.
+- pipeline-finish (afterany on both; 1 CPU): `python -m pipeline finalize DIR`, which ends the
+  MLflow parent run FINISHED or FAILED from the jobs' final states, even after a SIGKILL
+  (slurm.status judges the jobs, pipeline.tracking ends the runs).
 All jobs log into one MLflow parent run created here (`tracking.parent_run_id`).
 """
 
@@ -92,7 +93,7 @@ def plan_jobs(
             )
         )
     if jobs:
-        command = [sys.executable, "-m", "slurm", "status", str(job_dir), "--finalize"]
+        command = [sys.executable, "-m", "pipeline", "finalize", str(job_dir)]
         finish = finish_cluster(data)
         jobs.append(
             PlannedJob(

@@ -2,7 +2,8 @@
 (from DIR/jobs.json), their states, the tail of their logs, and the run's MLflow run.
 
 Exit code: 0 all jobs COMPLETED, 1 one ended otherwise (FAILED, CANCELLED, TIMEOUT, ...),
-3 jobs still pending or running. `--finalize` (the pipeline's finishing job runs it; exit 0) ends
+3 jobs still pending or running. `--finalize` (the pipeline's finishing job runs it as
+`python -m pipeline finalize DIR`; exit 0) ends
 the MLflow parent run: FINISHED when every job COMPLETED, else FAILED with the failed jobs
 named; stage runs a killed job left RUNNING become FAILED (or KILLED: an interrupted attempt
 of a job that was requeued and then completed).
