@@ -67,10 +67,16 @@ def _one_line(err: BaseException) -> str:
 def route(app: str, argv: list[str], run_here: Callable[[list[str]], None]) -> None:
     """Run `app` here (run_here gets its own arguments) or submit it; exits with the code."""
     launch_args, app_args = split(argv)
-    if not launch_args:
-        run_here(app_args)
+    flags = [a for a in app_args if a.startswith("-")]
+    if not launch_args or (flags and not {"-m", "--multirun"} & set(flags)):
+        run_here(app_args)  # --cfg/--help/...: the app's own config, wherever it would run
         return
     try:
+        if flags:
+            raise LaunchError(
+                "cluster=... submits one command; a sweep (-m) goes to Slurm through "
+                "hydra/launcher=slurm|slurm_dev (conf/hydra/launcher), without cluster="
+            )
         launch = compose_launch(launch_args)
         if launch.cluster.scheduler != "local":
             code = SUBMITTERS[app](launch, app_args)

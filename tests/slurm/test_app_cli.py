@@ -109,6 +109,10 @@ def test_rejected_submission_is_one_clear_line(tmp_path):
             "error: unknown config key 'cluster.bogus' (not in the launch schema)",
         ),
         (["pipeline", "cluster=nosuch"], "error: Could not find 'cluster/nosuch' (clusters in"),
+        (
+            ["trainer", "-m", "cluster=slurm", "train.steps=1,2"],
+            "error: cluster=... submits one command; a sweep (-m) goes to Slurm through",
+        ),
     ],
 )
 def test_launch_errors_are_one_line_naming_the_field(tmp_path, argv, error):
@@ -116,3 +120,9 @@ def test_launch_errors_are_one_line_naming_the_field(tmp_path, argv, error):
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip().splitlines() == [res.stderr.strip()]
     assert res.stderr.startswith(error.replace("{tmp}", str(tmp_path))), res.stderr
+
+
+def test_cfg_with_a_cluster_prints_the_app_config_and_submits_nothing(tmp_path):
+    res = _run("trainer", "--cfg", "job", "cluster=slurm", f"checkpoint.dir={tmp_path}")
+    assert res.returncode == 0 and "num_layers:" in res.stdout and "\ncluster:" not in res.stdout
+    assert not (tmp_path / "slurm").exists()
