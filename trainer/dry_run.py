@@ -29,8 +29,9 @@ def plan(cfg: TrainerConfig) -> dict[str, Any]:
         cfg.data.seq_length,
         num_mb,
         data_parallel_size=layout.data,
+        optim=cfg.optim,
     )
-    return {
+    report = {
         "layout": layout.describe(),
         "world_size": world,
         "num_microbatches": num_mb,
@@ -47,7 +48,35 @@ def plan(cfg: TrainerConfig) -> dict[str, Any]:
             "activations": mem.activations,
         },
         "params_on_busiest_rank": mem.num_params,
+        "recipe": recipe(cfg),
     }
+    if cfg.parallel.device_memory_gib is not None:
+        device = int(cfg.parallel.device_memory_gib * 2**30)
+        report["device_memory_bytes"] = device
+        report["headroom_bytes"] = device - mem.total
+        report["fits"] = mem.total <= device
+    return report
+
+
+def recipe(cfg: TrainerConfig) -> str:
+    """The memory/speed features a run switches on, in one line."""
+    p, o, pr = cfg.parallel, cfg.optim, cfg.precision
+    parts = [f"precision {pr.name}"]
+    if pr.fp8_param:
+        parts.append("FP8 weights + FP8 param all-gather")
+    if o.precision_aware:
+        parts.append(
+            f"precision-aware optimizer (exp_avg {o.exp_avg_dtype}, exp_avg_sq "
+            f"{o.exp_avg_sq_dtype}, master {o.main_params_dtype})"
+        )
+    if cfg.model.is_moe:
+        moe = f"dispatcher {p.moe_token_dispatcher}"
+        moe += ", ETP" + str(p.expert_tensor_parallel_size)
+        moe += ", permute fusion" if p.moe_permute_fusion else ""
+        moe += ", A2A overlap" if p.moe_a2a_overlap else ""
+        parts.append(moe)
+    parts.append(f"collective timeout {p.distributed_timeout_s:g} s")
+    return "; ".join(parts)
 
 
 def _gib(n: int) -> str:
@@ -63,5 +92,13 @@ def print_plan(report: dict[str, Any]) -> None:
     )
     print(f"training FLOPs per token: {report['flops_per_token']:.4g}")
     parts = ", ".join(f"{k} {_gib(v)}" for k, v in report["memory_breakdown_bytes"].items())
+    print(f"recipe: {report['recipe']}")
     print(f"memory per GPU: {_gib(report['memory_per_gpu_bytes'])} ({parts})")
+    if "device_memory_bytes" in report:
+        device, headroom = report["device_memory_bytes"], report["headroom_bytes"]
+        verdict = "fits" if report["fits"] else "DOES NOT FIT"
+        print(
+            f"{verdict} in {_gib(device)} per GPU: headroom {_gib(headroom)} "
+            f"({headroom / device:.0%})"
+        )
     print(json.dumps({k: v for k, v in report.items() if not isinstance(v, dict)}))

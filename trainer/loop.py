@@ -34,7 +34,7 @@ from trainer.checkpoint_store import Checkpoint, checkpoint_at
 from trainer.config.trainer import TrainerConfig
 from trainer.metrics import MetricsCollector
 from trainer.model import build_model, build_transformer_config
-from trainer.precision import megatron_precision_kwargs
+from trainer.precision import megatron_precision_kwargs, optimizer_precision_kwargs
 from trainer.schedule import lr_at
 from trainer.straggler import Report, StragglerMonitor
 
@@ -125,6 +125,7 @@ class Trainer:
             grad_reduce_in_fp32=self.cfg.precision.grad_reduce_in_fp32,
             overlap_grad_reduce=False,
             use_distributed_optimizer=self.cfg.parallel.use_distributed_optimizer,
+            fp8_param_gather=self.cfg.precision.fp8_param,
         )
         return [
             DistributedDataParallel(
@@ -148,6 +149,7 @@ class Trainer:
             fp16=p.params_dtype == "fp16",
             params_dtype=self.tconfig.params_dtype,
             use_distributed_optimizer=self.cfg.parallel.use_distributed_optimizer,
+            **optimizer_precision_kwargs(o),
         )
         return get_megatron_optimizer(config, self.model)
 

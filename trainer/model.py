@@ -102,9 +102,13 @@ def _parallel_kwargs(p: ParallelConfig, use_te: bool) -> dict[str, Any]:
         pipeline_model_parallel_size=p.pipeline_parallel,
         virtual_pipeline_model_parallel_size=p.virtual_pipeline_parallel,
         expert_model_parallel_size=p.expert_parallel,
+        expert_tensor_parallel_size=p.expert_tensor_parallel_size,
         context_parallel_size=p.context_parallel,
         sequence_parallel=p.sequence_parallel,
         moe_token_dispatcher_type=p.moe_token_dispatcher,
+        moe_flex_dispatcher_backend="deepep",
+        moe_permute_fusion=p.moe_permute_fusion,
+        overlap_moe_expert_parallel_comm=p.moe_a2a_overlap,
         pipeline_model_parallel_layout=p.pipeline_layout,
         transformer_impl="transformer_engine" if use_te else "local",
         # CPU initialisation draws the full weight then splits it, so every TP layout starts

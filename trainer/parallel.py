@@ -64,14 +64,23 @@ def validate_layout(model: ModelConfig, parallel: ParallelConfig, world_size: in
             raise ValueError(
                 "parallel layout: MoE with tensor_parallel > 1 needs sequence_parallel=true"
             )
-        expert_world = p.expert_parallel * p.tensor_parallel * p.pipeline_parallel
+        etp = p.expert_tensor_parallel_size
+        expert_world = p.expert_parallel * etp * p.pipeline_parallel
         if world_size % expert_world:
             raise ValueError(
                 f"parallel layout: world size {world_size} is not divisible by "
-                f"EP x TP x PP = {expert_world}"
+                f"EP x ETP x PP = {p.expert_parallel} x {etp} x {p.pipeline_parallel}"
             )
-    elif p.expert_parallel > 1:
-        raise ValueError("parallel layout: expert_parallel > 1 needs a MoE model (num_experts)")
+        if model.moe_ffn_hidden_size % etp:
+            raise ValueError(
+                f"parallel layout: moe_ffn_hidden_size={model.moe_ffn_hidden_size} is not "
+                f"divisible by expert_tensor_parallel={etp}"
+            )
+    elif p.expert_parallel > 1 or p.expert_tensor_parallel is not None:
+        raise ValueError(
+            "parallel layout: expert_parallel > 1 / expert_tensor_parallel need a MoE model "
+            "(num_experts)"
+        )
     if p.sequence_parallel and p.tensor_parallel == 1:
         raise ValueError("parallel layout: sequence_parallel needs tensor_parallel > 1")
     _check_heads(model, p.tensor_parallel)
@@ -114,7 +123,7 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
 
 
-def _init_process_group(timeout_s: int) -> None:
+def _init_process_group(timeout_s: float) -> None:
     if dist.is_initialized():
         return
     if "RANK" not in os.environ and "SLURM_PROCID" in os.environ:  # launched by srun
@@ -173,15 +182,14 @@ def single_process_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return env  # type: ignore[return-value]
 
 
-def initialize_parallel(
-    model: ModelConfig, parallel: ParallelConfig, seed: int, timeout_s: int = 600
-) -> Layout:
-    """Validate, create the process groups (env:// rendezvous) and seed the RNG tracker."""
+def initialize_parallel(model: ModelConfig, parallel: ParallelConfig, seed: int) -> Layout:
+    """Validate, create the process groups (env:// rendezvous, `parallel.distributed_timeout_s`
+    for every collective) and seed the RNG tracker."""
     if not torch.cuda.is_available():
         apply_cpu_patches()
     world = dist.get_world_size() if dist.is_initialized() else env_world_size()
     layout = validate_layout(model, parallel, world)
-    _init_process_group(timeout_s)
+    _init_process_group(parallel.distributed_timeout_s)
     ps.destroy_model_parallel()
     ps.initialize_model_parallel(
         tensor_model_parallel_size=parallel.tensor_parallel,
@@ -189,6 +197,8 @@ def initialize_parallel(
         virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_parallel,
         context_parallel_size=parallel.context_parallel,
         expert_model_parallel_size=parallel.expert_parallel,
+        expert_tensor_parallel_size=parallel.expert_tensor_parallel_size,
+        distributed_timeout_minutes=parallel.distributed_timeout_s / 60,  # megatron's subgroups
     )
     seed_everything(seed)
     model_parallel_cuda_manual_seed(seed)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from trainer.config.optim import OptimConfig
 from trainer.config.precision import PrecisionConfig
 
 
@@ -41,6 +42,7 @@ FP8_REQUIREMENTS: dict[str, Fp8Requirement] = {
 }
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_STATE_DTYPES = {**_DTYPES, "fp8": torch.uint8}  # TE's FusedAdam: uint8 = FP8 (E4M3) states
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -149,3 +151,17 @@ def megatron_precision_kwargs(cfg: PrecisionConfig) -> dict[str, Any]:
 def ddp_precision_kwargs(cfg: PrecisionConfig) -> dict[str, Any]:
     """megatron-core DistributedDataParallelConfig / OptimizerConfig precision arguments."""
     return {"grad_reduce_in_fp32": cfg.grad_reduce_in_fp32}
+
+
+def optimizer_precision_kwargs(cfg: OptimConfig) -> dict[str, Any]:
+    """megatron-core OptimizerConfig arguments of the optimizer-state precision (the
+    precision-aware optimizer; call `trainer.features.check_features_supported` first)."""
+    if not cfg.precision_aware:
+        return {}
+    return {
+        "use_precision_aware_optimizer": True,
+        "exp_avg_dtype": _STATE_DTYPES[cfg.exp_avg_dtype],
+        "exp_avg_sq_dtype": _STATE_DTYPES[cfg.exp_avg_sq_dtype],
+        "main_params_dtype": _DTYPES[cfg.main_params_dtype],
+        "store_param_remainders": cfg.store_param_remainders,
+    }

@@ -25,6 +25,7 @@ from trainer.checkpoint_store import (
 )
 from trainer.config.trainer import CheckpointConfig, TrainerConfig
 from trainer.data import build_datasets, load_manifest
+from trainer.features import check_features_supported
 from trainer.loop import Trainer
 from trainer.parallel import initialize_parallel
 from trainer.precision import check_precision_supported
@@ -36,6 +37,7 @@ from trainer.watchdog import HangWatchdog, inject_fault
 def preflight(cfg: TrainerConfig) -> None:
     """Checks that need no process group: precision vs machine, manifest vs model."""
     check_precision_supported(cfg.precision)
+    check_features_supported(cfg)
     check_dir_usable(cfg.checkpoint.dir)
     if cfg.data.manifest is None:
         raise ValueError("data.manifest is not set: pass data.manifest=PATH/manifest.json")

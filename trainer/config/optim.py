@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# A str field checked in __post_init__ (OmegaConf does not accept typing.Literal).
+# str fields checked in __post_init__ (OmegaConf does not accept typing.Literal).
 SCHEDULES = ("cosine", "multistep", "constant")
+STATE_DTYPES = ("fp32", "bf16", "fp16", "fp8")
+"""Adam moment dtypes of the precision-aware optimizer (fp8 = TE's uint8 E4M3 tensors)."""
+MASTER_DTYPES = ("fp32", "fp16")
+STATE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 
 
 @dataclass
@@ -37,6 +41,19 @@ class OptimConfig:
     """multistep: fractions of the decay steps at which the LR drops."""
     multistep_factors: list[float] = field(default_factory=lambda: [0.316, 0.1])
     """multistep: LR as a fraction of the peak after each milestone."""
+    precision_aware: bool = False
+    """megatron-core's precision-aware optimizer (Transformer Engine's FusedAdam keeps the
+    states in the dtypes below). Needs the distributed optimizer, a bf16/fp16 model and TE;
+    refused otherwise. The published DeepSeek-V3 H100 recipe: bf16 moments, fp32 master."""
+    exp_avg_dtype: str = "fp32"
+    """Adam first moment: fp32, bf16, fp16 or fp8 (non-fp32 needs precision_aware)."""
+    exp_avg_sq_dtype: str = "fp32"
+    """Adam second moment: fp32, bf16, fp16 or fp8 (non-fp32 needs precision_aware)."""
+    main_params_dtype: str = "fp32"
+    """Master weights: fp32 or fp16 (fp16 needs precision_aware; TE keeps a scale)."""
+    store_param_remainders: bool = True
+    """precision_aware with a bf16 model and fp32 master weights: keep only the 16 low bits
+    of each fp32 master weight (the high 16 are the bf16 weight itself; TE >= 2.1)."""
 
     def __post_init__(self) -> None:
         _require(
@@ -62,6 +79,20 @@ class OptimConfig:
             "multistep_milestones must be increasing fractions in (0, 1)",
         )
         _require(all(0 < f <= 1 for f in factors), "multistep_factors must be in (0, 1]")
+        for name in ("exp_avg_dtype", "exp_avg_sq_dtype"):
+            value = getattr(self, name)
+            _require(value in STATE_DTYPES, f"{name}={value!r} is not one of {list(STATE_DTYPES)}")
+        _require(
+            self.main_params_dtype in MASTER_DTYPES,
+            f"main_params_dtype={self.main_params_dtype!r} is not one of {list(MASTER_DTYPES)}",
+        )
+        if not self.precision_aware:
+            for name in ("exp_avg_dtype", "exp_avg_sq_dtype", "main_params_dtype"):
+                _require(
+                    getattr(self, name) == "fp32",
+                    f"{name}={getattr(self, name)} needs precision_aware=true (megatron-core "
+                    "keeps optimizer states in fp32 otherwise)",
+                )
 
 
 def _require(condition: bool, message: str) -> None:

@@ -160,6 +160,46 @@ class TrainerConfig:
             )
         if self.world_size is not None and self.world_size < 1:
             raise ValueError("trainer config: world_size must be >= 1")
+        self._check_optimizer_precision()
+        self._check_a2a_overlap()
+
+    def _check_optimizer_precision(self) -> None:
+        if not self.optim.precision_aware:
+            return
+        if not self.parallel.use_distributed_optimizer:
+            raise ValueError(
+                "trainer config: optim.precision_aware needs parallel.use_distributed_optimizer"
+                "=true (megatron-core shards the low-precision states with it)"
+            )
+        if self.precision.params_dtype == "fp32":
+            raise ValueError(
+                "trainer config: optim.precision_aware needs a bf16/fp16 model (precision=bf16 "
+                "or an fp8 precision); an fp32 model has no lower-precision states to keep"
+            )
+
+    def _check_a2a_overlap(self) -> None:
+        """megatron-core's requirements of `overlap_moe_expert_parallel_comm`, before any
+        process starts (megatron asserts them one by one at model build)."""
+        p = self.parallel
+        if not p.moe_a2a_overlap:
+            return
+        problems = []
+        if p.expert_parallel < 2:
+            problems.append("expert_parallel > 1")
+        if p.moe_token_dispatcher not in ("alltoall", "flex"):
+            problems.append("moe_token_dispatcher alltoall or flex")
+        if p.pipeline_parallel > 1 and not p.virtual_pipeline_parallel:
+            problems.append("virtual pipeline stages when pipeline_parallel > 1")
+        if self.precision.params_dtype == "fp32":
+            problems.append("a bf16/fp16 model")
+        if self.model.mtp_num_layers > 1:
+            problems.append("at most one MTP layer")
+        if self.model.mtp_num_layers == 1 and p.pipeline_parallel < 2:
+            problems.append("pipeline_parallel > 1 with an MTP layer")
+        if problems:
+            raise ValueError(
+                "trainer config: parallel.moe_a2a_overlap needs " + ", ".join(problems)
+            )
 
     def micro_batches(self, data_parallel: int) -> int:
         """Micro-batches per step on each rank; raises if the batch sizes do not divide."""
