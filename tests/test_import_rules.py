@@ -1,5 +1,8 @@
-"""The floors of the house, as a test: the apps (trainer, data_prep, pipeline, evaluation) know
-no launch layer (`slurm`), and trainer and data_prep import neither each other nor pipeline.
+"""The floors of the house, as a test: the apps (trainer, data_prep, pipeline, evaluation,
+posttrain) know no launch layer (`slurm`), and trainer and data_prep import neither each other nor
+pipeline. posttrain sits above trainer, data_prep and evaluation (it builds on the model, the
+shard writers and the CJK definition, and may score with evaluation's suites), so none of them
+imports it; it never imports pipeline, which composes it through its entry points.
 
 An app's `__main__` is the one door to the launch layer (`slurm.launch.route` takes `cluster=...`
 off the command line before the app sees it); the pipeline's train kind runs the launch layer's
@@ -13,12 +16,13 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-APPS = ("trainer", "data_prep", "pipeline", "evaluation")
+APPS = ("trainer", "data_prep", "pipeline", "evaluation", "posttrain")
 FORBIDDEN = {
-    "trainer": {"slurm", "data_prep", "pipeline"},
-    "data_prep": {"slurm", "trainer", "pipeline"},
+    "trainer": {"slurm", "data_prep", "pipeline", "posttrain"},
+    "data_prep": {"slurm", "trainer", "pipeline", "posttrain"},
     "pipeline": {"slurm"},
-    "evaluation": {"slurm", "pipeline"},
+    "evaluation": {"slurm", "pipeline", "posttrain"},
+    "posttrain": {"slurm", "pipeline"},
 }
 """app -> top-level packages its modules may not import."""
 
@@ -58,7 +62,12 @@ def test_a_forbidden_import_is_caught(tmp_path):
     (tmp_path / "data_prep" / "ok.py").write_text("from . import config\nimport json\n")
     (tmp_path / "pipeline" / "kinds").mkdir()
     (tmp_path / "pipeline" / "kinds" / "x.py").write_text("from slurm import load_cluster\n")
+    (tmp_path / "posttrain" / "ok.py").write_text("from trainer.model import build_model\n")
+    (tmp_path / "posttrain" / "bad.py").write_text("import pipeline.dag\n")
+    (tmp_path / "evaluation" / "up.py").write_text("from posttrain.rewards import REWARDS\n")
     assert violations(tmp_path) == {
         "trainer/run.py -> data_prep",
         "pipeline/kinds/x.py -> slurm",
+        "posttrain/bad.py -> pipeline",
+        "evaluation/up.py -> posttrain",
     }

@@ -1,0 +1,1 @@
+"""Verifiable reasoning tasks that write prompt / cold-start chat JSONL files."""
