@@ -133,3 +133,22 @@ def test_template_from_the_tokenizer_config(sft, tmp_path) -> None:
     assert stats["documents_kept"] == 60
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["sft"]["chat_template"] == chatml
+
+
+def test_mask_equals_transformers_assistant_mask(sft, tmp_path) -> None:
+    """The same template in a tokenizer folder: transformers' apply_chat_template(
+    return_assistant_tokens_mask=True) gives the same ids and mask as the shards."""
+    from transformers import PreTrainedTokenizerFast
+
+    manifest = json.loads((sft["out"] / "manifest.json").read_text())
+    hf = PreTrainedTokenizerFast(
+        tokenizer_file=sft["tok"], bos_token=EOD, eos_token=EOD, pad_token=EOD
+    )
+    hf.chat_template = manifest["sft"]["chat_template"]
+    shard = manifest["shards"][1]  # zh
+    tokens, masks = _docs(sft["out"] / shard["prefix"]), _docs(sft["out"] / shard["loss_mask"])
+    for chat, ids, mask in zip(sft["chats"][shard["domain"]], tokens, masks, strict=True):
+        out = hf.apply_chat_template(
+            chat["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        assert out["input_ids"] == ids.tolist() and out["assistant_masks"] == mask.tolist()
