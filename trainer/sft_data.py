@@ -31,6 +31,9 @@ import torch
 
 from trainer.config.data import DataConfig
 
+PACKING_OPTIONS = ("reset_position_ids", "reset_attention_mask", "eod_mask_loss")
+"""DataConfig options of packed pretraining samples, refused with SFT data."""
+
 
 def check_loss_masks(manifest: Any, seq_length: int | None) -> None:
     """SFT manifest checks: every shard or none has a mask; each mask has its token shard's
@@ -128,7 +131,8 @@ class SFTDataset:
             num_samples,
             False,
         )
-        self._perms: dict[tuple[int, int], np.ndarray] = {}
+        self._perms: dict[int, tuple[int, np.ndarray]] = {}
+        """Per shard: (epoch, its document permutation); samples come in epoch order."""
 
     def __len__(self) -> int:
         return len(self.shard_index)
@@ -138,10 +142,11 @@ class SFTDataset:
         k, j = int(self.shard_index[index]), int(self.shard_sample[index])
         beg, end = self.ranges[k]
         epoch, offset = divmod(j, end - beg)
-        if (k, epoch) not in self._perms:
+        cached = self._perms.get(k)
+        if cached is None or cached[0] != epoch:
             rng = np.random.default_rng([self.seed, k, epoch])
-            self._perms[(k, epoch)] = rng.permutation(end - beg)
-        return k, beg + int(self._perms[(k, epoch)][offset])
+            cached = self._perms[k] = (epoch, rng.permutation(end - beg))
+        return k, beg + int(cached[1][offset])
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         k, doc = self.document(index)
@@ -165,6 +170,12 @@ def build_sft_datasets(data_cfg: DataConfig, manifest: Any, sizes: list[int]) ->
     """(train, valid) SFTDatasets of `sizes[0]` and `sizes[1]` samples (valid: None if 0)."""
     from trainer.data import ManifestError
 
+    packing = [k for k in PACKING_OPTIONS if getattr(data_cfg, k)]
+    if packing:
+        raise ValueError(
+            f"data.{'/'.join(packing)}: options for packed pretraining samples; SFT data holds one "
+            f"conversation per sample and its loss mask comes from the data: unset them"
+        )
     train_ranges, valid_ranges, _ = split_ranges(manifest, data_cfg.split)
     if not any(r and s.weight > 0 for r, s in zip(train_ranges, manifest.shards, strict=True)):
         raise ManifestError(

@@ -150,6 +150,8 @@ def test_sample_is_one_padded_conversation_with_shifted_mask(shards: Path) -> No
     assert (s["labels"][n:] == manifest.eod_token_id).all() and s["labels"][n - 1] == 0  # eod
     train_docs = {train.document(i) for i in range(len(train))}
     assert not train_docs & {valid.document(i) for i in range(len(valid))}
+    with pytest.raises(ValueError, match="data.eod_mask_loss: options for packed"):
+        build_sft_datasets(DataConfig(seq_length=SEQ, eod_mask_loss=True), manifest, [8, 0])
 
 
 def _edit(shards: Path, tmp: Path, edit) -> Path:
