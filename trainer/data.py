@@ -6,7 +6,8 @@ sequence length fits the rope limit) and fails with a `ManifestError` naming the
 `build_datasets` then builds train/valid datasets with megatron-core's
 `BlendedMegatronDatasetBuilder`, blending shards by the manifest weights; the sample order is a
 deterministic function of the seed. megatron's prebuilt `helpers_cpp` extension is used as is
-(`compile_helpers()` must not be called on a pip install).
+(`compile_helpers()` must not be called on a pip install). A manifest whose shards carry loss
+masks (data_prep's chat_tokenize) gets SFT datasets instead (`trainer.sft_data`).
 """
 
 from __future__ import annotations
