@@ -42,6 +42,7 @@ STAGE_TABLE = {  # every stage, in chain order; its phase builder: @builds(name)
     "remix": StageSpec("remix"),
     "train_tokenizer": StageSpec("train_tokenizer"),
     "tokenize": StageSpec("tokenize"),
+    "chat_tokenize": StageSpec("chat_tokenize"),
 }
 """The one list of data_prep stages: the runner, validation and `build_phases` read it."""
 # Views of the table, for the code and tests that import them:
@@ -440,11 +441,44 @@ class TokenizeConfig:
 
 
 @dataclass
+class ChatTokenizeConfig:
+    """SFT shards (data_prep.chat): chat records rendered with a chat template, tokenized, with a
+    loss mask on the assistant tokens; manifest.json as the tokenize stage writes it."""
+
+    tokenizer: str | None = None
+    """Path to tokenizer.json (a tokenizer_config.json next to it may hold a chat template)."""
+    chat_template: str = "deepseek"
+    """`deepseek` (`User: ...\\n\\nAssistant: ...<eod>` in plain text), `tokenizer` (the
+    tokenizer_config.json's), a .jinja file, or Jinja text; assistant parts inside
+    `{% generation %}...{% endgeneration %}` blocks (Hugging Face's convention)."""
+    messages_field: str = "messages"
+    """Record key holding the list of {role, content} messages."""
+    eod_token: str = "<|endoftext|>"
+    """End-of-document token: the template's bos_token and eos_token (unless the
+    tokenizer_config.json names others) and the trainer's padding."""
+    seq_length: int = 4096
+    """Longest training sample: conversations over seq_length + 1 tokens are removed as
+    `too_long` (never cut); the trainer's data.seq_length must be at least the longest kept."""
+    batch_size: int = 256
+    """Conversations per encode_batch call."""
+    weights: Any = None
+    """Blend weight per domain (normalised; split over a domain's shards by conversations).
+    None: each shard's share of the conversations (every conversation sampled equally often)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.seq_length >= 2, f"chat_tokenize.seq_length must be >= 2, got {self.seq_length}"
+        )
+        _check(self.batch_size >= 1, "chat_tokenize.batch_size must be >= 1")
+
+
+@dataclass
 class DataPrepConfig:
     """`python -m data_prep stage=NAME input=PATH output=DIR [section.key=value ...]`."""
 
     stage: str = MISSING
-    """Stage to run: a name in `STAGE_TABLE` (warc, url_filter, read, normalize, ..., tokenize)."""
+    """Stage to run: a name in `STAGE_TABLE` (warc, url_filter, read, normalize, ..., tokenize,
+    chat_tokenize)."""
     input: str = MISSING
     """Input file, folder or glob of JSONL / JSONL.gz / Parquet."""
     output: str = MISSING
@@ -470,6 +504,7 @@ class DataPrepConfig:
     remix: RemixConfig = field(default_factory=RemixConfig)
     train_tokenizer: TrainTokenizerConfig = field(default_factory=TrainTokenizerConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    chat_tokenize: ChatTokenizeConfig = field(default_factory=ChatTokenizeConfig)
     dry_run: bool = False
     """With cluster=slurm: print the job script instead of submitting it."""
 
@@ -482,6 +517,14 @@ class DataPrepConfig:
             self.stage != "tokenize" or bool(self.tokenize.tokenizer),
             "stage=tokenize needs tokenize.tokenizer=PATH/tokenizer.json",
         )
+        _check(
+            self.stage != "chat_tokenize" or bool(self.chat_tokenize.tokenizer),
+            "stage=chat_tokenize needs chat_tokenize.tokenizer=PATH/tokenizer.json",
+        )
+        if self.stage == "chat_tokenize":  # a bad template: one line before any output is touched
+            from data_prep.chat import renderer_for
+
+            renderer_for(self.chat_tokenize)
         _check(
             self.stage != "url_filter"
             or bool(self.url_filter.block_domains or self.url_filter.block_substrings),

@@ -119,10 +119,24 @@ def fingerprint(cfg: DataPrepConfig, files: list[str]) -> str:
     for f in files:
         st = os.stat(f)
         h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    if cfg.stage == "tokenize":
-        st = os.stat(cfg.tokenize.tokenizer)
+    if cfg.stage in ("tokenize", "chat_tokenize"):
+        tok = Path(getattr(cfg, STAGE_TABLE[cfg.stage].section).tokenizer)
+        st = os.stat(tok)
         h.update(f"tok\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        if cfg.stage == "chat_tokenize":  # the template may come from these files
+            h.update(_template_sources(tok, cfg.chat_tokenize.chat_template))
     return h.hexdigest()
+
+
+def _template_sources(tokenizer: Path, template: str) -> bytes:
+    """Bytes of the files a chat template may be read from (tokenizer_config.json, a file)."""
+    out = b""
+    for path in (tokenizer.parent / "tokenizer_config.json", Path(template)):
+        try:
+            out += path.read_bytes() if path.is_file() else b""
+        except OSError:  # Jinja text, not a path (e.g. "file name too long")
+            pass
+    return out
 
 
 def _prepare_output(out: Path, work: Path, fp: str, force: bool) -> None:

@@ -162,17 +162,18 @@ class MegatronShards(PipelineStep):
 
 
 def _set_weights(
-    shards: list[dict], weights: dict | None, source: str = "tokenize.weights"
+    shards: list[dict], weights: dict | None, source: str = "tokenize.weights", by: str = "tokens"
 ) -> None:
-    """Shard blend weights: token shares, or per-domain weights split over shards by tokens."""
-    total = sum(s["tokens"] for s in shards)
+    """Shard blend weights: shares of `by` (tokens or documents), or per-domain weights split
+    over a domain's shards by `by`."""
+    total = sum(s[by] for s in shards)
     if not weights:
         for s in shards:
-            s["weight"] = s["tokens"] / total
+            s["weight"] = s[by] / total
         return
     domain_tokens: dict[str, int] = {}
     for s in shards:
-        domain_tokens[s["domain"]] = domain_tokens.get(s["domain"], 0) + s["tokens"]
+        domain_tokens[s["domain"]] = domain_tokens.get(s["domain"], 0) + s[by]
     unknown = sorted(set(weights) - set(domain_tokens))
     if unknown:
         raise ValueError(
@@ -182,9 +183,7 @@ def _set_weights(
     if wsum <= 0:
         raise ValueError(f"{source} give every present domain weight 0")
     for s in shards:
-        s["weight"] = (
-            weights.get(s["domain"], 0.0) / wsum * s["tokens"] / domain_tokens[s["domain"]]
-        )
+        s["weight"] = weights.get(s["domain"], 0.0) / wsum * s[by] / domain_tokens[s["domain"]]
 
 
 def remix_targets(files: list[str]) -> tuple[dict[str, float], str] | None:
@@ -260,9 +259,12 @@ def write_manifest(
     tokenizer_path: str,
     weights: dict | None = None,
     source: str | None = None,
+    by: str = "tokens",
+    extra: dict | None = None,
 ) -> dict:
     """Merge the per-task shard records into `manifest.json` (weights: per-domain blend weights,
-    None = token shares); `mix` records target vs sampled vs held shares per domain."""
+    None = shares of `by`); `mix` records target vs sampled vs held shares per domain; `extra`:
+    more top-level fields (the chat_tokenize stage's `sft` section)."""
     shards, meta = [], {}
     for path in sorted(Path(info_folder).glob("*.json")):
         rec = json.loads(path.read_text())
@@ -275,7 +277,7 @@ def write_manifest(
         shutil.copyfile(tokenizer_path, local_tok)
     shards = sorted(shards, key=lambda s: s["prefix"])
     source = source or ("tokenize.weights" if weights else "tokens")
-    _set_weights(shards, weights, source)
+    _set_weights(shards, weights, source, by)
     manifest = {
         "format_version": MANIFEST_VERSION,
         "tokenizer": "tokenizer.json",
@@ -284,6 +286,7 @@ def write_manifest(
         "dtype": "int32" if meta["token_size"] == 4 else "uint16",
         "shards": shards,
         "mix": _mix(shards, weights, source),
+        **(extra or {}),
     }
     tmp = Path(out_dir) / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))

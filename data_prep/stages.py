@@ -311,3 +311,38 @@ def _tokenize(ctx: StageContext) -> list[Phase]:
         }
 
     return [Phase("shards", build, ctx.tasks, manifest)]
+
+
+@builds("chat_tokenize")
+def _chat_tokenize(ctx: StageContext) -> list[Phase]:
+    from data_prep import chat
+
+    cfg = ctx.cfg.chat_tokenize
+    tok_path, renderer = chat.tokenizer_path(cfg), chat.renderer_for(cfg)
+    info = str(ctx.work / "shard_info")
+
+    def build() -> list:
+        led = ctx.ledger()
+        read = chat.ChatRecordReader(
+            ctx.paths_file, ctx.cfg.read, cfg.messages_field, led, str(ctx.out / "rejects")
+        )
+        step = chat.ChatShards(cfg, renderer, tok_path, str(ctx.out), info, led)
+        return [read, CountIn(led, ctx.cfg.stage, ctx.cfg.progress), step, *ctx.tail(led, False)]
+
+    def manifest() -> dict:
+        weights = dict(cfg.weights) if cfg.weights else None
+        source = "chat_tokenize.weights" if weights else "documents"
+        sft = {"seq_length": cfg.seq_length, "chat_template": renderer.source}
+        sft |= {"bos_token": renderer.bos_token, "eos_token": renderer.eos_token}
+        sft["loss_mask_dtype"] = "uint8"
+        m = shards.write_manifest(
+            info, str(ctx.out), tok_path, weights, source, by="documents", extra={"sft": sft}
+        )
+        return {
+            "tokens": sum(s["tokens"] for s in m["shards"]),
+            "loss_tokens": sum(s["loss_tokens"] for s in m["shards"]),
+            "shards": len(m["shards"]),
+            "max_document_tokens": max(s["max_document_tokens"] for s in m["shards"]),
+        }
+
+    return [Phase("shards", build, ctx.tasks, manifest)]

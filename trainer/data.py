@@ -6,7 +6,8 @@ sequence length fits the rope limit) and fails with a `ManifestError` naming the
 `build_datasets` then builds train/valid datasets with megatron-core's
 `BlendedMegatronDatasetBuilder`, blending shards by the manifest weights; the sample order is a
 deterministic function of the seed. megatron's prebuilt `helpers_cpp` extension is used as is
-(`compile_helpers()` must not be called on a pip install).
+(`compile_helpers()` must not be called on a pip install). A manifest whose shards carry loss
+masks (data_prep's chat_tokenize) gets SFT datasets instead (`trainer.sft_data`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from trainer.config.data import DataConfig
 from trainer.config.model import ModelConfig
+from trainer.sft_data import build_sft_datasets, check_loss_masks
 
 DTYPES = {"uint16": np.uint16, "int32": np.int32}
 WEIGHT_TOLERANCE = 1e-6
@@ -47,6 +49,11 @@ class Shard:
     """Blend weight (fraction of training samples drawn from this shard)."""
     max_token_id: int | None = None
     """Largest token id in the shard as tokenize recorded it (None: scan the .bin to find it)."""
+    loss_mask: Path | None = None
+    """SFT shards (chat_tokenize): absolute prefix of the uint8 loss-mask dataset with the same
+    documents (1 = a token the loss counts); None: pretraining text."""
+    max_document_tokens: int | None = None
+    """Longest document (SFT: conversation) in tokens, when recorded."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,13 @@ class Manifest:
     """Token dtype of the .bin files (uint16 or int32)."""
     shards: tuple[Shard, ...]
     """The shards, in manifest order."""
+    sft: dict[str, Any] | None = None
+    """chat_tokenize's `sft` section (chat template, its sequence length); None: pretraining."""
+
+    @property
+    def has_loss_masks(self) -> bool:
+        """SFT data: the shards carry loss masks (trainer.sft_data builds the samples)."""
+        return any(s.loss_mask is not None for s in self.shards)
 
     @property
     def blend(self) -> tuple[list[str], list[float]]:
@@ -151,10 +165,17 @@ def _parse_shard(entry: Any, root: Path, where: str) -> Shard:
         documents=_field(entry, "documents", int, where),
         tokens=_field(entry, "tokens", int, where),
         weight=weight,
-        max_token_id=entry.get("max_token_id")
-        if isinstance(entry.get("max_token_id"), int)
+        max_token_id=_optional_int(entry, "max_token_id"),
+        loss_mask=(root / _field(entry, "loss_mask", str, where)).resolve()
+        if "loss_mask" in entry
         else None,
+        max_document_tokens=_optional_int(entry, "max_document_tokens"),
     )
+
+
+def _optional_int(entry: dict[str, Any], key: str) -> int | None:
+    value = entry.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _check_model_fit(manifest: Manifest, model_cfg: ModelConfig | None, seq: int | None) -> None:
@@ -202,6 +223,7 @@ def load_manifest(
         eod_token_id=_field(data, "eod_token_id", int, where),
         dtype=dtype,
         shards=shards,
+        sft=data.get("sft") if isinstance(data.get("sft"), dict) else None,
     )
     if not 0 <= manifest.eod_token_id < manifest.vocab_size:
         raise ManifestError(f"{where}: field 'eod_token_id' is outside [0, vocab_size)")
@@ -210,6 +232,7 @@ def load_manifest(
         _check_shard(shard, dtype, f"{where}: shards[{i}]")
     for i, shard in enumerate(shards):
         check_token_ids(shard, dtype, manifest.vocab_size, f"{where}: shards[{i}]")
+    check_loss_masks(manifest, seq_length)
     return manifest
 
 
@@ -325,6 +348,8 @@ def build_datasets(
         raise ValueError("data.manifest is not set: pass data.manifest=PATH/manifest.json")
     manifest = load_manifest(data_cfg.manifest, model_cfg, data_cfg.seq_length)
     sizes = dataset_sizes(global_batch_size, train_steps, eval_steps, eval_interval)
+    if manifest.has_loss_masks:
+        return build_sft_datasets(data_cfg, manifest, sizes)
     check_splits_nonempty(manifest, data_cfg.split)
     builder = BlendedMegatronDatasetBuilder(
         GPTDataset,

@@ -113,6 +113,8 @@ class TokenizerFiles:
     """tokenizer.json"""
     eod_id: int
     eod: str
+    chat_template: str | None = None
+    """The chat template SFT data was rendered with (the manifest's `sft` section)."""
 
 
 def tokenizer_files(spec: str | None, ckpt: Any, vocab_size: int) -> TokenizerFiles:
@@ -125,7 +127,7 @@ def tokenizer_files(spec: str | None, ckpt: Any, vocab_size: int) -> TokenizerFi
     path = Path(spec)
     if not path.is_file():
         raise ValueError(f"tokenizer={spec}: no such file")
-    eod_id = None
+    eod_id, chat_template = None, None
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
@@ -133,6 +135,7 @@ def tokenizer_files(spec: str | None, ckpt: Any, vocab_size: int) -> TokenizerFi
     if isinstance(data, dict) and "shards" in data:  # a data manifest: its tokenizer and EOD
         eod_id = data.get("eod_token_id")
         path = path.parent / data.get("tokenizer", "tokenizer.json")
+        chat_template = (data.get("sft") or {}).get("chat_template")
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exception
@@ -147,7 +150,7 @@ def tokenizer_files(spec: str | None, ckpt: Any, vocab_size: int) -> TokenizerFi
         if not specials:
             raise ValueError(f"tokenizer {path} has no special (end-of-document) token")
         eod_id = tok.token_to_id(specials[0].content)
-    return TokenizerFiles(path, int(eod_id), tok.id_to_token(int(eod_id)))
+    return TokenizerFiles(path, int(eod_id), tok.id_to_token(int(eod_id)), chat_template)
 
 
 def hf_tensors(model_cfg: ModelConfig, reader: Any):
@@ -210,6 +213,8 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
             "model_max_length": model_cfg.max_position_embeddings,
             "clean_up_tokenization_spaces": False,
         }
+        if tok.chat_template:  # trained on chat_tokenize data: generate in the same format
+            tokenizer_config["chat_template"] = tok.chat_template
         files = {
             "tokenizer.json": tok.path,
             "tokenizer_config.json": tokenizer_config,
