@@ -6,6 +6,8 @@ Used by tests/trainer/test_memory.py and benchmarks/memory_estimator.py to check
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from trainer.memory import BufferBytes
@@ -46,20 +48,32 @@ def allocated_static_bytes(model_chunks: list, optimizer: object) -> BufferBytes
 
 
 def saved_activation_bytes(model: object, forward: object) -> tuple[int, object]:
-    """Bytes autograd saves for backward while `forward()` runs (parameters excluded).
+    """Bytes autograd holds for backward once `forward()` has run (parameters excluded).
 
-    Counts distinct storages through `torch.autograd.graph.saved_tensors_hooks`; this is what
-    `activation_bytes` estimates for one micro-batch on a single stage. Returns (bytes, output).
+    Sees every tensor saved for backward through `torch.autograd.graph.saved_tensors_hooks`
+    and, after the forward, sums the distinct storages still alive at their size then:
+    megatron's CheckpointWithoutOutput (layernorm and mla_up_proj recompute) releases the
+    storage of outputs that later ops saved (resize to 0) and restores it during backward, so
+    sizes at save time would overcount. Inside a checkpointed region (tensor_parallel.checkpoint)
+    the forward runs without grad and only the region's inputs are saved. What a recompute
+    allocates transiently in backward is not counted. This is what `activation_bytes` estimates
+    for one micro-batch on a single stage. Returns (bytes, output).
     """
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
+    saved: list[weakref.ref] = []
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            seen[storage.data_ptr()] = storage.nbytes()
+        saved.append(weakref.ref(t))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = forward()
-    return sum(seen.values()), out
+    storages: dict[int, int] = {}
+    for ref in saved:
+        t = ref()
+        if t is None:  # freed during the forward (its graph branch was dropped)
+            continue
+        storage = t.untyped_storage()
+        if storage.nbytes() and storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values()), out
