@@ -1,9 +1,12 @@
 """Activation memory: what autograd saves for backward, per micro-batch, with or without recompute.
 
 An inventory of the tensors each megatron-core 0.16 layer saves (`layer_saved`), in elements per
-token, each tagged with the selective-recompute modules that drop it; calibrated against the
+token, each tagged with the selective-recompute modules that drop it; measured against the
 storages a CPU run saves (trainer.memory_measure.saved_activation_bytes on the tiny configs,
-local unfused attention, tests/trainer/test_recompute.py). What each recompute option keeps:
+megatron's local layers: tests/trainer/test_recompute.py). The GPU path (`flash_attention`:
+Transformer Engine's fused attention and norms, megatron's fused SwiGLU) differs where those
+kernels save less; that part follows their source and is not measured here.
+What each recompute option keeps:
 - selective: a region run under megatron's `tensor_parallel.checkpoint` (core_attn, mlp, moe,
   shared_experts) saves only its inputs, which the layer saves anyway except for GQA's key/value
   (saved before their expansion to all heads); a `CheckpointWithoutOutput` region (layernorm,
@@ -52,7 +55,11 @@ class Shape:
     micro_batch: int
     tp: int
     sp: bool
+    etp: int
+    """Expert tensor-parallel size."""
     flash: bool
+    """megatron's GPU path with Transformer Engine: fused attention (no probabilities), fused
+    SwiGLU, TE norms (no normalised copy); False = the local layers that run on CPU."""
 
     @property
     def sp_div(self) -> int:
@@ -61,11 +68,12 @@ class Shape:
 
 
 def _norm(h: int, d: Shape, what: str) -> list[Saved]:
-    """An RMSNorm: its input, then rstd, the normalised input and the output (which the next
-    linear layers save), which megatron's `layernorm` recompute frees."""
+    """An RMSNorm: its input, then rstd, the normalised input (torch's norm only) and the output
+    (which the next linear layers save), which megatron's `layernorm` recompute frees."""
+    internals = h + 1 if d.flash else 2 * h + 1
     return [
         Saved(f"{what} input", h / d.sp_div),
-        Saved(f"{what} rstd, normalised, output", (2 * h + 1) / d.sp_div, ("layernorm",)),
+        Saved(f"{what} rstd, (normalised,) output", internals / d.sp_div, ("layernorm",)),
     ]
 
 
@@ -113,18 +121,28 @@ def _attention(cfg: ModelConfig, d: Shape) -> list[Saved]:
 
 
 def _moe(cfg: ModelConfig, d: Shape) -> list[Saved]:
+    """Router, dispatch and experts. Each TP rank routes its sequence shard (SP); an expert
+    tensor-parallel group gathers its ranks' tokens and splits the experts' FFN width by ETP."""
     assert cfg.num_experts is not None
-    e, k, h = cfg.num_experts, cfg.router_topk, cfg.hidden_size
+    e, k, h, f = cfg.num_experts, cfg.router_topk, cfg.hidden_size, cfg.moe_ffn_hidden_size
     router = 2 * e + 4 * k + (2 * e if cfg.router_num_groups else 0)
+    routed = k * d.etp / d.sp_div  # routed token copies per token of the full sequence
     out = [
         Saved("router logits, scores, top-k", router / d.sp_div, ("moe",), FP32),
-        Saved("routing map and indices", 1.25 * e + 2 * k, ("moe",), FP32),
-        Saved("dispatched tokens and their probs", k * h, ("moe",)),
-        Saved("routed probs", k, ("moe",), FP32),
-        Saved("routed experts' FFN", 6 * k * cfg.moe_ffn_hidden_size / d.tp, ("moe",)),
+        Saved("routing map and indices", (1.25 * e + 2 * k) / d.sp_div, ("moe",), FP32),
+        Saved("dispatched tokens", routed * h, ("moe",)),
+        Saved("routed probs", routed, ("moe",), FP32),
+        Saved("routed experts' fc1 output", routed * 2 * f / d.etp, ("moe",)),
+        # fc2 input, and unfused SwiGLU's silu, product and prob-weighted output: moe_act's
+        # region (it needs grouped-GEMM experts, not on CPU: not measured)
+        Saved(
+            "routed experts' activation",
+            routed * (1 if d.flash else 4) * f / d.etp,
+            ("moe", "moe_act"),
+        ),
     ]
     if cfg.num_shared_experts:
-        shared = 5 * cfg.shared_expert_ffn_hidden_size / d.tp
+        shared = _ffn(d) * cfg.shared_expert_ffn_hidden_size / d.tp
         out.append(Saved("shared experts' FFN", shared, ("moe", "shared_experts")))
     return out
 
@@ -134,8 +152,13 @@ def layer_saved(cfg: ModelConfig, d: Shape, moe: bool) -> list[Saved]:
     out = _attention(cfg, d) + _norm(cfg.hidden_size, d, "pre-MLP norm")
     if moe:
         return out + _moe(cfg, d)
-    # fc1 output (gate and up), SwiGLU's silu and product, fc2 input
-    return out + [Saved("dense FFN", 5 * cfg.ffn_hidden_size / d.tp, ("mlp",))]
+    return out + [Saved("dense FFN", _ffn(d) * cfg.ffn_hidden_size / d.tp, ("mlp",))]
+
+
+def _ffn(d: Shape) -> int:
+    """Saved elements per FFN width: fc1 output (gate and up) and fc2 input, plus unfused
+    SwiGLU's silu output and product (megatron's fused bias_swiglu saves only its input)."""
+    return 3 if d.flash else 5
 
 
 def _bytes(items: list[Saved], tokens: int, dtype_bytes: int) -> float:
@@ -295,6 +318,7 @@ def rank_activations(
         micro_batch=micro_batch_size,
         tp=parallel_cfg.tensor_parallel,
         sp=parallel_cfg.sequence_parallel,
+        etp=parallel_cfg.expert_tensor_parallel_size,
         flash=flash_attention,
     )
     dbytes = precision_cfg.param_bytes

@@ -129,12 +129,24 @@ def _parallel_kwargs(p: ParallelConfig, use_te: bool) -> dict[str, Any]:
     )
 
 
-def recompute_kwargs(r: RecomputeConfig | None) -> dict[str, Any]:
-    """TransformerConfig's recompute_* arguments (none: megatron's defaults)."""
+def recompute_kwargs(r: RecomputeConfig | None, use_te: bool) -> dict[str, Any]:
+    """TransformerConfig's recompute_* arguments (none: megatron's defaults). moe_act
+    recompute exists only in megatron's grouped-GEMM experts (Transformer Engine's
+    TEGroupedMLP here), which it switches on."""
     if r is None or r.granularity == "none":
         return {}
     if r.granularity == "selective":
-        return dict(recompute_granularity="selective", recompute_modules=list(r.modules))
+        kwargs: dict[str, Any] = dict(
+            recompute_granularity="selective", recompute_modules=list(r.modules)
+        )
+        if "moe_act" in r.modules:
+            if not use_te:
+                raise ValueError(
+                    "recompute: moe_act needs grouped-GEMM experts (Transformer Engine); "
+                    "use moe or shared_experts on this machine"
+                )
+            kwargs["moe_grouped_gemm"] = True
+        return kwargs
     return dict(
         recompute_granularity="full",
         recompute_method=r.full_method,
@@ -163,7 +175,7 @@ def build_transformer_config(
         **_attention_kwargs(model_cfg),
         **_moe_kwargs(model_cfg),
         **_parallel_kwargs(parallel_cfg, use_te),
-        **recompute_kwargs(recompute),
+        **recompute_kwargs(recompute, use_te),
     }
     if model_cfg.mtp_num_layers:
         kwargs.update(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from trainer.config.model import ModelConfig
 from trainer.config.parallel import ParallelConfig
+from trainer.config.precision import PrecisionConfig
 
 GRANULARITIES = ("none", "selective", "full")
 METHODS = ("uniform", "block")
@@ -31,7 +32,8 @@ class RecomputeConfig:
     modules: list[str] = field(default_factory=lambda: ["core_attn"])
     """selective only: core_attn (attention scores), mla_up_proj (MLA q/kv up-projections and
     RoPE), layernorm (input and pre-MLP norms), mlp (dense FFN), moe (the whole MoE layer),
-    shared_experts (MoE shared experts). moe_act needs grouped-GEMM experts and is refused."""
+    shared_experts (MoE shared experts), moe_act (the routed experts' activation; needs
+    Transformer Engine's grouped-GEMM experts, so not on CPU)."""
     method: str | None = None
     """full only: uniform (checkpoint groups of `num_layers` consecutive layers, saving each
     group's input) or block (checkpoint the first `num_layers` layers of each pipeline stage,
@@ -77,22 +79,28 @@ class RecomputeConfig:
 
 
 def check_recompute_for_model(
-    recompute: RecomputeConfig, model: ModelConfig, parallel: ParallelConfig
+    recompute: RecomputeConfig,
+    model: ModelConfig,
+    parallel: ParallelConfig,
+    precision: PrecisionConfig | None = None,
 ) -> None:
-    """Refuse recompute choices this model (or megatron with our layer specs) cannot run."""
+    """Refuse recompute choices this model (or megatron with our layer specs) cannot run.
+    moe_act also needs grouped-GEMM experts, i.e. Transformer Engine: checked where the model
+    is built (trainer.model.build_transformer_config)."""
     selected = recompute.selected
     if "mla_up_proj" in selected and not model.is_mla:
         raise ValueError(f"recompute: mla_up_proj needs MLA attention; {model.name} has none")
-    for name in ("moe", "shared_experts"):
+    for name in ("moe", "moe_act", "shared_experts"):
         if name in selected and not model.is_moe:
             raise ValueError(f"recompute: {name} needs an MoE model; {model.name} is dense")
     if "shared_experts" in selected and not model.num_shared_experts:
         raise ValueError(f"recompute: shared_experts, but {model.name} has no shared experts")
-    if "moe_act" in selected:
-        raise ValueError(
-            "recompute: moe_act needs megatron's grouped-GEMM experts (moe_grouped_gemm), which "
-            "this trainer does not build; use moe or shared_experts"
-        )
+    if precision is not None and precision.fp8_recipe == "delayed":
+        if selected & {"layernorm", "moe_act"}:
+            raise ValueError(
+                "recompute: layernorm and moe_act recompute do not work with the fp8 delayed "
+                "recipe (megatron-core); use another recipe or other modules"
+            )
     if recompute.granularity == "full" and recompute.full_method == "uniform":
         _check_uniform_groups(recompute.full_num_layers, model, parallel)
 

@@ -165,7 +165,7 @@ class TrainerConfig:
             raise ValueError("trainer config: world_size must be >= 1")
         self._check_optimizer_precision()
         self._check_a2a_overlap()
-        check_recompute_for_model(self.recompute, self.model, self.parallel)
+        check_recompute_for_model(self.recompute, self.model, self.parallel, self.precision)
 
     def _check_optimizer_precision(self) -> None:
         if not self.optim.precision_aware:
