@@ -235,12 +235,27 @@ def _decoder(
         out.transient = max(sizes, default=0.0)
         return out
     for items in layers:
-        saved, by_module, rebuilt = _selective(items, recompute.selected, tokens, dbytes)
+        saved, by_module, _ = _selective(items, recompute.selected, tokens, dbytes)
         for module, nbytes in by_module.items():
             out.add_dropped(module, nbytes)
         out.saved += saved
-        out.transient = max(out.transient, rebuilt)
+        out.transient = max(out.transient, _rebuilt(items, recompute.selected, tokens, dbytes))
     return out
+
+
+def _rebuilt(items: list[Saved], selected: frozenset[str], tokens: int, dbytes: int) -> float:
+    """Bytes the selected modules of one layer rebuild at once during its backward: the MLP
+    side (pre-MLP norm, mlp/moe/shared experts) is recomputed and released before the attention
+    side (input norm, MLA up-projection, core attention), whose parts are alive together (the
+    up-projection's outputs are restored before core attention is recomputed)."""
+    sides = {"attention": 0.0, "mlp": 0.0}
+    for s in items:
+        module = _owner(s.dropped_by, selected)
+        if module is None:
+            continue
+        attention = module in ("core_attn", "mla_up_proj") or s.what.startswith("input norm")
+        sides["attention" if attention else "mlp"] += _bytes([s], tokens, dbytes)
+    return max(sides.values())
 
 
 def _heads(
