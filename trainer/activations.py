@@ -14,9 +14,10 @@ What each recompute option keeps:
 - full: each checkpointed group of layers (uniform: `num_layers` consecutive layers; block: the
   first `num_layers` layers of a stage, one by one) saves only its input hidden states; an MTP
   layer saves its two inputs (uniform only: megatron skips MTP under block).
-During backward a recomputed unit (one layer's dropped tensors under selective, a whole group
-under full) lives again until its backward is done: `recompute_transient_bytes`, which the
-saved-tensor measurement cannot see, so it is reported apart from the saved activations.
+During backward a recomputed unit lives again until its backward is done: one side of a layer
+(its MLP-side or attention-side selected modules) under selective, a whole group under full.
+The largest is `ActivationBytes.recompute_transient` (MemoryEstimate.recompute_transient, part
+of the total), measured by trainer.memory_measure.recompute_peak_bytes, not by the saved bytes.
 """
 
 from __future__ import annotations
@@ -172,11 +173,10 @@ def _owner(modules: tuple[str, ...], selected: frozenset[str]) -> str | None:
 
 def _selective(
     items: list[Saved], selected: frozenset[str], tokens: int, dtype_bytes: int
-) -> tuple[float, dict[str, float], float]:
-    """Saved bytes under selective recompute, the bytes each module keeps out (what it drops
-    less what its checkpoint saves instead; nested modules: the outer one), and the bytes
-    rebuilt during backward."""
-    saved, by_module, rebuilt = 0.0, {}, 0.0
+) -> tuple[float, dict[str, float]]:
+    """Saved bytes under selective recompute, and the bytes each module keeps out (what it
+    drops less what its checkpoint saves instead; nested modules: the outer one)."""
+    saved, by_module = 0.0, {}
     for s in items:
         nbytes = s.elems * (s.dtype_bytes or dtype_bytes) * tokens
         dropper, adder = _owner(s.dropped_by, selected), _owner(s.added_by, selected)
@@ -186,10 +186,9 @@ def _selective(
             by_module[adder] = by_module.get(adder, 0.0) - nbytes
         if dropper is not None:
             by_module[dropper] = by_module.get(dropper, 0.0) + nbytes
-            rebuilt += nbytes
         else:
             saved += nbytes
-    return saved, by_module, rebuilt
+    return saved, by_module
 
 
 @dataclass
@@ -235,7 +234,7 @@ def _decoder(
         out.transient = max(sizes, default=0.0)
         return out
     for items in layers:
-        saved, by_module, _ = _selective(items, recompute.selected, tokens, dbytes)
+        saved, by_module = _selective(items, recompute.selected, tokens, dbytes)
         for module, nbytes in by_module.items():
             out.add_dropped(module, nbytes)
         out.saved += saved
