@@ -29,7 +29,8 @@ CHOICES = {
     "selective mla_up_proj": {"granularity": "selective", "modules": ["mla_up_proj"]},
     "selective layernorm": {"granularity": "selective", "modules": ["layernorm"]},
     "selective moe": {"granularity": "selective", "modules": ["moe"]},
-    "selective all": {
+    "selective mlp": {"granularity": "selective", "modules": ["mlp"]},
+    "selective all": {  # those the model has
         "granularity": "selective",
         "modules": ["core_attn", "mla_up_proj", "layernorm", "mlp", "moe"],
     },
@@ -47,8 +48,12 @@ def _config(model: str, seq: int, recompute: dict):
 
     conf = Path(__file__).resolve().parents[1] / "conf" / "model" / f"{model}.yaml"
     model_cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(conf))
+    model_cfg = OmegaConf.to_object(model_cfg)
+    if recompute.get("modules") and len(recompute["modules"]) > 1:
+        lacks = {"mla_up_proj": not model_cfg.is_mla, "moe": not model_cfg.is_moe}
+        recompute = {**recompute, "modules": [m for m in recompute["modules"] if not lacks.get(m)]}
     cfg = TrainerConfig(
-        model=OmegaConf.to_object(model_cfg),
+        model=model_cfg,
         precision=PrecisionConfig(name="fp32", params_dtype="fp32"),
         recompute=RecomputeConfig(**recompute),
         train=TrainConfig(steps=10_000, global_batch_size=8, micro_batch_size=2),
