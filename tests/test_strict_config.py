@@ -71,7 +71,7 @@ def _every_shipped_config():
     yield "pipeline", []
     for cluster in _group_options("cluster"):  # `cluster=` goes to the launch layer
         yield "launch", [f"cluster={cluster}"]
-    for group in ("model", "parallel", "precision"):
+    for group in ("model", "parallel", "precision", "recompute"):
         for option in _group_options(group):
             yield "trainer", [f"{group}={option}"]
 

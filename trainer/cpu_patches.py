@@ -121,6 +121,15 @@ def _tracker_fork(_original: Any) -> Callable[..., Any]:
     return fork
 
 
+def _checkpoint_without_output_init(original: Any) -> Callable[..., None]:
+    @functools.wraps(original)
+    def __init__(self: Any, fp8: Any = False) -> None:
+        original(self, fp8)
+        self.fp8 = bool(fp8)
+
+    return __init__
+
+
 def _cpu_current_device(_original: Any) -> Callable[[], str]:
     return lambda: "cpu"
 
@@ -462,6 +471,22 @@ PATCHES.append(
         "weight.data.cuda()",
         _tensor_cuda_identity,
         marker_in="megatron.core.models.common.language_module.language_module",
+    )
+)
+
+
+# Selective recompute of `layernorm` (transformer_layer.py) and `mla_up_proj`
+# (multi_latent_attention.py) goes through CheckpointWithoutOutput, whose __init__ sets
+# `self.fp8 = fp8 is not None`: the default fp8=False becomes True and the FP8 branch calls
+# Transformer Engine's FP8GlobalStateManager, undefined without TE (NameError). With TE the
+# branch runs with FP8 disabled, i.e. exactly what `self.fp8 = bool(fp8)` does.
+PATCHES.append(
+    Patch(
+        _RANDOM,
+        "CheckpointWithoutOutput.__init__",
+        "treats fp8=False as FP8 and then calls TE's FP8GlobalStateManager (NameError without TE)",
+        "self.fp8 = fp8 is not None",
+        _checkpoint_without_output_init,
     )
 )
 

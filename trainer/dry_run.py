@@ -1,7 +1,8 @@
 """`dry_run=true`: plan a layout without building anything heavy.
 
 Prints the parallel layout, parameter counts, FLOPs per token and the memory estimate per GPU
-(weights, gradients, optimizer states, activations), then one JSON line for scripts.
+(weights, gradients, optimizer states, activations and, with activation recompute, what each
+recomputed module saves and the transient cost of recomputing), then one JSON line for scripts.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from trainer.config.recompute import RecomputeConfig
 from trainer.config.trainer import TrainerConfig
 from trainer.flops import count_parameters, flops_per_token
 from trainer.memory import estimate_memory
@@ -30,6 +32,7 @@ def plan(cfg: TrainerConfig) -> dict[str, Any]:
         num_mb,
         data_parallel_size=layout.data,
         optim=cfg.optim,
+        recompute=cfg.recompute,
     )
     report = {
         "layout": layout.describe(),
@@ -46,7 +49,10 @@ def plan(cfg: TrainerConfig) -> dict[str, Any]:
             "grads": mem.grads,
             "optimizer": mem.optimizer,
             "activations": mem.activations,
+            "recompute_transient": mem.recompute_transient,
         },
+        "recompute": describe_recompute(cfg.recompute),
+        "activation_saved_by_recompute_bytes": mem.activation_saved_by_recompute,
         "params_on_busiest_rank": mem.num_params,
         "recipe": recipe(cfg),
     }
@@ -79,6 +85,16 @@ def recipe(cfg: TrainerConfig) -> str:
     return "; ".join(parts)
 
 
+def describe_recompute(r: RecomputeConfig) -> str:
+    """none, selective[core_attn,mlp] or full(uniform, 1 layer per group)."""
+    if r.granularity == "selective":
+        return f"selective[{','.join(r.modules)}]"
+    if r.granularity == "full":
+        unit = "layer(s) per group" if r.full_method == "uniform" else "layer(s) per stage"
+        return f"full({r.full_method}, {r.full_num_layers} {unit})"
+    return "none"
+
+
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
@@ -101,4 +117,7 @@ def print_plan(report: dict[str, Any]) -> None:
             f"{verdict} in {_gib(device)} per GPU: headroom {_gib(headroom)} "
             f"({headroom / device:.0%})"
         )
+    kept_out = report["activation_saved_by_recompute_bytes"]
+    saving = ", ".join(f"{k} {_gib(v)}" for k, v in kept_out.items())
+    print(f"activation recompute: {report['recompute']}" + (f" (saves {saving})" if saving else ""))
     print(json.dumps({k: v for k, v in report.items() if not isinstance(v, dict)}))

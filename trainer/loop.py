@@ -81,6 +81,7 @@ class Trainer:
             cfg.model,
             cfg.parallel,
             megatron_precision_kwargs(cfg.precision),
+            cfg.recompute,
             **(config_overrides or {}),
         )
         self.model = self._build_chunks()

@@ -17,7 +17,8 @@ against the bytes a CPU run allocates for the tiny configs in tests/trainer/test
   buffers by dtype): the GEMM weights of the decoder layers and MTP; norms, router, embedding
   and output head stay in the model dtype.
 Activations are an analytical estimate (saved tensors of one micro-batch per layer, times the
-micro-batches a pipeline schedule keeps in flight); see `activation_bytes_per_layer`.
+micro-batches a pipeline schedule keeps in flight), with or without activation recompute; see
+trainer/activations.py.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from trainer.activations import rank_activations
 from trainer.config.model import ModelConfig
 from trainer.config.optim import STATE_BYTES, OptimConfig
 from trainer.config.parallel import ParallelConfig
 from trainer.config.precision import PrecisionConfig
+from trainer.config.recompute import RecomputeConfig
 from trainer.flops import ParamSpec, param_specs
 from trainer.pp_layout import pipeline_stages
 
@@ -61,13 +64,21 @@ class MemoryEstimate:
     optimizer: int
     """fp32 master weights (non-fp32 models) + Adam exp_avg/exp_avg_sq + step counters."""
     activations: int
-    """Saved activations of the micro-batches in flight (estimate)."""
+    """Activations saved for backward by the micro-batches in flight (estimate, after
+    recompute)."""
     pipeline_rank: int
     """Pipeline rank this estimate is for (the one with the largest total)."""
     per_pipeline_rank: list[int] = field(default_factory=list)
     """Total bytes of every pipeline rank."""
     num_params: int = 0
     """Parameters held by this rank (after TP/PP/EP sharding)."""
+    activation_saved_by_recompute: dict[str, int] = field(default_factory=dict)
+    """Bytes that recompute keeps out of `activations`, per selective module (`core_attn`,
+    `mlp`, ...) or `full`; empty without recompute. A tensor that nested modules both drop
+    (shared experts inside `moe`) counts for the outer one."""
+    recompute_transient: int = 0
+    """Activations one recomputed unit (a layer's selected modules, or a full-recompute group of
+    layers) rebuilds during backward, for one micro-batch; part of `total`."""
 
     @property
     def static(self) -> int:
@@ -76,7 +87,7 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
-        return self.static + self.activations
+        return self.static + self.activations + self.recompute_transient
 
 
 # ------------------------------------------------------------------------------------------
@@ -352,64 +363,7 @@ def static_bytes(
 
 
 # ------------------------------------------------------------------------------------------
-# Activations
-
-
-def _attention_activation_elems(cfg: ModelConfig, seq: int, tp: int, flash: bool) -> float:
-    """Saved elements per token of one attention block inside the TP region (divided by TP)."""
-    heads = cfg.num_attention_heads
-    if cfg.is_mla:
-        qk, v = cfg.qk_head_dim + cfg.qk_pos_emb_head_dim, cfg.v_head_dim
-        latent = 2 * (cfg.q_lora_rank or 0) + 2 * cfg.kv_lora_rank + cfg.qk_pos_emb_head_dim
-        inner = heads * (qk + (cfg.qk_head_dim + v))  # q, kv_up output
-        inner += heads * (2 * qk + v)  # q, k, v after rope, input of the attention kernel
-    else:
-        groups = cfg.num_query_groups or heads
-        qk = v = cfg.head_dim
-        latent = 0
-        inner = (heads + 2 * groups) * cfg.head_dim + (2 * heads + heads) * cfg.head_dim
-    inner += heads * v  # context = input of linear_proj
-    scores = 0 if flash else 2 * heads * seq  # softmax output (+ its input) per query
-    return latent + (inner + scores) / tp
-
-
-def _mlp_activation_elems(cfg: ModelConfig, moe: bool, tp: int) -> float:
-    if not moe:
-        return 3 * cfg.ffn_hidden_size / tp + cfg.hidden_size  # fc1 out, act out; probs/in
-    k, h = cfg.router_topk, cfg.hidden_size
-    assert cfg.num_experts is not None
-    routed = k * (h + 3 * cfg.moe_ffn_hidden_size / tp + h)  # dispatched in, fc1/act out, out
-    shared = 3 * cfg.shared_expert_ffn_hidden_size / tp
-    return routed + shared + 2 * cfg.num_experts  # router logits/probs (fp32 ~ 2 elems)
-
-
-def activation_bytes_per_layer(
-    cfg: ModelConfig,
-    seq: int,
-    micro_batch: int,
-    tp: int,
-    sp: bool,
-    dtype_bytes: int,
-    moe: bool,
-    flash: bool = True,
-) -> float:
-    """Saved activations of one transformer layer for one micro-batch (no recomputation)."""
-    h = cfg.hidden_size
-    norms = 4 * h / (tp if sp else 1)  # two RMSNorm inputs + outputs (sharded under SP)
-    elems = (
-        norms
-        + _attention_activation_elems(cfg, seq, tp, flash)
-        + _mlp_activation_elems(cfg, moe, tp)
-    )
-    return elems * seq * micro_batch * dtype_bytes
-
-
-def _inflight_microbatches(pp: int, vpp: int | None, pp_rank: int, num_microbatches: int) -> float:
-    """Micro-batches whose activations a rank holds at peak, in units of its full stage."""
-    if vpp is None:
-        return min(num_microbatches, pp - pp_rank)
-    warmup = (pp - pp_rank - 1) * 2 + (vpp - 1) * pp + 1
-    return min(num_microbatches * vpp, warmup) / vpp
+# Activations (the inventory and recompute model live in trainer/activations.py)
 
 
 def activation_bytes(
@@ -421,36 +375,22 @@ def activation_bytes(
     seq_length: int,
     num_microbatches: int,
     flash_attention: bool = True,
+    *,
+    recompute: RecomputeConfig | None = None,
 ) -> int:
-    pp, vpp = parallel_cfg.pipeline_parallel, parallel_cfg.virtual_pipeline_parallel
-    tp, sp = parallel_cfg.tensor_parallel, parallel_cfg.sequence_parallel
-    cp = parallel_cfg.context_parallel
-    if getattr(parallel_cfg, "pipeline_layout", None):
-        vpp = len(pipeline_stages(model_cfg, parallel_cfg)[0])
-        vpp = vpp if vpp > 1 else None
-    seq = seq_length // cp
-    dbytes = precision_cfg.param_bytes
-    pattern = model_cfg.moe_layer_pattern
-    per_stage = 0.0
-    tokens = seq * micro_batch_size
-
-    def layer_bytes(moe: bool) -> float:
-        return activation_bytes_per_layer(
-            model_cfg, seq, micro_batch_size, tp, sp, dbytes, moe, flash_attention
-        )
-
-    for stage in pipeline_stages(model_cfg, parallel_cfg)[pp_rank]:
-        per_stage += sum(layer_bytes(bool(pattern[i])) for i in stage.layers)
-        heads = int(stage.last) + (model_cfg.mtp_num_layers if stage.mtp else 0)
-        # per prediction head: its input, and the fp32 logits the cross entropy keeps
-        per_stage += (
-            heads * tokens * (model_cfg.vocab_size / tp * 4 + model_cfg.hidden_size * dbytes)
-        )
-        if stage.mtp:  # each depth: its layer plus the two normed inputs and their concat
-            mtp_layer = layer_bytes(bool(pattern[-1])) + tokens * 3 * model_cfg.hidden_size * dbytes
-            per_stage += model_cfg.mtp_num_layers * mtp_layer
-    inflight = _inflight_microbatches(pp, vpp, pp_rank, num_microbatches)
-    return int(per_stage * inflight)
+    """Bytes saved for backward on pipeline rank `pp_rank` (micro-batches in flight included);
+    `recompute` None = no recompute."""
+    return rank_activations(
+        model_cfg,
+        parallel_cfg,
+        precision_cfg,
+        pp_rank,
+        micro_batch_size,
+        seq_length,
+        num_microbatches,
+        flash_attention,
+        recompute,
+    ).saved
 
 
 # ------------------------------------------------------------------------------------------
@@ -468,6 +408,8 @@ def estimate_memory(
     overlap_grad_reduce: bool = False,
     flash_attention: bool = True,
     optim: OptimConfig | None = None,
+    *,
+    recompute: RecomputeConfig | None = None,
 ) -> MemoryEstimate:
     """Memory per GPU of the most loaded pipeline rank, at data- and expert-parallel rank 0
     (other DP ranks' optimizer shards differ by a few parameter fragments, < 0.1%).
@@ -475,7 +417,8 @@ def estimate_memory(
     `use_distributed_optimizer` defaults to parallel_cfg.use_distributed_optimizer;
     `flash_attention`: fused attention that saves no s x s score matrix (TE on GPU); pass False
     for megatron's local (unfused) attention, as used on CPU; `optim`: optimizer-state
-    precision (None: megatron's default fp32 states).
+    precision (None: megatron's default fp32 states); `recompute`: activation recompute
+    (None = none), see trainer/activations.py.
     """
     if min(micro_batch_size, seq_length, num_microbatches, data_parallel_size) < 1:
         raise ValueError("estimate_memory: batch sizes, seq_length and DP must be positive")
@@ -494,7 +437,7 @@ def estimate_memory(
             overlap_grad_reduce,
             optim,
         )
-        act = activation_bytes(
+        act = rank_activations(
             model_cfg,
             parallel_cfg,
             precision_cfg,
@@ -503,9 +446,17 @@ def estimate_memory(
             seq_length,
             num_microbatches,
             flash_attention,
+            recompute,
         )
         est = MemoryEstimate(
-            static.weights, static.grads, static.optimizer, act, pp_rank, num_params=n
+            static.weights,
+            static.grads,
+            static.optimizer,
+            act.saved,
+            pp_rank,
+            num_params=n,
+            activation_saved_by_recompute=act.saved_by_recompute,
+            recompute_transient=act.recompute_transient,
         )
         totals.append(est.total)
         if best is None or est.total > best.total:

@@ -6,6 +6,8 @@ Used by tests/trainer/test_memory.py and benchmarks/memory_estimator.py to check
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from trainer.memory import BufferBytes
@@ -46,20 +48,96 @@ def allocated_static_bytes(model_chunks: list, optimizer: object) -> BufferBytes
 
 
 def saved_activation_bytes(model: object, forward: object) -> tuple[int, object]:
-    """Bytes autograd saves for backward while `forward()` runs (parameters excluded).
+    """Bytes autograd holds for backward once `forward()` has run (parameters excluded).
 
-    Counts distinct storages through `torch.autograd.graph.saved_tensors_hooks`; this is what
-    `activation_bytes` estimates for one micro-batch on a single stage. Returns (bytes, output).
+    Sees every tensor saved for backward through `torch.autograd.graph.saved_tensors_hooks`
+    and, after the forward, sums the distinct storages still alive at their size then:
+    megatron's CheckpointWithoutOutput (layernorm and mla_up_proj recompute) releases the
+    storage of outputs that later ops saved (resize to 0) and restores it during backward, so
+    sizes at save time would overcount. Inside a checkpointed region (tensor_parallel.checkpoint)
+    the forward runs without grad and only the region's inputs are saved. What a recompute
+    allocates transiently in backward is not counted. This is what `activation_bytes` estimates
+    for one micro-batch on a single stage. Returns (bytes, output).
     """
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
+    saved: list[weakref.ref] = []
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            seen[storage.data_ptr()] = storage.nbytes()
+        saved.append(weakref.ref(t))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = forward()
-    return sum(seen.values()), out
+    return sum(_live_bytes(saved, params).values()), out
+
+
+def _live_bytes(refs: list[weakref.ref], skip: set[int]) -> dict[int, int]:
+    """nbytes of the distinct non-empty storages behind the live tensors of `refs`, keyed by
+    address; storages at addresses in `skip` excluded."""
+    out = {}
+    for ref in refs:
+        t = ref()
+        if t is None:
+            continue
+        storage = t.untyped_storage()
+        if storage.nbytes() and storage.data_ptr() not in skip:
+            out[storage.data_ptr()] = storage.nbytes()
+    return out
+
+
+def recompute_peak_bytes(model: object, forward: object) -> tuple[int, int]:
+    """(bytes saved after `forward()`, peak bytes that recompute rebuilds during backward).
+
+    The peak is the largest total, at any moment of the backward, of the storages that
+    recomputation saves again (tensors autograd saves while backward runs, other than storages
+    the forward saved, e.g. a checkpoint's inputs) plus the outputs megatron's
+    CheckpointWithoutOutput restores into the storages it had emptied: what
+    `MemoryEstimate.recompute_transient` estimates. Sampled at every save and after every
+    restore; 0 without recompute. Keeps every storage it saw until it returns (so no address
+    is reused while it compares addresses).
+    """
+    from megatron.core.tensor_parallel import random as mp_random
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    fwd: list[weakref.ref] = []
+    bwd: list[tuple[weakref.ref, torch.UntypedStorage]] = []
+    held: list[tuple[weakref.ref, torch.UntypedStorage]] = []  # forward's, alive at its end
+    state = {"backward": False, "peak": 0}
+
+    def sample() -> None:
+        held[:] = [(r, st) for r, st in held if r() is not None]
+        kept = params | {st.data_ptr() for _, st in held if st.nbytes()}
+        rebuilt = {st.data_ptr(): st.nbytes() for _, st in held if id(st) in emptied}
+        rebuilt = {k: v for k, v in rebuilt.items() if v}
+        for r, st in bwd:
+            if r() is not None and st.nbytes() and st.data_ptr() not in kept:
+                rebuilt[st.data_ptr()] = st.nbytes()
+        state["peak"] = max(state["peak"], sum(rebuilt.values()))
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if state["backward"]:
+            bwd.append((weakref.ref(t), t.untyped_storage()))
+            sample()
+        else:
+            fwd.append(weakref.ref(t))
+        return t
+
+    original = mp_random.CheckpointWithoutOutput._recompute
+
+    def recompute(self: object, grad: object) -> None:
+        original(self, grad)
+        sample()
+
+    mp_random.CheckpointWithoutOutput._recompute = recompute
+    emptied: set[int] = set()
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = forward()
+            saved = _live_bytes(fwd, params)
+            held[:] = [(r, t.untyped_storage()) for r in fwd if (t := r()) is not None]
+            emptied = {id(st) for _, st in held if not st.nbytes()}
+            state["backward"] = True
+            loss.sum().backward()
+    finally:
+        mp_random.CheckpointWithoutOutput._recompute = original
+    return sum(saved.values()), state["peak"]

@@ -26,6 +26,7 @@ from megatron.core.transformer.transformer_config import (
 
 from trainer.config.model import ModelConfig
 from trainer.config.parallel import ParallelConfig
+from trainer.config.recompute import RecomputeConfig, check_recompute_for_model
 
 
 def have_transformer_engine() -> bool:
@@ -128,23 +129,53 @@ def _parallel_kwargs(p: ParallelConfig, use_te: bool) -> dict[str, Any]:
     )
 
 
+def recompute_kwargs(r: RecomputeConfig | None, use_te: bool) -> dict[str, Any]:
+    """TransformerConfig's recompute_* arguments (none: megatron's defaults). moe_act
+    recompute exists only in megatron's grouped-GEMM experts (Transformer Engine's
+    TEGroupedMLP here), which it switches on."""
+    if r is None or r.granularity == "none":
+        return {}
+    if r.granularity == "selective":
+        kwargs: dict[str, Any] = dict(
+            recompute_granularity="selective", recompute_modules=list(r.modules)
+        )
+        if "moe_act" in r.modules:
+            if not use_te:
+                raise ValueError(
+                    "recompute: moe_act needs grouped-GEMM experts (Transformer Engine); "
+                    "use moe or shared_experts on this machine"
+                )
+            kwargs["moe_grouped_gemm"] = True
+        return kwargs
+    return dict(
+        recompute_granularity="full",
+        recompute_method=r.full_method,
+        recompute_num_layers=r.full_num_layers,
+    )
+
+
 def build_transformer_config(
     model_cfg: ModelConfig,
     parallel_cfg: ParallelConfig,
     precision_kwargs: dict[str, Any] | None = None,
+    recompute: RecomputeConfig | None = None,
     **overrides: Any,
 ) -> TransformerConfig:
     """Megatron TransformerConfig (MLATransformerConfig for MLA models) for our configs.
 
     `precision_kwargs` come from `trainer.precision.megatron_precision_kwargs` (bf16,
-    params_dtype, fp8, fp8_recipe...); `overrides` win over everything (tests, benchmarks).
+    params_dtype, fp8, fp8_recipe...); `recompute` (None = no recompute) is validated against
+    the model by `check_recompute_for_model`; `overrides` win over everything (tests, benchmarks).
     """
+    if recompute is not None:
+        check_recompute_for_model(recompute, model_cfg, parallel_cfg)
     use_te = have_transformer_engine()
     kwargs: dict[str, Any] = {
         **_common_kwargs(model_cfg),
         **_attention_kwargs(model_cfg),
         **_moe_kwargs(model_cfg),
         **_parallel_kwargs(parallel_cfg, use_te),
+        **recompute_kwargs(recompute, use_te),
     }
     if model_cfg.mtp_num_layers:
         kwargs.update(

@@ -183,7 +183,9 @@ def test_activations_grow_with_batch_and_pipeline_depth() -> None:
     cfg = load_model("deepseek_llm_7b")
     base = estimate_memory(cfg, ParallelConfig(), precision("bf16"), 1, 4096, 8)
     double = estimate_memory(cfg, ParallelConfig(), precision("bf16"), 2, 4096, 8)
-    assert double.activations == pytest.approx(2 * base.activations, rel=1e-6)
+    # all but RoPE's cos/sin tables (per position, shared by the batch: 0.3% here) double
+    assert double.activations == pytest.approx(2 * base.activations, rel=0.01)
+    assert double.activations < 2 * base.activations
     pp = estimate_memory(cfg, ParallelConfig(pipeline_parallel=2), precision("bf16"), 1, 4096, 8)
     assert pp.pipeline_rank == 0  # first stage holds PP micro-batches in flight
     unfused = estimate_memory(
@@ -337,7 +339,8 @@ def _saved(cases: list[tuple[str, int, int]]) -> list[tuple]:
 
 
 def test_activation_estimate_matches_saved_tensors() -> None:
-    """Within 15% of what autograd saves for backward (fp32, one micro-batch, one stage)."""
+    """Within 5% of what autograd saves for backward (fp32, one micro-batch, one stage; the
+    inventory in trainer/activations.py lists what megatron's local layers save)."""
     cases = [("tiny_v3", 64, 1), ("tiny_v3", 128, 2), ("tiny_dense", 128, 2)]
     for name, seq, batch, saved in run_distributed(_saved, 1, cases, timeout_s=120)[0]:
         est = estimate_memory(
@@ -349,4 +352,4 @@ def test_activation_estimate_matches_saved_tensors() -> None:
             1,
             flash_attention=False,
         )
-        assert est.activations == pytest.approx(saved, rel=0.15), (name, seq, batch)
+        assert est.activations == pytest.approx(saved, rel=0.05), (name, seq, batch)

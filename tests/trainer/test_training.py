@@ -5,7 +5,8 @@ Three process groups run once per module (1, 2 and 4 ranks); each runs several l
 turn so process start-up is paid once:
 - 1 rank: writes the initial weights every layout loads, the reference losses, and the
   expert-bias experiment;
-- 2 ranks: TP2+SP, PP2, EP2, DP2, PP2xVPP2 parity, exact resume, TP2->TP1 and PP2->PP1 loads;
+- 2 ranks: TP2+SP, PP2, EP2, DP2, PP2xVPP2 parity, the same with activation recompute
+  (TP2 selective, PP2 full, EP2 moe + layernorm), exact resume, TP2->TP1 and PP2->PP1 loads;
 - 4 ranks: TP2xPP2 and DP2xEP2 parity.
 """
 
@@ -21,6 +22,7 @@ from tests.distributed import run_distributed
 
 STEPS = 3
 SEQ = 64
+RECOMPUTE_ALL_BUT_MOE = ["core_attn", "mla_up_proj", "layernorm", "mlp", "shared_experts"]
 TWO_RANK_LAYOUTS = {
     "tp2": {"tensor_parallel": 2, "sequence_parallel": True},
     "pp2": {"pipeline_parallel": 2},
@@ -28,6 +30,17 @@ TWO_RANK_LAYOUTS = {
     "dp2": {},
     "dp2_distributed_optimizer": {"use_distributed_optimizer": True},
     "pp2_vpp2": {"pipeline_parallel": 2, "virtual_pipeline_parallel": 2},
+    # activation recompute changes no loss: one run per layout, compared to the same reference
+    "tp2_recompute_selective": {
+        "tensor_parallel": 2,
+        "sequence_parallel": True,
+        "recompute": {"granularity": "selective", "modules": RECOMPUTE_ALL_BUT_MOE},
+    },
+    "pp2_recompute_full": {"pipeline_parallel": 2, "recompute": {"granularity": "full"}},
+    "ep2_recompute_moe": {
+        "expert_parallel": 2,
+        "recompute": {"granularity": "selective", "modules": ["moe", "layernorm"]},
+    },
 }
 RESUME_LAYOUTS = {
     "pp2": {"pipeline_parallel": 2},
@@ -40,14 +53,18 @@ FOUR_RANK_LAYOUTS = {
 
 
 def _config(parallel: dict[str, Any], **model: Any) -> Any:
+    """`parallel` holds ParallelConfig fields, and `recompute` (RecomputeConfig fields)."""
     from trainer.config.model import ModelConfig
     from trainer.config.optim import OptimConfig
     from trainer.config.parallel import ParallelConfig
     from trainer.config.precision import PrecisionConfig
+    from trainer.config.recompute import RecomputeConfig
     from trainer.config.trainer import TrainConfig, TrainerConfig
 
+    parallel = dict(parallel)
     cfg = TrainerConfig(
         model=ModelConfig(**model),
+        recompute=RecomputeConfig(**parallel.pop("recompute", {})),
         parallel=ParallelConfig(**parallel),
         precision=PrecisionConfig(name="fp32", params_dtype="fp32"),
         optim=OptimConfig(lr=3e-3, min_lr=3e-4, warmup_steps=0),

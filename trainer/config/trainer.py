@@ -9,6 +9,7 @@ from trainer.config.model import ModelConfig
 from trainer.config.optim import OptimConfig
 from trainer.config.parallel import ParallelConfig
 from trainer.config.precision import PrecisionConfig
+from trainer.config.recompute import RecomputeConfig, check_recompute_for_model
 
 
 @dataclass
@@ -134,6 +135,8 @@ class TrainerConfig:
     """Process layout (conf/parallel/*)."""
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     """Numeric precision (conf/precision/*)."""
+    recompute: RecomputeConfig = field(default_factory=RecomputeConfig)
+    """Activation recompute (conf/recompute/*): none, selective modules, or full layers."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer and LR schedule."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -162,6 +165,7 @@ class TrainerConfig:
             raise ValueError("trainer config: world_size must be >= 1")
         self._check_optimizer_precision()
         self._check_a2a_overlap()
+        check_recompute_for_model(self.recompute, self.model, self.parallel, self.precision)
 
     def _check_optimizer_precision(self) -> None:
         if not self.optim.precision_aware:
