@@ -73,7 +73,9 @@ def _every_shipped_config():
         yield "launch", [f"cluster={cluster}"]
     for group in ("model", "parallel", "precision", "recompute"):
         for option in _group_options(group):
-            yield "trainer", [f"{group}={option}"]
+            # production layouts turn on the precision-aware optimizer: it needs a bf16 model
+            extra = ["precision=bf16"] if group == "parallel" else []
+            yield "trainer", [f"{group}={option}", *extra]
 
 
 def test_every_shipped_config_has_only_schema_keys():

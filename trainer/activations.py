@@ -290,11 +290,18 @@ def _no_full(recompute: RecomputeConfig) -> RecomputeConfig:
     return RecomputeConfig() if recompute.granularity == "full" else recompute
 
 
-def inflight_microbatches(pp: int, vpp: int | None, pp_rank: int, num_microbatches: int) -> float:
-    """Micro-batches whose activations a rank holds at peak, in units of its full stage."""
+def inflight_microbatches(
+    pp: int, vpp: int | None, pp_rank: int, num_microbatches: int, a2a_overlap: bool = False
+) -> float:
+    """Micro-batches whose activations a rank holds at peak, in units of its full stage.
+
+    With the EP all-to-all overlap (megatron's combined 1F1B) each steady-state step runs the
+    forward of one more (virtual-stage) micro-batch before the backward it overlaps with, so
+    one more chunk's activations are alive at the peak."""
+    extra = int(a2a_overlap)
     if vpp is None:
-        return min(num_microbatches, pp - pp_rank)
-    warmup = (pp - pp_rank - 1) * 2 + (vpp - 1) * pp + 1
+        return min(num_microbatches, pp - pp_rank + extra)
+    warmup = (pp - pp_rank - 1) * 2 + (vpp - 1) * pp + 1 + extra
     return min(num_microbatches * vpp, warmup) / vpp
 
 
@@ -347,7 +354,9 @@ def rank_activations(
             transient = max(transient, part.transient)
             for module, nbytes in (part.by_recompute or {}).items():
                 dropped[module] = dropped.get(module, 0.0) + nbytes
-    inflight = inflight_microbatches(pp, vpp, pp_rank, num_microbatches)
+    inflight = inflight_microbatches(
+        pp, vpp, pp_rank, num_microbatches, parallel_cfg.moe_a2a_overlap
+    )
     return ActivationBytes(
         int(saved * inflight),
         {m: int(b * inflight) for m, b in dropped.items()},

@@ -29,7 +29,7 @@ TINY = ModelConfig()  # 4 layers, 8 experts, 4 heads
         (ParallelConfig(tensor_parallel=2, sequence_parallel=True), 3, "world size 3"),
         (ParallelConfig(sequence_parallel=True), 1, "sequence_parallel needs tensor_parallel > 1"),
         (ParallelConfig(tensor_parallel=8, sequence_parallel=True), 8, "num_attention_heads=4"),
-        (ParallelConfig(expert_parallel=4, pipeline_parallel=2), 4, "EP x TP x PP = 8"),
+        (ParallelConfig(expert_parallel=4, pipeline_parallel=2), 4, "EP x ETP x PP = 4 x 1 x 2"),
     ],
 )
 def test_bad_layouts_fail_with_a_clear_message(parallel, world, message) -> None:
@@ -83,8 +83,12 @@ def test_parallel_confs_compose_and_validate(name: str, world: int) -> None:
 
     conf = Path(__file__).resolve().parents[2] / "conf"
     model = "deepseek_v3" if name.startswith("v3") else "tiny_v3"
+    # production layouts set the precision-aware optimizer: a bf16 model (tests/trainer/
+    # test_scale_recipe.py composes all of them with their published model and precision)
+    precision = "bf16" if name.startswith("v3") else "fp32"
     with initialize_config_dir(str(conf), version_base="1.3"):
-        cfg = compose("trainer", overrides=[f"parallel={name}", f"model={model}"])
+        overrides = [f"parallel={name}", f"model={model}", f"precision={precision}"]
+        cfg = compose("trainer", overrides=overrides)
     obj = OmegaConf.to_object(cfg)
     layout = validate_layout(obj.model, obj.parallel, world)
     assert layout.world_size == world

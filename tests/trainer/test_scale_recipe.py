@@ -318,9 +318,12 @@ def dry_run(layout: str, *extra: str) -> tuple[str, dict]:
 @pytest.mark.parametrize("layout", sorted(PRODUCTION))
 def test_production_layout_fits_its_gpu(layout: str) -> None:
     from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
     from trainer.dry_run import plan
+
+    ConfigStore.instance().store(name="trainer_schema", node=TrainerConfig)
 
     model, prec, world, batch = PRODUCTION[layout]
     overrides = [f"model={model}", f"parallel={layout}", f"precision={prec}", "dry_run=true"]
