@@ -1,0 +1,177 @@
+"""The GRPO loop (posttrain.grpo) on a tiny dense policy over gloo: metrics of a step, refit
+parity of the rollout backend, bad input counted, save/resume, DP2 and TP2 == single.
+
+Two process groups per module (1 and 2 ranks); each does several checks so that process start-up
+(importing megatron) is paid once.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.distributed import run_distributed
+
+REWARDS = {"exact_match": 1.0, "format": 0.5, "test_vowels": 1.0, "test_raises": 0.1}
+COMPARED = ("reward/mean", "reward/std", "response_length/mean", "loss", "kl", "entropy")
+
+
+def _cfg(root: Path, files: dict[str, str], name: str, parallel: dict | None = None, **over: Any):
+    from tests.posttrain.grpo_setup import grpo_config, register_test_rewards
+
+    register_test_rewards()
+    over.setdefault("rewards", {"weights": REWARDS})
+    over.setdefault("optim", _optim())
+    return grpo_config(files, str(root / name), parallel, **over)
+
+
+def _optim() -> Any:
+    from trainer.config.optim import OptimConfig
+
+    return OptimConfig(lr=1e-3, min_lr=1e-3, warmup_steps=0, schedule="constant", weight_decay=0.0)
+
+
+def _grpo(cfg: Any) -> Any:
+    from tokenizers import Tokenizer
+
+    from posttrain.grpo import GRPO
+    from posttrain.prompts import load_prompts
+    from trainer.parallel import initialize_parallel
+
+    tok = Tokenizer.from_file(cfg.prompts.tokenizer)
+    prompts = load_prompts(cfg.prompts.path, tok, cfg.prompts.context)
+    initialize_parallel(cfg.model, cfg.parallel, cfg.train.seed)
+    return GRPO(cfg, tok, prompts)
+
+
+def _parity(grpo: Any) -> dict[str, float]:
+    """Max |backend logits - policy logits| on a rollout, and how far both moved from the
+    reference (the update did change the policy)."""
+    import torch
+
+    from posttrain.grpo import without_mtp
+    from trainer.model import lm_logits
+
+    prompts, seeds = grpo.my_prompts()
+    rollout = grpo.backend.generate([p.token_ids for p in prompts], 2, 8, 1.0, 1.0, seeds)
+    tokens = rollout.tokens[:, : rollout.tokens.shape[1] // 2 * 2]
+    backend = grpo.backend.logits(tokens)
+    policy = grpo.trainer.model[0]
+    with torch.no_grad(), without_mtp(policy):
+        positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
+        trained = grpo.backend._gather_vocab(policy(tokens, positions, None))
+        reference = grpo.backend._gather_vocab(lm_logits(grpo.reference, tokens))
+    return {
+        "backend_vs_policy": float((backend - trained).abs().max()),
+        "policy_vs_reference": float((trained - reference).abs().max()),
+    }
+
+
+def _single(root: Path, files: dict[str, str]) -> dict[str, Any]:
+    from posttrain.grpo import run
+
+    grpo = _grpo(_cfg(root, files, "single"))
+    first = grpo.step()
+    out = {"first": first, "parity": _parity(grpo), "skipped": dict(grpo.prompts.skipped)}
+    tracking = f"sqlite:///{root / 'mlflow.db'}"
+    straight = _cfg(root, files, "straight", train={"steps": 3})
+    straight.logging.mlflow, straight.logging.tracking_uri = True, tracking
+    straight.logging.experiment = "grpo"
+    out["straight"] = run(straight)
+    run(_cfg(root, files, "resumed", train={"steps": 2}))
+    out["resumed"] = run(_cfg(root, files, "resumed", train={"steps": 3}))
+    out["mlflow_run"] = _mlflow_metrics(tracking)
+    return out
+
+
+def _mlflow_metrics(uri: str) -> dict[str, int]:
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    run = mlflow.search_runs(experiment_names=["grpo"], output_format="list", filter_string="")
+    return {k: len(client.get_metric_history(run[0].info.run_id, k)) for k in run[0].data.metrics}
+
+
+def _two_ranks(root: Path, files: dict[str, str]) -> dict[str, Any]:
+    import torch.distributed as dist
+
+    out = {}
+    for name, parallel in (("dp2", {}), ("tp2", {"tensor_parallel": 2, "sequence_parallel": True})):
+        grpo = _grpo(_cfg(root, files, name, parallel))
+        prompts, seeds = grpo.my_prompts()
+        rollout = grpo.backend.generate([p.token_ids for p in prompts], 2, 8, 1.0, 1.0, seeds)
+        out[name] = {"first": grpo.step(), "tokens": rollout.tokens.tolist()}
+        if name == "tp2":
+            out[name]["parity"] = _parity(grpo)
+        dist.barrier()
+    return out
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    from tests.posttrain.grpo_setup import write_task
+
+    root = tmp_path_factory.mktemp("grpo")
+    return root, write_task(root, long_prompts=2)
+
+
+@pytest.fixture(scope="module")
+def single(task: tuple[Path, dict[str, str]]) -> dict[str, Any]:
+    return run_distributed(_single, 1, *task)[0]
+
+
+def test_a_step_reports_sane_metrics_and_counts_bad_input(single: dict[str, Any]) -> None:
+    m = single["first"]
+    assert all(math.isfinite(v) for v in m.values()), m
+    assert m["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy starts at the reference
+    assert m["ratio_mean"] == pytest.approx(1.0) and m["clip_fraction"] == 0.0
+    assert m["reward/std"] > 0 and m["grad_norm"] > 0 and m["loss"] != 0
+    assert 0 < m["response_length/mean"] <= 16 and m["entropy"] > 0
+    assert m["gen_tokens_per_s"] > 0 and m["train_tokens_per_s"] > 0
+    # the failing plugin scored 0 on each of the 16 samples, counted, no crash
+    assert m["reward_errors/test_raises: RuntimeError"] == 16.0 == m["reward_errors"]
+    assert m["prompts_skipped/prompt_longer_than_context"] == 2.0
+    assert m["prompts_skipped/bad_record"] == 1.0
+
+
+def test_rollout_backend_logits_equal_the_trained_policy(single: dict[str, Any]) -> None:
+    assert single["parity"]["backend_vs_policy"] <= 1e-4
+    assert single["parity"]["policy_vs_reference"] > 1e-3  # the update moved the policy
+
+
+def test_resume_gives_the_uninterrupted_metrics(single: dict[str, Any]) -> None:
+    straight, resumed = single["straight"], single["resumed"]
+    assert straight["final_step"] == resumed["final_step"] == 3
+    for key in ("reward_mean", "kl", "loss", "entropy", "grad_norm", "response_length"):
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-5, abs=1e-7), key
+    assert resumed["reward_errors"] == straight["reward_errors"]  # counters survive the resume
+    curves = single["mlflow_run"]
+    for key in (
+        "reward.mean",
+        "reward.std",
+        "kl",
+        "clip_fraction",
+        "entropy",
+        "response_length.mean",
+        "gen_tokens_per_s",
+        "train_tokens_per_s",
+        "format",
+    ):
+        assert curves[key] == 3, key
+
+
+def test_dp2_and_tp2_match_single(task: tuple[Path, dict[str, str]], single: dict) -> None:
+    ranks = run_distributed(_two_ranks, 2, *task)
+    for layout in ("dp2", "tp2"):
+        for rank in ranks:
+            got = rank[layout]["first"]
+            for key in COMPARED + ("grad_norm",):
+                assert got[key] == pytest.approx(single["first"][key], rel=1e-4, abs=1e-6), (
+                    layout,
+                    key,
+                )
+    assert ranks[0]["tp2"]["tokens"] == ranks[1]["tp2"]["tokens"]  # TP ranks sample alike
+    assert ranks[0]["tp2"]["parity"]["backend_vs_policy"] <= 1e-4
