@@ -173,6 +173,7 @@ class GRPO:
         """One GRPO step: rollouts, rewards, advantages, optimizer update(s); global metrics."""
         r = self.cfg.rollout
         prompts, seeds = self.my_prompts()
+        self.trainer.metrics.clear_trackers()  # MoE aux-loss trackers: not read by GRPO
         start = time.perf_counter()
         rollout = self.backend.generate(
             [p.token_ids for p in prompts],

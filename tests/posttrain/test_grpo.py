@@ -76,6 +76,7 @@ def _single(root: Path, files: dict[str, str]) -> dict[str, Any]:
     grpo = _grpo(_cfg(root, files, "single"))
     first = grpo.step()
     out = {"first": first, "parity": _parity(grpo), "skipped": dict(grpo.prompts.skipped)}
+    out["two_updates"] = _grpo(_cfg(root, files, "two", train={"updates_per_step": 2})).step()
     tracking = f"sqlite:///{root / 'mlflow.db'}"
     straight = _cfg(root, files, "straight", train={"steps": 3})
     straight.logging.mlflow, straight.logging.tracking_uri = True, tracking
@@ -135,6 +136,12 @@ def test_a_step_reports_sane_metrics_and_counts_bad_input(single: dict[str, Any]
     assert m["reward_errors/test_raises: RuntimeError"] == 16.0 == m["reward_errors"]
     assert m["prompts_skipped/prompt_longer_than_context"] == 2.0
     assert m["prompts_skipped/bad_record"] == 1.0
+
+
+def test_a_second_update_per_rollout_sees_a_ratio_off_one(single: dict[str, Any]) -> None:
+    m = single["two_updates"]  # the second mini-batch's policy already moved from the old one
+    assert abs(m["ratio_mean"] - 1.0) > 1e-7 and m["kl"] > 0
+    assert m["reward/mean"] == pytest.approx(single["first"]["reward/mean"])  # same rollouts
 
 
 def test_rollout_backend_logits_equal_the_trained_policy(single: dict[str, Any]) -> None:
