@@ -7,6 +7,7 @@ Two process groups per module (1 and 2 ranks); each does several checks so that 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,38 @@ def _single(root: Path, files: dict[str, str]) -> dict[str, Any]:
     run(_cfg(root, files, "resumed", train={"steps": 2}))
     out["resumed"] = run(_cfg(root, files, "resumed", train={"steps": 3}))
     out["mlflow_run"] = _mlflow_metrics(tracking)
+    out["rejection"] = _rejection_sample(root, files, straight)
     return out
+
+
+def _rejection_sample(root: Path, files: dict[str, str], grpo_cfg: Any) -> dict[str, Any]:
+    """Greedy (every sample alike: one kept, the rest duplicates) and sampled (a threshold on
+    test_vowels, a cap of 2) sets from the GRPO run's checkpoint."""
+    from posttrain.rejection_sample import RejectionSampleConfig, sample
+
+    common = dict(
+        checkpoint=grpo_cfg.checkpoint.dir,
+        prompts=files["prompts"],
+        tokenizer=files["tokenizer"],
+        n=4,
+        max_new_tokens=12,
+        context=64,
+        limit=4,
+        model=grpo_cfg.model,
+        precision=grpo_cfg.precision,
+    )
+    greedy = sample(
+        RejectionSampleConfig(
+            **common, out=str(root / "rs_greedy"), temperature=0.0, require={"format": 0.0}
+        )
+    )
+    sampled = sample(
+        RejectionSampleConfig(
+            **common, out=str(root / "rs"), max_per_prompt=2, require={"test_vowels": 0.2}
+        )
+    )
+    lines = (root / "rs" / "sft.jsonl").read_text().splitlines()
+    return {"greedy": greedy, "sampled": sampled, "records": [json.loads(x) for x in lines]}
 
 
 def _mlflow_metrics(uri: str) -> dict[str, int]:
@@ -182,3 +214,17 @@ def test_dp2_and_tp2_match_single(task: tuple[Path, dict[str, str]], single: dic
                 )
     assert ranks[0]["tp2"]["tokens"] == ranks[1]["tp2"]["tokens"]  # TP ranks sample alike
     assert ranks[0]["tp2"]["parity"]["backend_vs_policy"] <= 1e-4
+
+
+def test_rejection_sampling_keeps_dedupes_caps_and_accounts(single: dict[str, Any]) -> None:
+    greedy, sampled = single["rejection"]["greedy"], single["rejection"]["sampled"]
+    assert greedy["generated"] == 16 and greedy["kept"] == 4
+    assert greedy["removed"] == {"duplicate": 12}
+    assert all(p == {**p, "kept": 1, "generated": 4} for p in greedy["per_prompt"])
+    removed = sum(sampled["removed"].values())
+    assert sampled["generated"] == 16 == sampled["kept"] + removed
+    assert set(sampled["removed"]) <= {"failed:test_vowels", "duplicate", "over_cap"}
+    assert all(p["kept"] <= 2 for p in sampled["per_prompt"])
+    records = single["rejection"]["records"]
+    assert len(records) == sampled["kept"] > 0
+    assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in records)

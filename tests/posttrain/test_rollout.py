@@ -84,3 +84,15 @@ def test_config_refuses_bad_values_in_one_line() -> None:
         GRPOConfig(parallel=ParallelConfig(pipeline_parallel=2))
     with pytest.raises(ValueError, match="must split over DP=2"):
         GRPOConfig(rollout=RolloutConfig(prompts_per_step=3)).check_layout(2)
+
+
+def test_rejection_selection_requires_dedupes_and_caps() -> None:
+    from posttrain.rejection_sample import select
+
+    texts = ["a  b", "a b", "c", "d", "e", "f"]
+    scores = [{"accuracy": 1.0, "format": 1.0}] * 6
+    scores[2] = {"accuracy": 0.0, "format": 1.0}
+    scores[3] = {"accuracy": 1.0, "format": 0.0}
+    kept, removed = select(texts, scores, {"accuracy": 1.0, "format": 1.0}, cap=2)
+    assert kept == [0, 4]
+    assert removed == {"duplicate": 1, "failed:accuracy": 1, "failed:format": 1, "over_cap": 1}
