@@ -85,6 +85,9 @@ class GRPOTrainConfig:
     seed: int = 1234
     """Seed of the weights (when not init_from), the prompt order and the sampling noise."""
     log_interval: int = 1
+    inject_kill_step: int = -1
+    """Test only: rank 0 SIGKILLs itself at the start of this step (first attempt only; the
+    trainer's resilience.inject_kill_* hook)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "updates_per_step", "micro_batch_size", "log_interval"):
@@ -158,5 +161,10 @@ class GRPOConfig:
             ),
             checkpoint=self.checkpoint,
             logging=self.logging,
-            resilience=ResilienceConfig(hang_timeout_s=0, straggler_interval=0),
+            resilience=ResilienceConfig(
+                hang_timeout_s=0,
+                straggler_interval=0,
+                inject_kill_rank=0 if self.train.inject_kill_step > 0 else -1,
+                inject_kill_step=self.train.inject_kill_step,
+            ),
         )

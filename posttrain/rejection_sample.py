@@ -129,7 +129,7 @@ def sample(cfg: RejectionSampleConfig) -> dict[str, Any]:
     """Generate, score, select; write out/sft.jsonl and out/stats.json; return the stats."""
     from tokenizers import Tokenizer
 
-    from posttrain.grpo import sampling_seed
+    from posttrain.grpo_step import sampling_seed
     from posttrain.prompts import load_prompts
     from posttrain.rollout import MegatronRollout
 
@@ -207,7 +207,9 @@ def main() -> None:
 
     ConfigStore.instance().store(name="rejection_sample_schema", node=RejectionSampleConfig)
 
-    @hydra.main(config_path="../conf", config_name="rejection_sample", version_base="1.3")
+    conf = str(Path(__file__).resolve().parent.parent / "conf")
+
+    @hydra.main(config_path=conf, config_name="rejection_sample", version_base="1.3")
     def app(cfg: Any) -> None:
         from trainer.parallel import destroy_parallel
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,7 @@ def _optim() -> Any:
 def _grpo(cfg: Any) -> Any:
     from tokenizers import Tokenizer
 
-    from posttrain.grpo import GRPO
+    from posttrain.grpo_step import GRPO
     from posttrain.prompts import load_prompts
     from trainer.parallel import initialize_parallel
 
@@ -53,7 +57,7 @@ def _parity(grpo: Any) -> dict[str, float]:
     reference (the update did change the policy)."""
     import torch
 
-    from posttrain.grpo import without_mtp
+    from posttrain.grpo_step import without_mtp
     from trainer.model import lm_logits
 
     prompts, seeds = grpo.my_prompts()
@@ -228,3 +232,56 @@ def test_rejection_sampling_keeps_dedupes_caps_and_accounts(single: dict[str, An
     records = single["rejection"]["records"]
     assert len(records) == sampled["kept"] > 0
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in records)
+
+
+DRIVER = Path(__file__).with_name("grpo_driver.py")
+
+
+def _cli(files: dict[str, str], ckpt: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`python -m posttrain.grpo` (with the test rewards) on the config of `_cfg(..., steps=3)`."""
+    weights = ", ".join(f"{k}: {v}" for k, v in REWARDS.items())
+    args = [
+        "model=tiny_dense",
+        "model.num_layers=2",
+        "model.vocab_size=512",
+        "model.max_position_embeddings=128",
+        "model.init_method_std=0.02",
+        f"prompts.path={files['prompts']}",
+        f"prompts.tokenizer={files['tokenizer']}",
+        "prompts.context=64",
+        "rollout.prompts_per_step=4",
+        "rollout.group_size=4",
+        "rollout.max_new_tokens=16",
+        "train.steps=3",
+        "train.micro_batch_size=4",
+        "optim.lr=1e-3",
+        "optim.min_lr=1e-3",
+        f"rewards.weights={{{weights}}}",
+        "checkpoint.save_interval=1",
+        "checkpoint.save_interval_s=0",
+        f"checkpoint.dir={ckpt}",
+        "logging.console=false",
+        *extra,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the thread count of the uninterrupted run
+    cmd = [sys.executable, str(DRIVER), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_metrics(
+    task: tuple[Path, dict[str, str]], single: dict[str, Any]
+) -> None:
+    root, files = task
+    ckpt = root / "killed"
+    killed = _cli(files, ckpt, "train.inject_kill_step=3")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert (ckpt / "iter_0000002").is_dir() and not (ckpt / "iter_0000003").exists()
+    again = _cli(files, ckpt)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = json.loads((ckpt / "grpo_summary.json").read_text())
+    straight = single["straight"]
+    assert resumed["final_step"] == 3
+    for key in ("reward_mean", "kl", "loss", "entropy", "grad_norm", "response_length"):
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-5, abs=1e-7), key
+    assert resumed["reward_errors"] == straight["reward_errors"]
