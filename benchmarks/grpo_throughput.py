@@ -42,7 +42,7 @@ def _grpo(args: argparse.Namespace, root: Path):
     import yaml
     from tokenizers import Tokenizer
 
-    from posttrain.grpo import GRPO
+    from posttrain.grpo_step import GRPO
     from posttrain.prompts import load_prompts
     from tests.posttrain.grpo_setup import ROOT, grpo_config, write_task
     from trainer.config.model import ModelConfig
