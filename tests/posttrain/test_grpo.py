@@ -91,7 +91,35 @@ def _single(root: Path, files: dict[str, str]) -> dict[str, Any]:
     out["resumed"] = run(_cfg(root, files, "resumed", train={"steps": 3}))
     out["mlflow_run"] = _mlflow_metrics(tracking)
     out["rejection"] = _rejection_sample(root, files, straight)
+    out["init_from"] = _init_from(root, files, straight.checkpoint.dir)
     return out
+
+
+def _init_from(root: Path, files: dict[str, str], source: str) -> dict[str, Any]:
+    """A run initialised from `source`: first-step KL, and whether a resumed run's reference
+    still holds `source`'s weights (not the checkpointed policy's)."""
+    import torch
+
+    cfg = _cfg(root, files, "from_init", checkpoint={"init_from": source})
+    fresh = _grpo(cfg)
+    first = fresh.step()
+    fresh.trainer.save(cfg.checkpoint.dir, 2)
+    resumed = _grpo(cfg)
+
+    def tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+
+    reference = tensors(fresh.reference)
+    same = all(torch.equal(v, reference[k]) for k, v in tensors(resumed.reference).items())
+    policy = tensors(fresh.trainer.model[0].module)
+    moved = any(not torch.equal(v, reference[k]) for k, v in policy.items() if k in reference)
+    return {
+        "kl": first["kl"],
+        "resumed_from": resumed.resumed_from,
+        "fresh_from": fresh.resumed_from,
+        "reference_kept": same,
+        "policy_moved": moved,
+    }
 
 
 def _rejection_sample(root: Path, files: dict[str, str], grpo_cfg: Any) -> dict[str, Any]:
@@ -172,6 +200,13 @@ def test_a_step_reports_sane_metrics_and_counts_bad_input(single: dict[str, Any]
     assert m["reward_errors/test_raises: RuntimeError"] == 16.0 == m["reward_errors"]
     assert m["prompts_skipped/prompt_longer_than_context"] == 2.0
     assert m["prompts_skipped/bad_record"] == 1.0
+
+
+def test_init_from_is_the_reference_also_after_a_resume(single: dict[str, Any]) -> None:
+    m = single["init_from"]
+    assert m["fresh_from"].startswith("weights of") and "iter_0000001" in m["resumed_from"]
+    assert m["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert m["reference_kept"] and m["policy_moved"]
 
 
 def test_a_second_update_per_rollout_sees_a_ratio_off_one(single: dict[str, Any]) -> None:
