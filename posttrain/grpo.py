@@ -126,6 +126,18 @@ def summarize(
     }
 
 
+def check_cpu_only() -> None:
+    """Refuse a CUDA machine in one line: rollouts and batches are built on the CPU and nothing
+    moves them to the GPU yet (megatron would run there and fail on the first mixed op)."""
+    import torch
+
+    if torch.cuda.is_available():
+        raise ValueError(
+            "posttrain on CUDA is not supported yet (rollouts and batches are built on the CPU); "
+            "run on CPU with CUDA_VISIBLE_DEVICES= set empty"
+        )
+
+
 def run(cfg: GRPOConfig) -> dict[str, Any]:
     """Entry of `python -m posttrain.grpo`: set up, resume, train, write grpo_summary.json."""
     import torch.distributed as dist
@@ -140,6 +152,7 @@ def run(cfg: GRPOConfig) -> dict[str, Any]:
     from trainer.precision import check_precision_supported
 
     tcfg = cfg.trainer_config()
+    check_cpu_only()
     check_precision_supported(tcfg.precision)
     check_features_supported(tcfg)
     check_dir_usable(cfg.checkpoint.dir)

@@ -129,10 +129,12 @@ def sample(cfg: RejectionSampleConfig) -> dict[str, Any]:
     """Generate, score, select; write out/sft.jsonl and out/stats.json; return the stats."""
     from tokenizers import Tokenizer
 
+    from posttrain.grpo import check_cpu_only
     from posttrain.grpo_step import sampling_seed
     from posttrain.prompts import load_prompts
     from posttrain.rollout import MegatronRollout
 
+    check_cpu_only()
     if not Path(cfg.tokenizer).is_file():
         raise ValueError(f"tokenizer={cfg.tokenizer}: no such file")
     tok = Tokenizer.from_file(cfg.tokenizer)

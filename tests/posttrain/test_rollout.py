@@ -96,3 +96,13 @@ def test_rejection_selection_requires_dedupes_and_caps() -> None:
     kept, removed = select(texts, scores, {"accuracy": 1.0, "format": 1.0}, cap=2)
     assert kept == [0, 4]
     assert removed == {"duplicate": 1, "failed:accuracy": 1, "failed:format": 1, "over_cap": 1}
+
+
+def test_a_cuda_machine_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from posttrain.grpo import check_cpu_only
+
+    if not torch.cuda.is_available():
+        check_cpu_only()  # a CPU machine passes
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
+        check_cpu_only()
