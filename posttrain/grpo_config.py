@@ -104,7 +104,7 @@ class GRPOConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The policy's architecture (conf/model/*): that of checkpoint.init_from."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    """Process layout (conf/parallel/*; pipeline parallelism is not supported yet)."""
+    """Process layout (conf/parallel/*; pipeline and context parallelism are refused for now)."""
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     optim: OptimConfig = field(default_factory=_optim)
     """Optimizer (GRPO default: constant LR 1e-5, no weight decay)."""
@@ -118,8 +118,11 @@ class GRPOConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
-        if self.parallel.pipeline_parallel > 1:
-            raise ValueError("grpo: pipeline_parallel > 1 is not supported yet (use TP and DP)")
+        if self.parallel.pipeline_parallel > 1 or self.parallel.context_parallel > 1:
+            raise ValueError(
+                "grpo: pipeline_parallel > 1 and context_parallel > 1 are not supported yet "
+                "(use tensor_parallel, expert_parallel and data parallelism)"
+            )
         if self.prompts.context > self.model.max_position_embeddings:
             raise ValueError(
                 f"grpo: prompts.context={self.prompts.context} exceeds the model's "

@@ -82,6 +82,8 @@ def test_config_refuses_bad_values_in_one_line() -> None:
         RolloutConfig(group_size=1)
     with pytest.raises(ValueError, match="pipeline_parallel > 1"):
         GRPOConfig(parallel=ParallelConfig(pipeline_parallel=2))
+    with pytest.raises(ValueError, match="context_parallel > 1"):
+        GRPOConfig(parallel=ParallelConfig(context_parallel=2))
     with pytest.raises(ValueError, match="must split over DP=2"):
         GRPOConfig(rollout=RolloutConfig(prompts_per_step=3)).check_layout(2)
 
