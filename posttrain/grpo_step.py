@@ -83,6 +83,8 @@ class GRPO:
             self.trainer.model[0], self.eod, cfg.prompts.context, self.tp_group
         )
         self.rewards = cfg.rewards.build()
+        self._new_errors: Counter = Counter()
+        """Reward plugin failures of the current step (this rank)."""
         self.history = self.trainer.history
         self.history.setdefault("reward_errors", {})
 
@@ -175,8 +177,7 @@ class GRPO:
         ]
         before = Counter(self.rewards.errors)
         scored = self.rewards(samples)
-        new = self.rewards.errors - before
-        self._new_errors = new
+        self._new_errors = self.rewards.errors - before
         parts = {
             name: torch.tensor([s.parts.get(name, float("nan")) for s in scored])
             for name in ("accuracy", "exact_match", "format")
