@@ -65,3 +65,20 @@ def final_answer(text: str) -> str | None:
     """The content of the last `<answer>...</answer>` in `text` (None: there is none)."""
     match = _LAST_ANSWER.search(text)
     return match[1].strip() if match else None
+
+
+def render_prompt(messages: list[dict[str, str]], bos: str = "") -> str:
+    """The generation prompt of a chat record's system/user messages in DeepSeek-LLM's chat
+    format (`{system}\\n\\nUser: {user}\\n\\nAssistant:`), the plain-text markers of the SFT
+    stage's `deepseek` template, so no special tokens are needed. The model continues with
+    ` <think>...` and ends its response with the tokenizer's EOD token."""
+    parts = [bos]
+    for message in messages:
+        role, content = message["role"], message["content"]
+        if role == "system":
+            parts.append(content + "\n\n")
+        elif role == "user":
+            parts.append(f"User: {content}\n\n")
+        else:
+            raise ValueError(f"prompt message role {role!r}: expected system or user")
+    return "".join(parts) + "Assistant:"

@@ -23,9 +23,10 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
+from typing import Any
 
 from data_prep.scripts import CJK
 from posttrain.chat import TAGS, THINK_CLOSE, THINK_OPEN, final_answer, parse_response
@@ -188,15 +189,19 @@ class CombinedReward:
         return [self.score(s) for s in samples]
 
 
+DEFAULT_WEIGHTS = {"accuracy": 1.0, "format": 0.5, "language": 0.5}
+"""R1 sums accuracy and format, and adds language consistency in its reasoning RL stage."""
+
+
 @dataclass
 class RewardConfig:
-    weights: dict[str, float] = field(
-        default_factory=lambda: {"accuracy": 1.0, "format": 0.5, "language": 0.5}
-    )
-    """Reward plugin name -> weight of its score in the total (R1 sums accuracy and format,
-    and adds language consistency in its reasoning RL stage)."""
+    weights: Any = None
+    """Reward plugin name -> weight of its score in the total; null = DEFAULT_WEIGHTS. Set as
+    `rewards.weights={accuracy: 1.0, format: 0.5}` (a mapping typed Any, so an override replaces
+    the default mapping instead of failing on a key it lacks in struct mode)."""
 
     def __post_init__(self) -> None:
+        self.weights = dict(DEFAULT_WEIGHTS if self.weights is None else self.weights)
         unknown = sorted(set(self.weights) - set(REWARDS))
         if unknown:
             raise ValueError(f"unknown reward {unknown[0]!r}: choose from {sorted(REWARDS)}")
