@@ -51,22 +51,27 @@ def print_outcome(result: RunResult) -> None:
     print(f"\nPipeline finished: {len(result.ran)} stage(s) ran, outputs in {result.run_dir}")
     for key in result.plan:
         print(f"  {key:28s} {result.run_dir / key}")
-    summary = result.run_dir / "train" / "checkpoints" / contract.SUMMARY_FILE
-    if summary.exists():
-        info = json.loads(summary.read_text())
-        print(f"Training summary ({summary}):")
-        print(
-            f"  steps {info.get('final_step')}, validation loss "
-            f"{info.get('valid_loss_first', float('nan')):.3f}"
-            f" -> {info.get('valid_loss_last', float('nan')):.3f}, "
-            f"{info.get('tokens_per_s', 0):,.0f} tokens/s"
-        )
+    for key in result.plan:  # each training stage, or phase (recipe=...)
+        summary = result.run_dir / key / "checkpoints" / contract.SUMMARY_FILE
+        if summary.exists():
+            _print_training(summary)
     _print_eval(result.run_dir)
     if result.tracking_uri:
         print(f"MLflow parent run: {result.parent_run_id}")
         if result.tracking_uri.startswith(("sqlite:", "/")):
             print(f"Open the MLflow UI:  mlflow ui --backend-store-uri {result.tracking_uri}")
             print("then browse http://127.0.0.1:5000")
+
+
+def _print_training(summary) -> None:
+    info = json.loads(summary.read_text())
+    nan = float("nan")  # no validation (train.eval_interval=0) writes null
+    print(f"Training summary ({summary}):")
+    print(
+        f"  steps {info.get('final_step')}, validation loss "
+        f"{info.get('valid_loss_first') or nan:.3f} -> {info.get('valid_loss_last') or nan:.3f}, "
+        f"{info.get('tokens_per_s') or 0:,.0f} tokens/s"
+    )
 
 
 def _print_eval(run_dir) -> None:

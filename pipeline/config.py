@@ -66,17 +66,31 @@ class StageConfig:
     """Run one instance per domain (a parallel branch per domain) instead of a single one."""
     overrides: list[str] = field(default_factory=list)
     """Hydra overrides for the stage. Placeholders: {output}, {input}, {inputs}, {deps[STAGE]},
-    {domain}, {domain_input}, {run_dir}, {nproc} (see pipeline.dag.render)."""
+    {domain}, {domain_input}, {run_dir}, {nproc}, {previous} (see pipeline.dag.render)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Options of the stage kind, checked against the kind's own schema."""
     num_cpus: float = 1.0
     """CPUs the stage's Ray task reserves (decides how many stages run at once)."""
     enabled: bool = True
     """A disabled stage is left out of the DAG (its dependants must not need it)."""
+    phases: dict[str, list[str]] = field(default_factory=dict)
+    """Training phases (`recipe=NAME`, conf/recipe/): phase name -> overrides added after the
+    stage's own. The stage runs as one node per phase (`<stage>/<phase>`), in this order, each
+    after the previous; {previous} is the previous phase's folder (a phase starts from its
+    weights with `checkpoint.init_from={previous}/checkpoints`). Stages after this one read the
+    last phase's folder."""
 
     def __post_init__(self) -> None:
         if self.num_cpus < 0:
             raise ValueError(f"stage num_cpus must be >= 0, got {self.num_cpus}")
+        if self.phases and self.per_domain:
+            raise ValueError("a stage cannot both be per_domain and have phases")
+        for name in self.phases:
+            if not _NAME_RE.match(name):
+                raise ValueError(
+                    f"phase name {name!r} is invalid: use letters, digits, '_' or '-', "
+                    "starting with a letter"
+                )
 
 
 @dataclass

@@ -38,6 +38,8 @@ class Node:
     fingerprint: str = ""
     validated: bool = False
     """The driver already had the stage's app check its config (at plan time)."""
+    phase: str | None = None
+    """The training phase this node runs (a stage with `phases`), else None."""
 
 
 @dataclass
@@ -136,10 +138,15 @@ def with_defaults(defaults: tuple[str, ...], overrides: list[str], values: dict)
     return merged + rest
 
 
-def _node_keys(name: str, stage: StageConfig, domains: list[str]) -> list[tuple[str, str | None]]:
+def _node_keys(
+    name: str, stage: StageConfig, domains: list[str]
+) -> list[tuple[str, str | None, str | None]]:
+    """(key, domain, phase) of each node of a stage."""
     if stage.per_domain:
-        return [(f"{name}/{d}", d) for d in domains]
-    return [(name, None)]
+        return [(f"{name}/{d}", d, None) for d in domains]
+    if stage.phases:
+        return [(f"{name}/{p}", None, p) for p in stage.phases]
+    return [(name, None, None)]
 
 
 def _upstream(stages, name: str, domain: str | None, domains: list[str]) -> dict[str, list[str]]:
@@ -147,17 +154,31 @@ def _upstream(stages, name: str, domain: str | None, domains: list[str]) -> dict
     for up in stages[name].after:
         if stages[up].per_domain:
             inputs[up] = [f"{up}/{domain}"] if domain else [f"{up}/{d}" for d in domains]
+        elif stages[up].phases:  # a phased stage's result is its last phase
+            inputs[up] = [f"{up}/{list(stages[up].phases)[-1]}"]
         else:
             inputs[up] = [up]
     return inputs
 
 
-def _make_node(cfg: PipelineConfig, run_dir: Path, name: str, key: str, domain, nodes) -> Node:
+def _previous_phase(name: str, stage: StageConfig, phase: str | None) -> str | None:
+    """Key of the phase before `phase` (None for the first phase or a stage without phases)."""
+    names = list(stage.phases)
+    at = names.index(phase) if phase in names else 0
+    return f"{name}/{names[at - 1]}" if at > 0 else None
+
+
+def _make_node(
+    cfg: PipelineConfig, run_dir: Path, name: str, key: str, domain, nodes, phase=None
+) -> Node:
     stage = cfg.stages[name]
     kind = get_kind(stage.kind)
     options = kind.build_options(stage.options)
     inputs = _upstream(cfg.stages, name, domain, list(cfg.domains))
     deps = [k for keys in inputs.values() for k in keys]
+    previous = _previous_phase(name, stage, phase)
+    if previous:
+        deps.append(previous)
     output = run_dir / key
     dep_dirs = {up: [str(nodes[k].output) for k in keys] for up, keys in inputs.items()}
     values: dict[str, Any] = {
@@ -172,10 +193,15 @@ def _make_node(cfg: PipelineConfig, run_dir: Path, name: str, key: str, domain, 
     all_dirs = [p for ps in dep_dirs.values() for p in ps]
     if all_dirs:
         values["input"] = all_dirs[0] if len(all_dirs) == 1 else values["inputs"]
+    if previous:
+        values["previous"] = str(nodes[previous].output)
     dom = cfg.domains[domain] if domain is not None else None
     own = [*stage.overrides, *(dom.stage_overrides.get(name, []) if dom else [])]
+    own += stage.phases[phase] if phase else []
     templates = with_defaults(kind.default_overrides, own, values)
     config: dict[str, Any] = {"kind": stage.kind, "stage": name}
+    if phase:
+        config["phase"] = phase
     if dom is not None:
         config["domain"] = domain
         if any("{domain_input}" in t for t in templates):
@@ -200,6 +226,7 @@ def _make_node(cfg: PipelineConfig, run_dir: Path, name: str, key: str, domain, 
         overrides=overrides,
         num_cpus=stage.num_cpus,
         config=config,
+        phase=phase,
     )
 
 
@@ -215,8 +242,8 @@ def build_graph(cfg: PipelineConfig) -> Graph:
     nodes: dict[str, Node] = {}
     versions: dict[tuple, str] = {}
     for name in _stage_order(stages):
-        for key, domain in _node_keys(name, stages[name], list(cfg.domains)):
-            node = _make_node(cfg, run_dir, name, key, domain, nodes)
+        for key, domain, phase in _node_keys(name, stages[name], list(cfg.domains)):
+            node = _make_node(cfg, run_dir, name, key, domain, nodes, phase)
             spec = (node.kind.code_modules(node.options), node.kind.conf)
             if spec not in versions:
                 versions[spec] = code_version(*spec)

@@ -233,16 +233,17 @@ def validate_changed(graph: Graph, decisions: dict[str, state.Decision]) -> None
 
 
 def remove_orphans(graph: Graph) -> list[Path]:
-    """Move per-domain stage folders of domains no longer configured aside into run_dir/.trash
-    (so globs over a stage's domain folders see only current domains); returns where to."""
+    """Move per-domain (or per-phase) stage folders of domains (phases) no longer configured
+    aside into run_dir/.trash (so globs over a stage's domain folders see only current domains);
+    returns where to."""
     moved = []
-    names = {n.name for n in graph.nodes.values() if n.domain is not None}
+    names = {n.name for n in graph.nodes.values() if n.domain is not None or n.phase is not None}
     for name in names:
         for folder in sorted((graph.run_dir / name).glob("*")):
             key = f"{name}/{folder.name}"
             ours = (folder / state.ATTEMPT).exists() or (folder / state.MARKER).exists()
             if folder.is_dir() and key not in graph.nodes and ours:
-                moved.append(state.move_aside(folder, graph.run_dir, key, "domain removed"))
+                moved.append(state.move_aside(folder, graph.run_dir, key, "no longer configured"))
     return moved
 
 
@@ -342,7 +343,7 @@ def _execute(cfg, graph: Graph, decisions, result: RunResult, console: Console) 
         print_plan(graph, decisions, console)
     results: dict = {}
     for folder in remove_orphans(graph):
-        console.print(f"moved aside (domain removed): {folder}", highlight=False)
+        console.print(f"moved aside (no longer configured): {folder}", highlight=False)
     try:
         started_ray = any(d.run for d in decisions.values()) and init_ray(cfg.ray, graph)
         with view:

@@ -244,6 +244,8 @@ def start_stage_run(
     }
     if node.domain:
         tags["pipeline.domain"] = node.domain
+    if node.phase:
+        tags["pipeline.phase"] = node.phase
     start_ms = int(start_time * 1000) if start_time else None
     run_id = client.create_run(
         experiment_id, run_name=node.key, tags=tags, start_time=start_ms

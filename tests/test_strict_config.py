@@ -69,6 +69,8 @@ def _every_shipped_config():
     for ex in _group_options("executor"):
         yield "data_prep", ["stage=read", "input=x", "output=y", f"executor={ex}"]
     yield "pipeline", []
+    for recipe in _group_options("recipe"):  # training phases: stages.train.phases
+        yield "pipeline", [f"recipe={recipe}"]
     for cluster in _group_options("cluster"):  # `cluster=` goes to the launch layer
         yield "launch", [f"cluster={cluster}"]
     for group in ("model", "parallel", "precision", "recompute"):

@@ -18,7 +18,7 @@ import multiprocessing as mp
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -277,15 +277,18 @@ def load_checkpoint(
     optimizer: Any | None,
     model_config: dict[str, Any],
     strict_layout: bool = False,
+    tolerate: Collection[str] = (),
 ) -> dict[str, Any]:
     """Load `ckpt` into `model` (and `optimizer`); returns the saved common dict.
 
     RNG states are restored only when the layout matches the saving run; the optimizer is
-    restored when given (its states are resharded like the weights). Raises CheckpointDamaged
-    (missing/truncated/unreadable files) or CheckpointIncompatible (another model), one line."""
+    restored when given (its states are resharded like the weights). Model config fields in
+    `tolerate` may differ (a training phase changing weightless fields, e.g. rope scaling).
+    Raises CheckpointDamaged (missing/truncated/unreadable files) or CheckpointIncompatible
+    (another model), one line."""
     path = ckpt.path
     saved_model = ckpt.marker.get("model", {})
-    differences = model_differences(saved_model, model_config)
+    differences = model_differences(saved_model, model_config, tolerate)
     if differences:
         raise CheckpointIncompatible(
             f"checkpoint {path} was saved with model {saved_model.get('name')!r}, this run is "

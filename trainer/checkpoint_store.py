@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,10 +164,13 @@ def unreadable(path: Path | str, err: Exception) -> CheckpointDamaged:
     return CheckpointDamaged(f"checkpoint {path} cannot be read: {detail}")
 
 
-def model_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Model config fields that differ between a checkpoint and this run (name excluded; only
-    fields both record: an imported model records the fields its config.json defines)."""
-    keys = sorted((set(saved) & set(current)) - {"name"})
+def model_differences(
+    saved: dict[str, Any], current: dict[str, Any], ignore: Collection[str] = ()
+) -> list[str]:
+    """Model config fields that differ between a checkpoint and this run (name and `ignore`
+    excluded; only fields both record: an imported model records the fields its config.json
+    defines)."""
+    keys = sorted((set(saved) & set(current)) - {"name", *ignore})
     differ = [k for k in keys if saved.get(k) != current.get(k)]
     return [f"{k}={saved.get(k)!r} vs {current.get(k)!r}" for k in differ]
 

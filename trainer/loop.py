@@ -31,6 +31,7 @@ from megatron.core.transformer.module import Float16Module
 from trainer.batches import microbatches
 from trainer.checkpoint import AsyncSaves, load_checkpoint, save_checkpoint
 from trainer.checkpoint_store import Checkpoint, checkpoint_at
+from trainer.config.model import PHASE_FIELDS
 from trainer.config.trainer import TrainerConfig
 from trainer.metrics import MetricsCollector
 from trainer.model import build_model, build_transformer_config
@@ -259,10 +260,14 @@ class Trainer:
         self.history["lineage"] = lineage[0]
 
     def load(self, ckpt: Checkpoint | str, weights_only: bool = False) -> None:
-        """Resume from checkpoint `ckpt` (or only initialise the weights from it)."""
+        """Resume from checkpoint `ckpt` (or only initialise the weights from it: then the model
+        config may differ in weightless fields, PHASE_FIELDS, as a training phase's does)."""
         ckpt = ckpt if isinstance(ckpt, Checkpoint) else checkpoint_at(ckpt)
         optimizer = None if weights_only else self.optimizer
-        common = load_checkpoint(ckpt, self.model, optimizer, self.model_identity())
+        tolerate = PHASE_FIELDS if weights_only else ()
+        common = load_checkpoint(
+            ckpt, self.model, optimizer, self.model_identity(), tolerate=tolerate
+        )
         if not weights_only:
             self.step = int(common["step"])
             self.history = dict(common.get("history", {}))

@@ -20,9 +20,11 @@ from trainer.checkpoint_store import (
     check_dir_usable,
     checkpoint_at,
     iteration_folders,
+    model_differences,
     resume_candidates,
     set_aside,
 )
+from trainer.config.model import PHASE_FIELDS
 from trainer.config.trainer import CheckpointConfig, TrainerConfig
 from trainer.data import build_datasets, load_manifest
 from trainer.features import check_features_supported
@@ -191,6 +193,13 @@ def _start_fresh(cfg: TrainerConfig, trainer: Trainer) -> str:
         source = str(_imported(source[3:], Path(cfg.checkpoint.dir) / "hf_import"))
     ckpt = checkpoint_at(source)
     trainer.load(ckpt, weights_only=True)
+    changed = model_differences(
+        ckpt.marker.get("model", {}),
+        trainer.model_identity(),
+        set(trainer.model_identity()) - set(PHASE_FIELDS),
+    )
+    if changed:  # a training phase: say what it changes (rope scaling, position limit, ...)
+        _say(f"init_from {ckpt.path}: model fields differ (saved vs now): " + ", ".join(changed))
     return f"weights of {ckpt.path}"
 
 

@@ -4,6 +4,8 @@ Writes one checkpoint per step atomically, resumes from the newest, logs `loss` 
 run in MLFLOW_RUN_ID and a progress line per step to $PRETRAIN_PROGRESS_FILE (trainer.contract),
 writes summary.json at the end (all values deterministic). `dry_run=true`
 only checks the config; a bad `train.steps` exits 2 with one `error:` line, as the trainer does.
+`checkpoint.init_from=D` (a training phase) starts a fresh run from D's last step: D must hold a
+finished run's summary.json; the summary then names D and that step.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ def main(argv: list[str]) -> int:
     ckpt.mkdir(parents=True, exist_ok=True)
     done = sorted(int(p.stem.split("_")[1]) for p in ckpt.glob("step_*.json"))
     start = done[-1] if done else 0
+    init = _init_from(args.get("checkpoint.init_from"))
+    if init is None:
+        return 2
     print(
         f"fake trainer: {'resumed from step ' + str(start) if start else 'fresh start'}", flush=True
     )
@@ -60,10 +65,24 @@ def main(argv: list[str]) -> int:
         "tokens_per_s": 1234.0,
         "mfu": 0.0,
     }
-    (ckpt / "summary.json").write_text(json.dumps(summary, sort_keys=True))
+    (ckpt / "summary.json").write_text(json.dumps({**summary, **init}, sort_keys=True))
     if run:
         mlflow.end_run()
     return 0
+
+
+def _init_from(source: str | None) -> dict | None:
+    """{} without init_from; {"init_from": D, "init_step": N} from a finished run in D; None
+    (after an `error:` line) when D holds none."""
+    if source is None:
+        return {}
+    try:
+        final = json.loads((Path(source) / "summary.json").read_text())["final_step"]
+    except (OSError, ValueError, KeyError):
+        print(f"error: checkpoint.init_from={source}: no finished run there", file=sys.stderr)
+        return None
+    print(f"fake trainer: weights of {source} step {final}", flush=True)
+    return {"init_from": source, "init_step": final}
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def compose(run_dir: Path, *overrides: str, config_name: str = "fake_pipeline"):
     return OmegaConf.to_object(cfg)
 
 
-def cli_command(run_dir: Path, *overrides: str) -> list[str]:
+def cli_command(run_dir: Path, *overrides: str, config_name: str = "fake_pipeline") -> list[str]:
     conf = str(HERE / "conf")
     return [
         sys.executable,
@@ -70,7 +70,7 @@ def cli_command(run_dir: Path, *overrides: str) -> list[str]:
         "--config-dir",
         conf,
         "--config-name",
-        "fake_pipeline",
+        config_name,
         f"run_dir={run_dir}",
         *overrides,
     ]

@@ -33,6 +33,24 @@ def test_per_domain_branches_join_and_placeholders(tmp_path):
     assert graph.dependants("clean/en") == {"join", "train"}
 
 
+def test_phases_chain_the_stage_and_a_changed_phase_reruns_the_later_ones(tmp_path):
+    run = tmp_path / "run"
+    graph = build_graph(compose(run, "+recipe=fake_phases"))  # tests/pipeline/conf/recipe/
+    assert list(graph.nodes)[-2:] == ["train/short", "train/long"]
+    short, long = graph.nodes["train/short"], graph.nodes["train/long"]
+    assert (short.phase, short.deps, long.deps) == ("short", ["join"], ["join", "train/short"])
+    assert long.overrides[-3:] == [
+        f"checkpoint.init_from={run / 'train/short'}/checkpoints",  # {previous}
+        "train.steps=6",
+        "sleep_s=0.4",
+    ]
+    assert graph.dependants("train/short") == {"train/long"}
+    changed = build_graph(compose(run, "+recipe=fake_phases", "stages.train.phases.short=['x=1']"))
+    assert changed.nodes["train/long"].fingerprint != long.fingerprint
+    with pytest.raises(ValueError, match="unknown placeholder {previous}"):
+        build_graph(compose(run, "+stages.train.phases.a=['checkpoint.init_from={previous}']"))
+
+
 def test_kind_default_overrides_give_way_to_the_stage_own_in_their_place():
     defaults, values = ("input={input}", "output={output}"), {"input": "i", "output": "o"}
     assert with_defaults(defaults, ["x=1"], values) == ["input={input}", "output={output}", "x=1"]

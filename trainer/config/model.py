@@ -15,6 +15,22 @@ ATTENTION_TYPES = ("mha", "gqa", "mla")
 SCORE_FUNCTIONS = ("softmax", "sigmoid")
 LOAD_BALANCING_TYPES = ("aux_loss", "seq_aux_loss", "none")
 ROPE_TYPES = ("rope", "yarn")
+PHASE_FIELDS = (
+    "max_position_embeddings",
+    "rope_theta",
+    "rope_type",
+    "rotary_scaling_factor",
+    "original_max_position_embeddings",
+    "rope_mscale",
+    "rope_mscale_all_dim",
+    "init_method_std",
+    "router_bias_update_rate",
+    "aux_loss_coeff",
+    "mtp_loss_weight",
+)
+"""Fields no weight depends on (how positions are encoded, initialisation, loss and balancing
+coefficients): a training phase (conf/recipe/) may change them when it starts from another run's
+weights (`checkpoint.init_from`); a resumed run must match in every field."""
 
 
 @dataclass
@@ -60,7 +76,8 @@ class ModelConfig:
     v_head_dim: int = 16
     """Per-head value dim."""
     rope_type: str = "rope"
-    """Rotary variant for MLA: plain rope or YaRN scaling."""
+    """Rotary variant for MLA: plain rope or YaRN scaling. Model YAMLs use plain rope (DeepSeek
+    pretrains at 4K with it); YaRN belongs to context-extension phases (conf/recipe/)."""
     rotary_scaling_factor: float = 1.0
     """YaRN scaling factor (V3: 40)."""
     original_max_position_embeddings: int = 4096
