@@ -94,7 +94,9 @@ def select(
     return kept, removed
 
 
-def _load_model(cfg: RejectionSampleConfig) -> Any:
+def load_model(cfg: Any) -> Any:
+    """The checkpoint's GPTModel in eval mode (one process) and the Checkpoint: `cfg` has
+    checkpoint, model, precision and seed (RejectionSampleConfig, AccuracyConfig)."""
     from types import SimpleNamespace
 
     from trainer.checkpoint import load_checkpoint
@@ -144,7 +146,7 @@ def sample(cfg: RejectionSampleConfig) -> dict[str, Any]:
     prompts = load_prompts(cfg.prompts, tok, cfg.context, 1, cfg.system_prompt)
     usable = prompts.prompts[: cfg.limit]
     sources = Path(cfg.prompts).read_text(encoding="utf-8").splitlines()
-    model, ckpt = _load_model(cfg)
+    model, ckpt = load_model(cfg)
     backend = MegatronRollout(model, eod, cfg.context)
     rewards = RewardConfig(weights={name: 1.0 for name in cfg.require}).build()
     records, per_prompt, removed, generated = [], [], Counter(), 0

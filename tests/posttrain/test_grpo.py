@@ -91,6 +91,7 @@ def _single(root: Path, files: dict[str, str]) -> dict[str, Any]:
     out["resumed"] = run(_cfg(root, files, "resumed", train={"steps": 3}))
     out["mlflow_run"] = _mlflow_metrics(tracking)
     out["rejection"] = _rejection_sample(root, files, straight)
+    out["accuracy"] = _accuracy(root, files, straight)
     out["init_from"] = _init_from(root, files, straight.checkpoint.dir)
     return out
 
@@ -150,6 +151,27 @@ def _rejection_sample(root: Path, files: dict[str, str], grpo_cfg: Any) -> dict[
     )
     lines = (root / "rs" / "sft.jsonl").read_text().splitlines()
     return {"greedy": greedy, "sampled": sampled, "records": [json.loads(x) for x in lines]}
+
+
+def _accuracy(root: Path, files: dict[str, str], grpo_cfg: Any) -> dict[str, Any]:
+    """posttrain.accuracy on the GRPO run's checkpoint (3 prompts, written to a file), and the
+    greedy responses it scored, decoded again by the rollout backend for comparison."""
+    from posttrain.accuracy import AccuracyConfig, evaluate
+
+    cfg = AccuracyConfig(
+        checkpoint=grpo_cfg.checkpoint.dir,
+        test=files["prompts"],
+        tokenizer=files["tokenizer"],
+        out=str(root / "acc" / "accuracy.json"),
+        max_new_tokens=12,
+        context=64,
+        prompts_per_batch=2,
+        limit=3,
+        model=grpo_cfg.model,
+        precision=grpo_cfg.precision,
+    )
+    summary = evaluate(cfg)
+    return {"summary": summary, "written": json.loads(Path(cfg.out).read_text())}
 
 
 def _mlflow_metrics(uri: str) -> dict[str, int]:
@@ -267,6 +289,16 @@ def test_rejection_sampling_keeps_dedupes_caps_and_accounts(single: dict[str, An
     records = single["rejection"]["records"]
     assert len(records) == sampled["kept"] > 0
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in records)
+
+
+def test_accuracy_scores_greedy_responses_and_writes_the_line(single: dict[str, Any]) -> None:
+    summary, written = single["accuracy"]["summary"], single["accuracy"]["written"]
+    assert summary == written
+    assert summary["n"] == 3 and set(summary["per_lang"]) == {"en"}
+    assert 0.0 <= summary["accuracy"] <= summary["format"] + 1.0
+    assert summary["per_lang"]["en"] == summary["accuracy"]
+    assert summary["skipped"] == {"bad_record": 1, "prompt_longer_than_context": 2}
+    assert summary["step"] == 3
 
 
 DRIVER = Path(__file__).with_name("grpo_driver.py")
