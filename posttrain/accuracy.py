@@ -16,7 +16,6 @@ tokenizer) is one line, exit 2.
 from __future__ import annotations
 
 import json
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from posttrain.cli import run_cli
 from trainer.config.model import ModelConfig
 from trainer.config.precision import PrecisionConfig
 
@@ -121,33 +121,7 @@ def evaluate(cfg: AccuracyConfig) -> dict[str, Any]:
 
 
 def main() -> None:
-    import warnings
-
-    import hydra
-    from hydra.core.config_store import ConfigStore
-
-    from appconf.cli import QUIET_HYDRA, typed
-    from appconf.strict import check_keys
-
-    ConfigStore.instance().store(name="accuracy_schema", node=AccuracyConfig)
-    conf = str(Path(__file__).resolve().parent.parent / "conf")
-
-    @hydra.main(config_path=conf, config_name="accuracy", version_base="1.3")
-    def app(cfg: Any) -> None:
-        warnings.filterwarnings("ignore", module="megatron")
-        try:
-            check_keys(cfg, AccuracyConfig, "posttrain.accuracy")
-            summary = evaluate(typed(cfg))
-            from trainer.parallel import destroy_parallel  # megatron: after the input checks
-
-            destroy_parallel()
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-        print(json.dumps(summary))
-
-    sys.argv[1:] = [*sys.argv[1:], *QUIET_HYDRA]
-    app()
+    run_cli("accuracy", AccuracyConfig, evaluate)
 
 
 if __name__ == "__main__":

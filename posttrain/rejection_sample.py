@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from posttrain.cli import run_cli
 from posttrain.rewards import RewardConfig, Sample
 from trainer.config.model import ModelConfig
 from trainer.config.precision import PrecisionConfig
@@ -201,34 +201,11 @@ def _write(out: Path, records: list[dict[str, Any]], stats: dict[str, Any]) -> N
 
 
 def main() -> None:
-    import warnings
+    def work(cfg: RejectionSampleConfig) -> dict[str, Any]:
+        stats = sample(cfg)
+        return {k: v for k, v in stats.items() if k != "per_prompt"}
 
-    import hydra
-    from hydra.core.config_store import ConfigStore
-
-    from appconf.cli import QUIET_HYDRA, typed
-    from appconf.strict import check_keys
-
-    ConfigStore.instance().store(name="rejection_sample_schema", node=RejectionSampleConfig)
-
-    conf = str(Path(__file__).resolve().parent.parent / "conf")
-
-    @hydra.main(config_path=conf, config_name="rejection_sample", version_base="1.3")
-    def app(cfg: Any) -> None:
-        from trainer.parallel import destroy_parallel
-
-        warnings.filterwarnings("ignore", module="megatron")
-        try:
-            check_keys(cfg, RejectionSampleConfig, "posttrain.rejection_sample")
-            stats = sample(typed(cfg))
-            destroy_parallel()
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-        print(json.dumps({k: v for k, v in stats.items() if k != "per_prompt"}))
-
-    sys.argv[1:] = [*sys.argv[1:], *QUIET_HYDRA]
-    app()
+    run_cli("rejection_sample", RejectionSampleConfig, work)
 
 
 if __name__ == "__main__":
