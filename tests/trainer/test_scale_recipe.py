@@ -315,8 +315,7 @@ def dry_run(layout: str, *extra: str) -> tuple[str, dict]:
     return out.stdout, json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("layout", sorted(PRODUCTION))
-def test_production_layout_fits_its_gpu(layout: str) -> None:
+def _plan(layout: str, *extra: str) -> dict:
     from hydra import compose, initialize_config_dir
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
@@ -324,17 +323,39 @@ def test_production_layout_fits_its_gpu(layout: str) -> None:
     from trainer.dry_run import plan
 
     ConfigStore.instance().store(name="trainer_schema", node=TrainerConfig)
-
     model, prec, world, batch = PRODUCTION[layout]
     overrides = [f"model={model}", f"parallel={layout}", f"precision={prec}", "dry_run=true"]
     overrides += [f"world_size={world}", f"train.global_batch_size={batch}"]
-    overrides += ["train.micro_batch_size=1", "data.seq_length=4096"]
+    overrides += ["train.micro_batch_size=1", "data.seq_length=4096", *extra]
     with initialize_config_dir(str(ROOT / "conf"), version_base=None):
-        cfg = OmegaConf.to_object(compose("trainer", overrides=overrides))
-    report = plan(cfg)
+        return plan(OmegaConf.to_object(compose("trainer", overrides=overrides)))
+
+
+@pytest.mark.parametrize("layout", sorted(PRODUCTION))
+def test_production_layout_fits_its_gpu(layout: str) -> None:
+    report = _plan(layout)
     assert report["fits"], (layout, report["memory_breakdown_bytes"], report["headroom_bytes"])
     # a stated margin for what the estimate leaves out (CUDA context, allocator, NCCL buffers)
     assert report["headroom_bytes"] >= 2 * GiB, (layout, report["headroom_bytes"] / GiB)
+
+
+def _phase_overrides(phase: str) -> list[str]:
+    """A phase of conf/recipe/deepseek_v3.yaml as trainer overrides (model=, init_from aside)."""
+    from omegaconf import OmegaConf
+
+    recipe = OmegaConf.load(ROOT / "conf" / "recipe" / "deepseek_v3.yaml")
+    return [o for o in recipe.phases[phase] if not o.startswith(("model=", "checkpoint."))]
+
+
+@pytest.mark.parametrize(("phase", "cp"), [("yarn_32k", 8), ("yarn_128k", 32)])
+def test_v3_context_extension_phases_fit_with_context_parallelism(phase: str, cp: int) -> None:
+    """The recipe's long phases on the 1024-H100 layout: without CP the 32K phase needs ~400
+    GiB per GPU; splitting the sequence over CP ranks (DP shrinks, the batch still divides)
+    brings each back under 80 GiB."""
+    report = _plan("v3_h100_1024", *_phase_overrides(phase), f"parallel.context_parallel={cp}")
+    assert report["fits"], (phase, report["memory_breakdown_bytes"])
+    if cp == 8:
+        assert not _plan("v3_h100_1024", *_phase_overrides(phase))["fits"]
 
 
 def test_v3_h100_dry_run_prints_breakdown_and_headroom() -> None:
