@@ -29,9 +29,12 @@ def load(name: str) -> PrecisionConfig:
 
 def test_every_precision_yaml_loads() -> None:
     names = sorted(p.stem for p in CONF.glob("*.yaml"))
-    assert names == sorted(["fp32", "bf16", *FP8_NAMES])
+    assert names == sorted(["fp32", "bf16", *FP8_NAMES, "fp8_blockwise_param"])
     for name in names:
         assert load(name).name == name
+    # NVIDIA's V3 recipe: blockwise FP8 plus FP8 weights (and their FP8 all-gather)
+    param = load("fp8_blockwise_param")
+    assert param.fp8_recipe == "blockwise" and param.fp8_param
 
 
 def test_recipes_match_their_yaml() -> None:
