@@ -23,7 +23,6 @@ template_error` (rendering this record failed). Records that are not chats go to
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from datatrove.pipeline.tokens.megatron_tokenizer import MegatronTokenizedFile
 from data_prep.accounting import Ledger, reason_key
 from data_prep.config import ChatTokenizeConfig, ReadConfig
 from data_prep.reader import RecordReader
-from data_prep.shards import _slug
+from data_prep.shards import _slug, write_shard_info
 
 ROLES = ("system", "user", "assistant")
 DEEPSEEK_TEMPLATE = (
@@ -302,14 +301,7 @@ class ChatShards(PipelineStep):
         for files in self.files.values():
             for f in files:
                 f.close()
-        os.makedirs(self.info_folder, exist_ok=True)
-        shard_info = {
-            "eod": eod,
-            "vocab_size": tok.get_vocab_size(),
-            "token_size": self.token_size,
-            "shards": list(self.info.values()),
-        }
-        (Path(self.info_folder) / f"{rank:05d}.json").write_text(json.dumps(shard_info))
+        write_shard_info(self.info_folder, rank, eod, tok, self.token_size, self.info.values())
 
     def _remove(self, reason: str, doc: Document) -> None:
         self.ledger.remove(reason_key("chat_tokenize", reason), doc)

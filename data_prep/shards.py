@@ -11,7 +11,9 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
@@ -78,6 +80,20 @@ def train_bpe(cfg: TrainTokenizerConfig, sample_folder: str, out_path: str) -> d
     return {"documents_sampled": len(texts), "vocab_size": tok.get_vocab_size()}
 
 
+def write_shard_info(
+    folder: str, rank: int, eod: int, tok: Any, token_size: int, shards: Iterable[dict]
+) -> None:
+    """One task's shard list (`<folder>/<rank>.json`), which write_manifest gathers."""
+    os.makedirs(folder, exist_ok=True)
+    info = {
+        "eod": eod,
+        "vocab_size": tok.get_vocab_size(),
+        "token_size": token_size,
+        "shards": list(shards),
+    }
+    (Path(folder) / f"{rank:05d}.json").write_text(json.dumps(info))
+
+
 def _slug(domain: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", domain) or "unknown"
 
@@ -126,14 +142,7 @@ class MegatronShards(PipelineStep):
                 yield from self._write(*pending)
         for f in self.files.values():
             f.close()
-        os.makedirs(self.info_folder, exist_ok=True)
-        shard_info = {
-            "eod": eod,
-            "vocab_size": tok.get_vocab_size(),
-            "token_size": self.token_size,
-            "shards": list(self.info.values()),
-        }
-        (Path(self.info_folder) / f"{rank:05d}.json").write_text(json.dumps(shard_info))
+        write_shard_info(self.info_folder, rank, eod, tok, self.token_size, self.info.values())
 
     def _write(self, batch: list, future) -> DocumentsPipeline:
         """Append each document's ids + EOD to the shard of its domain."""
