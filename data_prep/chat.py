@@ -35,7 +35,7 @@ from datatrove.pipeline.tokens.megatron_tokenizer import MegatronTokenizedFile
 from data_prep.accounting import Ledger, reason_key
 from data_prep.config import ChatTokenizeConfig, ReadConfig
 from data_prep.reader import RecordReader
-from data_prep.shards import _slug, write_shard_info
+from data_prep.shards import _slug, open_tokenizer, write_shard_info
 
 ROLES = ("system", "user", "assistant")
 DEEPSEEK_TEMPLATE = (
@@ -276,15 +276,10 @@ class ChatShards(PipelineStep):
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         from datatrove.utils.batching import batched
-        from tokenizers import Tokenizer
 
         self.renderer = ChatRenderer(*self.template)
-        tok = Tokenizer.from_file(self.tokenizer_path)
-        eod = tok.token_to_id(self.cfg.eod_token)
-        if eod is None:
-            raise ValueError(f"tokenizer {self.tokenizer_path} has no token {self.cfg.eod_token!r}")
+        tok, eod, self.token_size = open_tokenizer(self.tokenizer_path, self.cfg.eod_token)
         self.eod, self.rank = eod, rank
-        self.token_size = 4 if tok.get_vocab_size() > 65536 else 2
         self.files: dict[str, tuple[MegatronTokenizedFile, MaskFile]] = {}
         self.info: dict[str, dict] = {}
         encode = getattr(tok, "encode_batch_fast", tok.encode_batch)

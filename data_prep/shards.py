@@ -80,6 +80,17 @@ def train_bpe(cfg: TrainTokenizerConfig, sample_folder: str, out_path: str) -> d
     return {"documents_sampled": len(texts), "vocab_size": tok.get_vocab_size()}
 
 
+def open_tokenizer(path: str, eod_token: str) -> tuple[Any, int, int]:
+    """(tokenizer, end-of-document id, bytes per token in the shards) of a tokenizer.json."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(path)
+    eod = tok.token_to_id(eod_token)
+    if eod is None:
+        raise ValueError(f"tokenizer {path} has no token {eod_token!r}")
+    return tok, eod, 4 if tok.get_vocab_size() > 65536 else 2
+
+
 def write_shard_info(
     folder: str, rank: int, eod: int, tok: Any, token_size: int, shards: Iterable[dict]
 ) -> None:
@@ -117,14 +128,9 @@ class MegatronShards(PipelineStep):
         from concurrent.futures import ThreadPoolExecutor
 
         from datatrove.utils.batching import batched
-        from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_file(self.tokenizer_path)
-        eod = tok.token_to_id(self.cfg.eod_token)
-        if eod is None:
-            raise ValueError(f"tokenizer {self.tokenizer_path} has no token {self.cfg.eod_token!r}")
+        tok, eod, self.token_size = open_tokenizer(self.tokenizer_path, self.cfg.eod_token)
         self.eod, self.rank = eod, rank
-        self.token_size = 4 if tok.get_vocab_size() > 65536 else 2
         self.files: dict[str, MegatronTokenizedFile] = {}
         self.info: dict[str, dict] = {}
         # ids only (no character offsets): ~20% less encoding work than encode_batch

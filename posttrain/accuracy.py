@@ -17,51 +17,27 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
-from posttrain.cli import run_cli
-from trainer.config.model import ModelConfig
-from trainer.config.precision import PrecisionConfig
+from posttrain.cli import CheckpointDecodeConfig, run_cli
 
 SCORED = ("accuracy", "format")
 """The reward plugins averaged in the report."""
 
 
 @dataclass
-class AccuracyConfig:
-    checkpoint: str = MISSING
-    """Checkpoint folder (iter_XXXXXXX) or a checkpoint.dir (its newest complete one)."""
+class AccuracyConfig(CheckpointDecodeConfig):
+    APP: ClassVar[str] = "accuracy"
+
     test: str = MISSING
     """Chat JSONL with gold answers (posttrain.tasks.arithmetic's test.jsonl)."""
-    tokenizer: str = MISSING
-    """tokenizer.json of the model."""
     out: str | None = None
     """Also write the JSON line to this file."""
-    max_new_tokens: int = 128
-    context: int = 256
-    """Longest sequence, prompt + response; longer prompts are skipped and counted."""
-    system_prompt: bool = True
-    """Keep the records' system message in the prompt."""
     prompts_per_batch: int = 16
-    """Prompts decoded together."""
-    limit: int | None = None
-    """Use only the first this many usable prompts."""
-    seed: int = 1234
-    eod_token: str = "<|endoftext|>"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """The checkpoint's architecture (conf/model/*)."""
-    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
-
-    def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "prompts_per_batch", "context"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"accuracy: {name} must be >= 1")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"accuracy: limit={self.limit} must be >= 1")
 
 
 def summarise(parts: list[dict[str, float]], langs: list[str | None]) -> dict[str, Any]:

@@ -8,10 +8,50 @@ import json
 import sys
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from omegaconf import MISSING
+
+from trainer.config.model import ModelConfig
+from trainer.config.precision import PrecisionConfig
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@dataclass
+class CheckpointDecodeConfig:
+    """What every CLI that decodes prompts with a checkpoint takes (accuracy, rejection_sample)."""
+
+    APP: ClassVar[str] = "posttrain"
+    """Names the CLI in its one-line errors."""
+
+    checkpoint: str = MISSING
+    """Checkpoint folder (iter_XXXXXXX) or a checkpoint.dir (its newest complete one)."""
+    tokenizer: str = MISSING
+    """tokenizer.json of the model."""
+    max_new_tokens: int = 128
+    context: int = 256
+    """Longest sequence, prompt + response; longer prompts are skipped and counted."""
+    system_prompt: bool = True
+    """Keep the records' system message in the prompt."""
+    prompts_per_batch: int = 4
+    """Prompts decoded together."""
+    limit: int | None = None
+    """Use only the first this many usable prompts."""
+    seed: int = 1234
+    eod_token: str = "<|endoftext|>"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The checkpoint's architecture (conf/model/*)."""
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "prompts_per_batch", "context"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{self.APP}: {name} must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"{self.APP}: limit={self.limit} must be >= 1")
 
 
 def run_cli(name: str, schema: type, work: Callable[[Any], dict[str, Any]]) -> None:

@@ -20,26 +20,22 @@ import json
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
-from posttrain.cli import run_cli
+from posttrain.cli import CheckpointDecodeConfig, run_cli
 from posttrain.rewards import RewardConfig, Sample
-from trainer.config.model import ModelConfig
-from trainer.config.precision import PrecisionConfig
 
 
 @dataclass
-class RejectionSampleConfig:
-    checkpoint: str = MISSING
-    """Checkpoint folder (iter_XXXXXXX) or a checkpoint.dir (its newest complete one)."""
+class RejectionSampleConfig(CheckpointDecodeConfig):
+    APP: ClassVar[str] = "rejection_sample"
+
     prompts: str = MISSING
     """Chat JSONL with gold answers (posttrain.tasks.arithmetic's train.jsonl)."""
-    tokenizer: str = MISSING
-    """tokenizer.json of the model."""
     out: str = MISSING
     """Output folder: sft.jsonl and stats.json."""
     n: int = 16
@@ -49,25 +45,12 @@ class RejectionSampleConfig:
     require: Any = None
     """Reward plugin -> the score a response needs to be kept; null = {accuracy: 1, format: 1}
     (correct and well-formed). A mapping typed Any: `require={format: 1}` replaces it."""
-    max_new_tokens: int = 128
     temperature: float = 1.0
     top_p: float = 1.0
-    context: int = 256
-    """Longest sequence, prompt + response; longer prompts are skipped and counted."""
-    system_prompt: bool = True
-    """Keep the records' system message in the prompt (and in the written record)."""
-    prompts_per_batch: int = 4
-    """Prompts generated together (n rows each)."""
-    limit: int | None = None
-    """Use only the first this many usable prompts."""
-    seed: int = 1234
-    eod_token: str = "<|endoftext|>"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """The checkpoint's architecture (conf/model/*)."""
-    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
 
     def __post_init__(self) -> None:
-        for name in ("n", "max_per_prompt", "max_new_tokens", "prompts_per_batch", "context"):
+        super().__post_init__()
+        for name in ("n", "max_per_prompt"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rejection_sample: {name} must be >= 1")
         self.require = dict(self.require or {"accuracy": 1.0, "format": 1.0})
