@@ -211,7 +211,7 @@ def main() -> None:
         ],
         times,
     )
-    summary = json.loads((root / "grpo" / "grpo_summary.json").read_text())
+    summary = json.loads((root / "grpo" / "summary.json").read_text())
     grpo = _accuracy("accuracy_grpo", root / "grpo", task, tok, a, times)
     ratio = grpo["accuracy"] / sft["accuracy"] if sft["accuracy"] else float("nan")
     result = {

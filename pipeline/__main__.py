@@ -46,8 +46,9 @@ def _to_config(cfg: DictConfig) -> PipelineConfig:
         raise ValueError(str(err).splitlines()[0]) from None
 
 
-def print_outcome(result: RunResult) -> None:
-    """Where the outputs are and how to look at them."""
+def print_outcome(result: RunResult, refs: dict[str, str]) -> None:
+    """Where the outputs are and how to look at them; with `result:` refs the last line is
+    their JSON (pipeline.state.result_values)."""
     print(f"\nPipeline finished: {len(result.ran)} stage(s) ran, outputs in {result.run_dir}")
     for key in result.plan:
         print(f"  {key:28s} {result.run_dir / key}")
@@ -61,12 +62,24 @@ def print_outcome(result: RunResult) -> None:
         if result.tracking_uri.startswith(("sqlite:", "/")):
             print(f"Open the MLflow UI:  mlflow ui --backend-store-uri {result.tracking_uri}")
             print("then browse http://127.0.0.1:5000")
+    if refs:
+        from pipeline.state import result_values
+
+        print(json.dumps(result_values(result.run_dir, refs)), flush=True)
 
 
 def _print_training(summary) -> None:
     info = json.loads(summary.read_text())
     nan = float("nan")  # no validation (train.eval_interval=0) writes null
     print(f"Training summary ({summary}):")
+    if "reward_mean" in info:  # a GRPO stage (posttrain.grpo)
+        print(
+            f"  steps {info.get('final_step')}, reward {info['reward_mean'] or nan:.3f}, "
+            f"accuracy {info.get('accuracy') or 0:.3f}, format {info.get('format') or 0:.3f}, "
+            f"KL {info.get('kl') or 0:.4f}, generation {info.get('gen_tokens_per_s') or 0:,.0f} "
+            "tokens/s"
+        )
+        return
     print(
         f"  steps {info.get('final_step')}, validation loss "
         f"{info.get('valid_loss_first') or nan:.3f} -> {info.get('valid_loss_last') or nan:.3f}, "
@@ -116,7 +129,7 @@ def main(cfg: DictConfig) -> None:
         print(f"{what}; rerun the same command to resume", file=sys.stderr)
         sys.exit(143 if _TERMINATED else 130)
     if not cfg.dry_run:
-        print_outcome(result)
+        print_outcome(result, config.result if config.part != "data" else {})
 
 
 def precheck(argv: list[str]) -> None:

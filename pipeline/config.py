@@ -111,6 +111,13 @@ class PipelineConfig:
     """Where stages run."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """MLflow settings."""
+    vars: dict[str, Any] = field(default_factory=dict)
+    """Named values the config interpolates (`train.steps=${vars.grpo_steps}` in a stage's
+    overrides), so one command-line override resizes every stage that uses it."""
+    result: dict[str, str] = field(default_factory=dict)
+    """The run's result line: name -> `STAGE.KEY[.KEY...]`, a value from a stage's stats.
+    When set, the run ends by printing one JSON line `{name: value}` (null where the stage or
+    key is missing) for scripts to read, e.g. `sft: acc_sft.accuracy` (conf/r1.yaml)."""
     part: str = "all"
     """Which stages this driver runs: all, data (everything not downstream of a train stage) or
     train (train stages and their dependants; the data part must be complete)."""
@@ -118,6 +125,12 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.part not in PARTS:
             raise ValueError(f"part must be one of {PARTS}, got {self.part!r}")
+        for name, ref in self.result.items():
+            stage = ref.split(".", 1)[0]
+            if "." not in ref or stage not in self.stages:
+                raise ValueError(
+                    f"result.{name}={ref!r}: expected STAGE.KEY with STAGE one of the stages"
+                )
         for what, names in (("domain", self.domains), ("stage", self.stages)):
             for name in names:
                 if not _NAME_RE.match(name):

@@ -236,3 +236,16 @@ def write_marker(node: Node, stats: dict, started: float, mlflow_run_id: str | N
     }
     write_json_atomic(node.output / MARKER, marker)
     return marker
+
+
+def result_values(run_dir: Path, refs: dict[str, str]) -> dict[str, Any]:
+    """`{name: value}` for refs `STAGE.KEY[.KEY...]` (pipeline.config `result`): values from
+    the stages' completion markers in `run_dir`; None where the stage or the key is missing."""
+    out: dict[str, Any] = {}
+    for name, ref in refs.items():
+        stage, *keys = ref.split(".")
+        value: Any = (read_json(run_dir / stage / MARKER) or {}).get("stats")
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        out[name] = value
+    return out

@@ -6,6 +6,7 @@
         rollout.group_size=8 train.steps=100
     torchrun --nproc-per-node 2 -m posttrain.grpo parallel=tp2 ...      # also parallel=dp2
     python -m posttrain.grpo --cfg job                                    # resolved config
+    python -m posttrain.grpo ... dry_run=true world_size=8   # check inputs and layout only
 
 Per step (NeMo-RL's grpo.py design): the step's prompts (a seeded order; this DP rank's
 share) are sampled `rollout.group_size` times each by the rollout backend (posttrain.rollout),
@@ -33,7 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from posttrain.grpo_config import GRPOConfig
-from trainer.callbacks import Callback, ConsoleCallback
+from trainer import contract
+from trainer.callbacks import Callback, ConsoleCallback, ProgressCallback
 
 if TYPE_CHECKING:  # megatron is imported only when a run starts (`--cfg job` stays quick)
     from posttrain.grpo_step import GRPO
@@ -53,9 +55,21 @@ class GRPOConsole(ConsoleCallback):
     )
 
 
+class GRPOProgress(ProgressCallback):
+    """The trainer's progress file (trainer.contract) with generation tokens/s as the
+    throughput: sampling is most of a GRPO step."""
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        rate = {"tokens_per_s": metrics["gen_tokens_per_s"], "loss": metrics["loss"]}
+        super().on_step(step, rate)
+
+
 # ---- the run -------------------------------------------------------------------------------
 def build_callbacks(cfg: GRPOConfig, rank: int, resume_run_id: str | None) -> list[Callback]:
-    """Console and MLflow on rank 0 (the trainer's MLflow callback), none elsewhere."""
+    """Console, MLflow (the trainer's callback: a pipeline stage's run when MLFLOW_RUN_ID is
+    set) and the progress file (when $PRETRAIN_PROGRESS_FILE is set) on rank 0."""
+    import os
+
     from trainer.callbacks import MLflowCallback
 
     if rank != 0:
@@ -63,6 +77,8 @@ def build_callbacks(cfg: GRPOConfig, rank: int, resume_run_id: str | None) -> li
     callbacks: list[Callback] = [GRPOConsole()] if cfg.logging.console else []
     if cfg.logging.mlflow:
         callbacks.append(MLflowCallback(cfg.logging, resume_run_id))
+    if os.environ.get(contract.PROGRESS_ENV):
+        callbacks.append(GRPOProgress(os.environ[contract.PROGRESS_ENV]))
     return callbacks
 
 
@@ -138,8 +154,33 @@ def check_cpu_only() -> None:
         )
 
 
+def plan(cfg: GRPOConfig) -> dict[str, Any]:
+    """`dry_run=true`: check that the batch splits over the layout of `world_size` ranks
+    (default env WORLD_SIZE or 1) without building or reading anything (the prompts may not
+    exist yet when a pipeline validates the stage)."""
+    import os
+
+    world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    p = cfg.parallel
+    model_parallel = p.tensor_parallel * p.pipeline_parallel * p.context_parallel
+    if world % model_parallel:
+        raise ValueError(
+            f"grpo: world_size={world} is not a multiple of tensor x pipeline x context "
+            f"parallel = {model_parallel}"
+        )
+    cfg.check_layout(world // model_parallel)
+    return {
+        "dry_run": True,
+        "world_size": world,
+        "data_parallel": world // model_parallel,
+        "rows_per_step": cfg.rows_per_step,
+        "steps": cfg.train.steps,
+    }
+
+
 def run(cfg: GRPOConfig) -> dict[str, Any]:
-    """Entry of `python -m posttrain.grpo`: set up, resume, train, write grpo_summary.json."""
+    """Entry of `python -m posttrain.grpo`: set up, resume, train, write the summary
+    (trainer.contract.SUMMARY_FILE in checkpoint.dir)."""
     import torch.distributed as dist
     from tokenizers import Tokenizer
 
@@ -185,7 +226,7 @@ def run(cfg: GRPOConfig) -> dict[str, Any]:
     for cb in callbacks:
         cb.on_train_end(summary)
     if rank == 0:
-        path = Path(cfg.checkpoint.dir) / "grpo_summary.json"
+        path = Path(cfg.checkpoint.dir) / contract.SUMMARY_FILE
         path.write_text(json.dumps(summary, indent=2))
         print(json.dumps(summary), file=sys.stdout, flush=True)
     return summary
@@ -217,6 +258,9 @@ def main() -> None:
         warnings.filterwarnings("ignore", module="megatron")
         try:
             config = _to_config(cfg)
+            if config.dry_run:
+                print(json.dumps(plan(config)), flush=True)
+                return
             try:
                 run(config)
             except TrainingStopped as stopped:

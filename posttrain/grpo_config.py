@@ -116,8 +116,15 @@ class GRPOConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """checkpoint.init_from: the policy's (and the frozen reference's) starting weights."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    dry_run: bool = False
+    """Check the config and the layout, print one JSON line, build nothing (the pipeline's
+    train kind validates a stage this way)."""
+    world_size: int | None = None
+    """Dry run only: world size to plan for (default: env WORLD_SIZE or 1)."""
 
     def __post_init__(self) -> None:
+        if self.world_size is not None and self.world_size < 1:
+            raise ValueError("grpo: world_size must be >= 1")
         if self.parallel.pipeline_parallel > 1 or self.parallel.context_parallel > 1:
             raise ValueError(
                 "grpo: pipeline_parallel > 1 and context_parallel > 1 are not supported yet "

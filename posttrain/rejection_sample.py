@@ -47,9 +47,14 @@ class RejectionSampleConfig(CheckpointDecodeConfig):
     (correct and well-formed). A mapping typed Any: `require={format: 1}` replaces it."""
     temperature: float = 1.0
     top_p: float = 1.0
+    include: str | None = None
+    """Chat JSONL appended to the set after the samples (R1 mixes its rejection samples with
+    other SFT data, e.g. the cold-start set), counted as `included`."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.include is not None and not Path(self.include).is_file():
+            raise ValueError(f"rejection_sample: include={self.include}: no such file")
         for name in ("n", "max_per_prompt"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rejection_sample: {name} must be >= 1")
@@ -111,7 +116,8 @@ def _record(prompt: Any, source: dict[str, Any], response: str, k: int) -> dict[
 
 
 def sample(cfg: RejectionSampleConfig) -> dict[str, Any]:
-    """Generate, score, select; write out/sft.jsonl and out/stats.json; return the stats."""
+    """Generate, score, select; write out/sft.jsonl (kept samples, then `include`'s records)
+    and out/stats.json; return the stats."""
     from tokenizers import Tokenizer
 
     from posttrain.grpo import check_cpu_only
@@ -156,20 +162,38 @@ def sample(cfg: RejectionSampleConfig) -> dict[str, Any]:
                 source["messages"] = [m for m in source["messages"] if m["role"] == "user"]
             records += [_record(prompt, source, mine[k], n) for n, k in enumerate(kept)]
             per_prompt.append({"index": prompt.index, "kept": len(kept), "generated": len(mine)})
+    included = _included(cfg.include) if cfg.include else []
     stats = {
         "checkpoint": str(ckpt.path),
         "prompts": len(usable),
         "prompts_skipped": dict(prompts.skipped),
         "generated": generated,
         "kept": len(records),
+        "included": len(included),
         "removed": dict(removed),
         "reward_errors": dict(rewards.errors),
         "prompts_with_a_kept_response": sum(p["kept"] > 0 for p in per_prompt),
         "per_prompt": per_prompt,
     }
     assert generated == len(records) + sum(removed.values()), "every response is kept or removed"
-    _write(Path(cfg.out), records, stats)
+    _write(Path(cfg.out), records + included, stats)
     return stats
+
+
+def _included(path: str) -> list[dict[str, Any]]:
+    """The records of `include` (a line that is not a JSON object: one error naming it)."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            raise ValueError(f"rejection_sample: include={path} line {number}: not a JSON object")
+        rows.append(row)
+    return rows
 
 
 def _write(out: Path, records: list[dict[str, Any]], stats: dict[str, Any]) -> None:

@@ -40,6 +40,28 @@ def split(argv: list[str]) -> tuple[list[str], list[str]]:
     return launch, app
 
 
+CONFIG_NAME_FLAGS = ("--config-name", "-cn")
+
+
+def config_name(args: list[str], default: str) -> tuple[str, list[str]]:
+    """(the primary config `--config-name NAME` / `-cn NAME` / `--config-name=NAME` picks, or
+    `default`; the other arguments), e.g. `python -m pipeline --config-name r1`."""
+    name, rest, i = default, [], 0
+    while i < len(args):
+        flag, eq, value = args[i].partition("=")
+        if flag in CONFIG_NAME_FLAGS:
+            if not eq:
+                i += 1
+                value = args[i] if i < len(args) else ""
+            if not value:
+                raise LaunchError(f"{flag} needs a config name")
+            name = value
+        else:
+            rest.append(args[i])
+        i += 1
+    return name, rest
+
+
 def compose_launch(overrides: list[str]) -> LaunchConfig:
     """conf/launch.yaml with the launch overrides, validated (LaunchError with one line)."""
     from appconf.strict import compose_checked
@@ -67,7 +89,11 @@ def _one_line(err: BaseException) -> str:
 def route(app: str, argv: list[str], run_here: Callable[[list[str]], None]) -> None:
     """Run `app` here (run_here gets its own arguments) or submit it; exits with the code."""
     launch_args, app_args = split(argv)
-    flags = [a for a in app_args if a.startswith("-")]
+    try:
+        flags = [a for a in config_name(app_args, app)[1] if a.startswith("-")]
+    except LaunchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     if not launch_args or (flags and not {"-m", "--multirun"} & set(flags)):
         run_here(app_args)  # --cfg/--help/...: the app's own config, wherever it would run
         return
@@ -89,7 +115,8 @@ def route(app: str, argv: list[str], run_here: Callable[[list[str]], None]) -> N
 
 
 def _compose_app(name: str, schema: type, overrides: list[str]) -> tuple[Any, str]:
-    """The app's typed config and its resolved YAML, composed as its CLI does."""
+    """The app's typed config and its resolved YAML, composed as its CLI does (`name`: its
+    primary config in conf/)."""
     from appconf.strict import compose_checked
 
     try:
@@ -146,7 +173,8 @@ def _pipeline(launch: LaunchConfig, args: list[str]) -> int | None:
     from pipeline.config import PipelineConfig, register_schema
 
     register_schema()
-    config, yaml = _compose_app("pipeline", PipelineConfig, args)
+    name, overrides = config_name(args, "pipeline")  # e.g. --config-name r1 (conf/r1.yaml)
+    config, yaml = _compose_app(name, PipelineConfig, overrides)
     if config.part != "all":
         return None
     from slurm.pipeline_jobs import submit_pipeline

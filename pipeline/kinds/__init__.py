@@ -1,3 +1,3 @@
 """Built-in stage kinds (importing this package registers them)."""
 
-from pipeline.kinds import data_prep_kind, evaluate, export, sample_corpus, train  # noqa: F401
+from pipeline.kinds import app, data_prep_kind, evaluate, export, sample_corpus, train  # noqa: F401

@@ -288,7 +288,7 @@ stage's last checkpoint (`train.steps` only when raised) instead of restarting."
     "train",
     options=TrainOptions,
     code=lambda o: (o.module,),
-    conf=("model/**", "parallel/**", "precision/**", "trainer.yaml"),
+    conf=("model/**", "parallel/**", "precision/**", "trainer.yaml", "grpo.yaml"),
     resumable=True,
     live_run=True,
     validate=validate,

@@ -2,7 +2,7 @@
 task of the R1 demo (small enough for a ~1-5M parameter model on CPU).
 
     python -m posttrain.tasks.arithmetic out=DIR [n_train=2000] [n_test=200] [n_cold_start=64]
-        [seed=0] [min_ops=2] [max_ops=3] [max_operand=20] [max_factor=4] [max_value=200]
+        [n_pretrain=0] [seed=0] [min_ops=2] [max_ops=3] [max_operand=20] [max_factor=4] [max_value=200]
         [ops=[add,sub,mul]] [zh_share=0.5] [system_prompt=true] [backwards_check=true]
         [tokenizer=PATH/tokenizer.json]
 
@@ -13,7 +13,8 @@ same problem: train, test and cold-start are disjoint by key (and so by normalis
 
 Writes `train.jsonl` and `test.jsonl` (prompts: system + user messages and the gold `answer`),
 `cold_start.jsonl` (plus an assistant turn: a long worked solution in R1's format, steps then a
-backwards check, see posttrain.chat) and `stats.json` (counts per split and language, the
+backwards check, see posttrain.chat), with `n_pretrain=N` `pretrain.jsonl` (plain-text
+documents for the base model: problem and worked solution in prose) and `stats.json` (counts per split and language, the
 character set, and with `tokenizer=` its round trip and tokens per record). An existing `out` is
 renamed to OUT.previous-<time>. Prints one JSON line (stats); bad input is one line, exit 2.
 
@@ -110,6 +111,10 @@ class ArithmeticConfig:
     """Held-out prompts (disjoint from train and cold start by problem)."""
     n_cold_start: int = 64
     """Cold-start SFT records with long worked solutions."""
+    n_pretrain: int = 0
+    """Plain-text documents for pretraining the base model (`pretrain.jsonl`: `text`, `id`,
+    `domain`): a problem and its worked solution in prose, no chat markers and no tags, the way
+    math appears in web text (a disjoint split: no test problem is in them)."""
     seed: int = 0
     """Seed of everything drawn (same seed and settings: same files)."""
     min_ops: int = 2
@@ -135,7 +140,7 @@ class ArithmeticConfig:
     """tokenizer.json to check the records against (round trip, tokens per record)."""
 
     def __post_init__(self) -> None:
-        for key in ("n_train", "n_test", "n_cold_start"):
+        for key in ("n_train", "n_test", "n_cold_start", "n_pretrain"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key}={getattr(self, key)}: must be >= 0")
         if not 1 <= self.min_ops <= self.max_ops:
@@ -273,6 +278,12 @@ def record(p: Problem, index: int, split: str, cfg: ArithmeticConfig) -> dict[st
     }
 
 
+def document(p: Problem, index: int, cfg: ArithmeticConfig) -> dict[str, Any]:
+    """A pretraining document: the problem, then its worked solution, as plain text."""
+    text = f"{prompt_text(p)}\n{solution_text(p, cfg.backwards_check)}"
+    return {"id": f"pretrain-{index:06d}", "text": text, "lang": p.lang, "domain": p.lang}
+
+
 def normalise(text: str) -> str:
     """Text compared for leakage: lower case, runs of whitespace as one space."""
     return re.sub(r"\s+", " ", text).strip().lower()
@@ -284,18 +295,28 @@ def user_texts(records: Iterable[dict[str, Any]]) -> set[str]:
 
 
 def build_splits(cfg: ArithmeticConfig) -> dict[str, list[dict[str, Any]]]:
-    """Records of the test, cold_start and train splits, disjoint by problem."""
+    """Records of the test, cold_start, train (and pretrain) splits, disjoint by problem."""
     rng = random.Random(cfg.seed)
-    problems = distinct_problems(cfg, cfg.n_test + cfg.n_cold_start + cfg.n_train, rng)
-    rng.shuffle(problems)
-    bounds = {"test": (0, cfg.n_test), "cold_start": (cfg.n_test, cfg.n_test + cfg.n_cold_start)}
-    bounds["train"] = (cfg.n_test + cfg.n_cold_start, len(problems))
-    splits = {
-        split: [record(p, i, split, cfg) for i, p in enumerate(problems[a:b])]
-        for split, (a, b) in bounds.items()
+    sizes = {
+        "test": cfg.n_test,
+        "cold_start": cfg.n_cold_start,
+        "train": cfg.n_train,
+        "pretrain": cfg.n_pretrain,
     }
-    texts = {split: user_texts(rows) for split, rows in splits.items()}
+    problems = distinct_problems(cfg, sum(sizes.values()), rng)
+    rng.shuffle(problems)
+    splits, start = {}, 0
+    for split, size in sizes.items():
+        chunk = problems[start : start + size]
+        start += size
+        if split == "pretrain":
+            splits[split] = [document(p, i, cfg) for i, p in enumerate(chunk)] if size else []
+        else:
+            splits[split] = [record(p, i, split, cfg) for i, p in enumerate(chunk)]
+    texts = {split: user_texts(rows) for split, rows in splits.items() if split != "pretrain"}
     assert not texts["test"] & (texts["train"] | texts["cold_start"]), "test leaks into training"
+    if not cfg.n_pretrain:
+        del splits["pretrain"]
     return splits
 
 
@@ -320,7 +341,7 @@ def tokenizer_report(path: str, splits: dict[str, list[dict[str, Any]]]) -> dict
     lengths, failed = [], 0
     for rows in splits.values():
         for r in rows:
-            text = "\n".join(m["content"] for m in r["messages"])
+            text = r["text"] if "text" in r else "\n".join(m["content"] for m in r["messages"])
             ids = tok.encode(text, add_special_tokens=False).ids
             failed += tok.decode(ids) != text
             lengths.append(len(ids))

@@ -185,3 +185,18 @@ def test_cli_writes_the_files_and_moves_an_old_set_aside(tmp_path: Path) -> None
         [*cmd, "+n_trian=3"], capture_output=True, text=True, cwd=ROOT, timeout=120
     )
     assert typo.returncode == 2 and "did you mean 'n_train'" in typo.stderr
+
+
+def test_pretrain_documents_are_prose_in_their_language_and_hold_no_held_out_problem() -> None:
+    """The base model's corpus (`n_pretrain`): problem + worked solution, no chat markers or
+    tags, disjoint from every other split."""
+    cfg = ArithmeticConfig(out="x", n_train=100, n_test=100, n_cold_start=20, n_pretrain=300)
+    splits = build_splits(cfg)
+    docs = splits["pretrain"]
+    assert len(docs) == 300 and {d["domain"] for d in docs} == {"en", "zh"}
+    assert all(d["lang"] == d["domain"] for d in docs)
+    assert not any(tag in d["text"] for d in docs for tag in ("<think>", "<answer>", "User:"))
+    firsts = {normalise(d["text"].splitlines()[0]) for d in docs}
+    for split in ("test", "train", "cold_start"):
+        assert not firsts & user_texts(splits[split]), split
+    assert "pretrain" not in build_splits(ArithmeticConfig(out="x", n_train=10, n_test=5))

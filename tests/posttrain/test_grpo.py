@@ -346,7 +346,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_metrics(
     assert (ckpt / "iter_0000002").is_dir() and not (ckpt / "iter_0000003").exists()
     again = _cli(files, ckpt)
     assert again.returncode == 0, again.stderr[-3000:]
-    resumed = json.loads((ckpt / "grpo_summary.json").read_text())
+    resumed = json.loads((ckpt / "summary.json").read_text())
     straight = single["straight"]
     assert resumed["final_step"] == 3
     for key in ("reward_mean", "kl", "loss", "entropy", "grad_norm", "response_length"):

@@ -108,3 +108,37 @@ def test_a_cuda_machine_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
         check_cpu_only()
+
+
+def test_dry_run_plans_the_layout_without_reading_the_prompts() -> None:
+    """What the pipeline's train kind runs to validate a GRPO stage (`dry_run=true`)."""
+    from posttrain.grpo import plan
+    from posttrain.grpo_config import GRPOConfig, PromptsConfig, RolloutConfig
+    from trainer.config.parallel import ParallelConfig
+
+    prompts = PromptsConfig(path="not/yet/written.jsonl", tokenizer="nor/this.json")
+    cfg = GRPOConfig(prompts=prompts, parallel=ParallelConfig(tensor_parallel=2), world_size=4)
+    assert plan(cfg) | {"steps": 0} == {
+        "dry_run": True,
+        "world_size": 4,
+        "data_parallel": 2,
+        "rows_per_step": 32,
+        "steps": 0,
+    }
+    with pytest.raises(ValueError, match="not a multiple of tensor x pipeline x context"):
+        plan(GRPOConfig(prompts=prompts, parallel=ParallelConfig(tensor_parallel=2), world_size=3))
+    odd = GRPOConfig(prompts=prompts, rollout=RolloutConfig(prompts_per_step=3), world_size=2)
+    with pytest.raises(ValueError, match="must split over DP=2"):
+        plan(odd)
+
+
+def test_included_records_are_checked_line_by_line(tmp_path: Path) -> None:
+    from posttrain.rejection_sample import _included
+
+    good = tmp_path / "cold.jsonl"
+    good.write_text('{"messages": []}\n\n{"messages": [], "id": 2}\n')
+    assert [r.get("id") for r in _included(str(good))] == [None, 2]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": []}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl line 2: not a JSON object"):
+        _included(str(bad))

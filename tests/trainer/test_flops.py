@@ -14,6 +14,7 @@ from trainer.flops import count_parameters, flops_per_token, param_specs
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 TINY = ["tiny_v3", "tiny_v2_lite", "tiny_dense", "tiny_moe"]
+R1 = ["r1_teacher", "r1_student"]  # the R1 demo's models (conf/r1.yaml)
 B = 1e9
 
 
@@ -24,7 +25,7 @@ def load(name: str) -> ModelConfig:
 
 def test_every_model_yaml_loads_and_is_named_after_its_file() -> None:
     names = sorted(p.stem for p in CONF.glob("*.yaml"))
-    expected = TINY + [
+    expected = TINY + R1 + [
         "deepseek_llm_7b",
         "deepseek_llm_67b",
         "deepseek_moe_16b",
