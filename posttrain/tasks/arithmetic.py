@@ -2,8 +2,8 @@
 task of the R1 demo (small enough for a ~1-5M parameter model on CPU).
 
     python -m posttrain.tasks.arithmetic out=DIR [n_train=2000] [n_test=200] [n_cold_start=64]
-        [n_pretrain=0] [seed=0] [min_ops=2] [max_ops=3] [max_operand=20] [max_factor=4] [max_value=200]
-        [ops=[add,sub,mul]] [zh_share=0.5] [system_prompt=true] [backwards_check=true]
+        [n_pretrain=0] [seed=0] [min_ops=2] [max_ops=3] [max_operand=20] [max_factor=4]
+        [max_value=200] [ops=[add,sub,mul]] [zh_share=0.5] [system_prompt=true] [backwards_check=true]
         [tokenizer=PATH/tokenizer.json]
 
 A problem is a start value and a chain of operations applied left to right (add, subtract,
@@ -14,8 +14,9 @@ same problem: train, test and cold-start are disjoint by key (and so by normalis
 Writes `train.jsonl` and `test.jsonl` (prompts: system + user messages and the gold `answer`),
 `cold_start.jsonl` (plus an assistant turn: a long worked solution in R1's format, steps then a
 backwards check, see posttrain.chat), with `n_pretrain=N` `pretrain.jsonl` (plain-text
-documents for the base model: problem and worked solution in prose) and `stats.json` (counts per split and language, the
-character set, and with `tokenizer=` its round trip and tokens per record). An existing `out` is
+documents for the base model: problem and worked solution in prose) and `stats.json` (counts
+per split and language, the character set, and with `tokenizer=` its round trip and tokens per
+record). An existing `out` is
 renamed to OUT.previous-<time>. Prints one JSON line (stats); bad input is one line, exit 2.
 
 Length with the demo's 4k byte-level BPE (defaults): system 44 (en) / 54 (zh) tokens, user ~50
