@@ -3,8 +3,8 @@ task of the R1 demo (small enough for a ~1-5M parameter model on CPU).
 
     python -m posttrain.tasks.arithmetic out=DIR [n_train=2000] [n_test=200] [n_cold_start=64]
         [n_pretrain=0] [seed=0] [min_ops=2] [max_ops=3] [max_operand=20] [max_factor=4]
-        [max_value=200] [ops=[add,sub,mul]] [zh_share=0.5] [system_prompt=true] [backwards_check=true]
-        [tokenizer=PATH/tokenizer.json]
+        [max_value=200] [ops=[add,sub,mul]] [zh_share=0.5] [system_prompt=true]
+        [backwards_check=true] [tokenizer=PATH/tokenizer.json]
 
 A problem is a start value and a chain of operations applied left to right (add, subtract,
 multiply by a small factor); every intermediate value stays in [0, max_value]. Its key is the

@@ -25,14 +25,18 @@ def load(name: str) -> ModelConfig:
 
 def test_every_model_yaml_loads_and_is_named_after_its_file() -> None:
     names = sorted(p.stem for p in CONF.glob("*.yaml"))
-    expected = TINY + R1 + [
-        "deepseek_llm_7b",
-        "deepseek_llm_67b",
-        "deepseek_moe_16b",
-        "deepseek_v2_lite",
-        "deepseek_v2",
-        "deepseek_v3",
-    ]
+    expected = (
+        TINY
+        + R1
+        + [
+            "deepseek_llm_7b",
+            "deepseek_llm_67b",
+            "deepseek_moe_16b",
+            "deepseek_v2_lite",
+            "deepseek_v2",
+            "deepseek_v3",
+        ]
+    )
     assert names == sorted(expected)
     for name in names:
         assert load(name).name == name
