@@ -144,7 +144,8 @@ def summarize(
 
 def check_cpu_only() -> None:
     """Refuse a CUDA machine in one line: rollouts and batches are built on the CPU and nothing
-    moves them to the GPU yet (megatron would run there and fail on the first mixed op)."""
+    moves them to the GPU yet (megatron would run there and fail on the first mixed op). This
+    also holds for rollout.backend=vllm: its engine and refit are wired, but GPU GRPO is not."""
     import torch
 
     if torch.cuda.is_available():

@@ -61,6 +61,8 @@ class RolloutConfig:
     """Longest response (also cut at prompts.context)."""
     temperature: float = 1.0
     top_p: float = 1.0
+    vllm_gpu_memory_utilization: float = 0.3
+    """vllm only: share of GPU memory the engine takes beside the training state."""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -71,6 +73,8 @@ class RolloutConfig:
             )
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError("rollout config: temperature >= 0 and 0 < top_p <= 1 needed")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError("rollout config: 0 < vllm_gpu_memory_utilization <= 1 needed")
 
 
 @dataclass
@@ -129,6 +133,13 @@ class GRPOConfig:
             raise ValueError(
                 "grpo: pipeline_parallel > 1 and context_parallel > 1 are not supported yet "
                 "(use tensor_parallel, expert_parallel and data parallelism)"
+            )
+        if self.rollout.backend == "vllm" and (
+            self.parallel.tensor_parallel > 1 or self.parallel.expert_parallel > 1
+        ):
+            raise ValueError(
+                "grpo: rollout.backend=vllm refits from a one-process model per rank: "
+                "tensor_parallel and expert_parallel must be 1 (use data parallelism)"
             )
         if self.prompts.context > self.model.max_position_embeddings:
             raise ValueError(

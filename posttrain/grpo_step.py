@@ -5,7 +5,8 @@ frozen reference (the starting weights), the rollout backend and the reward plug
 this DP rank's prompts -> `rollout.group_size` samples each -> rewards -> group advantages ->
 reference (and, with several updates per rollout, old) log-probs -> `train.updates_per_step`
 optimizer steps through megatron's forward-backward schedule on the clipped loss + k3 KL,
-normalised by the response tokens of the global batch -> metrics reduced over DP ranks.
+normalised by the response tokens of the global batch -> the rollout backend refitted with the
+updated weights -> metrics reduced over DP ranks.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from posttrain.grpo_config import GRPOConfig
 from posttrain.grpo_loss import clipped_policy_loss, group_advantages, token_logprobs
 from posttrain.prompts import Prompt, PromptSet
 from posttrain.rewards import Sample
-from posttrain.rollout import ROLLOUT_BACKENDS, Rollout, _unwrap
+from posttrain.rollout import ROLLOUT_BACKENDS, Rollout, VLLMSetup, _unwrap
 
 REPORT = ("loss", "clip_fraction", "kl", "entropy", "ratio_mean", "tokens")
 """Per micro-batch report: the loss share, then token-weighted sums of the metrics."""
@@ -79,14 +80,28 @@ class GRPO:
         self.resumed_from = resume(self.tcfg, self.trainer)
         self._init_reference()
         self.tp_group = _tp_group()
-        self.backend = ROLLOUT_BACKENDS[cfg.rollout.backend](
-            self.trainer.model[0], self.eod, cfg.prompts.context, self.tp_group
-        )
+        self.backend = self._build_backend()
         self.rewards = cfg.rewards.build()
         self._new_errors: Counter = Counter()
         """Reward plugin failures of the current step (this rank)."""
         self.history = self.trainer.history
         self.history.setdefault("reward_errors", {})
+
+    def _build_backend(self) -> Any:
+        """The rollout backend; vllm also gets what the exporter needs and its folder."""
+        cfg, extra = self.cfg, {}
+        if cfg.rollout.backend == "vllm":
+            setup = VLLMSetup(
+                cfg.model,
+                str(Path(cfg.checkpoint.dir) / "vllm_policy"),
+                cfg.prompts.tokenizer,
+                cfg.prompts.eod_token,
+                cfg.rollout.vllm_gpu_memory_utilization,
+            )
+            extra = {"setup": setup}
+        return ROLLOUT_BACKENDS[cfg.rollout.backend](
+            self.trainer.model[0], self.eod, cfg.prompts.context, self.tp_group, **extra
+        )
 
     # ---- reference -------------------------------------------------------------------------
     def _build_reference(self) -> torch.nn.Module:
@@ -163,6 +178,7 @@ class GRPO:
         start = time.perf_counter()
         train = self._update(rollout, adv)
         train_s = time.perf_counter() - start
+        self.backend.refit(self.trainer.model[0])  # the next rollout samples the new weights
         self.trainer.step += 1
         return self._metrics(rollout, scores, parts, train, gen_s, train_s)
 

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -182,26 +183,25 @@ def _reader(ckpt: Any, model_cfg: ModelConfig) -> Any:
     return CheckpointReader(ckpt.path, model_cfg)
 
 
-def export(cfg: ExportConfig) -> dict[str, Any]:
-    """Write the HF folder; returns what the CLI prints."""
-    from trainer.hf.convert import family, hf_config
+def write_folder(
+    output: str | Path,
+    model_cfg: ModelConfig,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    tok: TokenizerFiles,
+    dtype: str = "float32",
+    shard_size_mb: int = 2048,
+) -> tuple[Path, int]:
+    """Write HF-named `tensors` (cast to `dtype`), config, generation config and tokenizer as
+    the folder `output`; returns it and the bytes of its weights."""
+    from trainer.hf.convert import hf_config
     from trainer.hf.folder import FolderWriter
 
-    start = time.perf_counter()
-    if cfg.dtype not in DTYPES:
-        raise ValueError(f"dtype={cfg.dtype}: expected one of {sorted(DTYPES)}")
-    ckpt = find_checkpoint(cfg.checkpoint.dir, cfg.step)
-    model_cfg = saved_model(ckpt)
-    kind = family(model_cfg)  # UnsupportedModel before any heavy work
-    tok = tokenizer_files(cfg.tokenizer, ckpt, model_cfg.vocab_size)
-    reader = _reader(ckpt, model_cfg)
     special = {"bos_token_id": tok.eod_id, "eos_token_id": tok.eod_id, "pad_token_id": tok.eod_id}
-    dtype = DTYPES[cfg.dtype]
-    with FolderWriter(cfg.output, cfg.shard_size_mb * 1024**2) as writer:
-        for name, tensor in hf_tensors(model_cfg, reader):
+    with FolderWriter(output, shard_size_mb * 1024**2) as writer:
+        for name, tensor in tensors:
             keep_fp32 = name.endswith("e_score_correction_bias")  # routing stays fp32 in HF
-            writer.add(name, tensor if keep_fp32 else tensor.to(dtype))
-        config = {**hf_config(model_cfg, special), "torch_dtype": cfg.dtype}
+            writer.add(name, tensor if keep_fp32 else tensor.to(DTYPES[dtype]))
+        config = {**hf_config(model_cfg, special), "torch_dtype": dtype}
         generation = {**special, "do_sample": True, "temperature": 0.6, "top_p": 0.95}
         tokenizer_config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
@@ -222,13 +222,30 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
                 k: tok.eod for k in ("bos_token", "eos_token", "pad_token")
             },
         }
-        out = writer.finish(config, generation, files)
+        return writer.finish(config, generation, files), writer.total_bytes
+
+
+def export(cfg: ExportConfig) -> dict[str, Any]:
+    """Write the HF folder; returns what the CLI prints."""
+    from trainer.hf.convert import family
+
+    start = time.perf_counter()
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"dtype={cfg.dtype}: expected one of {sorted(DTYPES)}")
+    ckpt = find_checkpoint(cfg.checkpoint.dir, cfg.step)
+    model_cfg = saved_model(ckpt)
+    kind = family(model_cfg)  # UnsupportedModel before any heavy work
+    tok = tokenizer_files(cfg.tokenizer, ckpt, model_cfg.vocab_size)
+    reader = _reader(ckpt, model_cfg)
+    out, size = write_folder(
+        cfg.output, model_cfg, hf_tensors(model_cfg, reader), tok, cfg.dtype, cfg.shard_size_mb
+    )
     return {
         "output": str(out),
         "checkpoint": str(ckpt.path),
         "step": ckpt.step,
         "model_type": kind,
-        "bytes": writer.total_bytes,
+        "bytes": size,
         "dtype": cfg.dtype,
         "seconds": round(time.perf_counter() - start, 2),
     }

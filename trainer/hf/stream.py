@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +66,41 @@ def model_entries(model_cfg: ModelConfig) -> dict[str, Any]:
     return dict(model.sharded_state_dict())
 
 
+def weight_entries(model_cfg: ModelConfig) -> dict[str, Any]:
+    """The weights' entries of `model_entries` (tensors and GLU factories, no extra state)."""
+    return {
+        name: entry
+        for name, entry in model_entries(model_cfg).items()
+        if isinstance(entry, ShardedTensor | ShardedTensorFactory)
+    }
+
+
+class ModuleTensors:
+    """`CheckpointReader`'s reading interface over a live one-process model (its state dict
+    holds full tensors: no TP or EP sharding), for the same names: what `trainer.export`
+    converts, taken from memory instead of a checkpoint."""
+
+    def __init__(self, module: torch.nn.Module, names: Iterable[str]):
+        """`names`: `weight_entries(model_cfg)`'s keys (computed once by the caller)."""
+        state = module.state_dict()
+        self.tensors = {name: state[name].detach() for name in names}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        return {name: self.tensors[name] for name in names}
+
+    def model_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        yield from self.tensors.items()
+
+
 class CheckpointReader:
     """The model tensors of checkpoint folder `path`, saved for a model `model_cfg`."""
 
     def __init__(self, path: str | Path, model_cfg: ModelConfig):
         self.path = str(path)
-        self.entries = {
-            name: entry
-            for name, entry in model_entries(model_cfg).items()
-            if isinstance(entry, ShardedTensor | ShardedTensorFactory)
-        }
+        self.entries = weight_entries(model_cfg)
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries
