@@ -30,6 +30,8 @@ class AppOptions:
     code: list[str] = field(default_factory=list)
     """Importable packages whose source is the stage's code version (default: the module's
     top-level package)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment variables for the app (e.g. OMP_NUM_THREADS)."""
 
     def __post_init__(self) -> None:
         if not self.module or not all(part.isidentifier() for part in self.module.split(".")):
@@ -45,7 +47,7 @@ def app(ctx: TaskContext) -> dict:
     """Run the app; its JSON line (a dict) plus the wall time are the stage's stats."""
     opts: AppOptions = ctx.options
     started = time.time()
-    result = run_app(opts.module, ctx.overrides)
+    result = run_app(opts.module, ctx.overrides, dict(opts.env))
     if not isinstance(result, dict):
         raise RuntimeError(f"{opts.module} printed {type(result).__name__}, not a JSON object")
     for name in opts.artifacts:
