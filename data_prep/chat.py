@@ -177,6 +177,17 @@ class ChatRenderer:
                 "end token) in {% generation %}...{% endgeneration %} so the loss mask is known"
             )
 
+    def generation_prompt(self, messages: list[dict]) -> str:
+        """The text a model continues to answer `messages` (no assistant turn): the template
+        rendered with `add_generation_prompt` (what GRPO and evaluation prompt with)."""
+        text = self.template.render(
+            messages=messages,
+            bos_token=self.bos_token,
+            eos_token=self.eos_token,
+            add_generation_prompt=True,
+        )
+        return _MARKS.sub("", text)
+
     def segments(self, messages: list[dict]) -> list[tuple[str, bool]]:
         text = self.template.render(
             messages=messages,

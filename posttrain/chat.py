@@ -13,8 +13,10 @@ gold answer as a string (what math-verify parses).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
+from typing import Any
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
@@ -69,16 +71,18 @@ def final_answer(text: str) -> str | None:
 
 def render_prompt(messages: list[dict[str, str]], bos: str = "") -> str:
     """The generation prompt of a chat record's system/user messages in DeepSeek-LLM's chat
-    format (`{system}\\n\\nUser: {user}\\n\\nAssistant:`), the plain-text markers of the SFT
-    stage's `deepseek` template, so no special tokens are needed. The model continues with
-    ` <think>...` and ends its response with the tokenizer's EOD token."""
-    parts = [bos]
+    format (`{system}\\n\\nUser: {user}\\n\\nAssistant:`): rendered by the SFT stage's own
+    `deepseek` template (data_prep.chat, its one owner), so prompts are the SFT data's prefixes
+    and no special tokens are needed. The model continues with ` <think>...` and ends its
+    response with the tokenizer's EOD token."""
     for message in messages:
-        role, content = message["role"], message["content"]
-        if role == "system":
-            parts.append(content + "\n\n")
-        elif role == "user":
-            parts.append(f"User: {content}\n\n")
-        else:
-            raise ValueError(f"prompt message role {role!r}: expected system or user")
-    return "".join(parts) + "Assistant:"
+        if message["role"] not in ("system", "user"):
+            raise ValueError(f"prompt message role {message['role']!r}: expected system or user")
+    return _deepseek(bos).generation_prompt(messages)
+
+
+@functools.lru_cache(maxsize=4)
+def _deepseek(bos: str) -> Any:
+    from data_prep.chat import DEEPSEEK_TEMPLATE, ChatRenderer
+
+    return ChatRenderer(DEEPSEEK_TEMPLATE, bos, "")

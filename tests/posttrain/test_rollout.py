@@ -46,6 +46,19 @@ def test_prompt_template_is_deepseek_chat() -> None:
         render_prompt([{"role": "assistant", "content": "2"}])
 
 
+def test_prompt_is_the_prefix_of_the_sft_conversation_up_to_the_answer() -> None:
+    """One owner of the format: what GRPO prompts with is exactly what the SFT stage trained
+    on before the assistant's content (data_prep's `deepseek` template, bos included)."""
+    from data_prep.chat import DEEPSEEK_TEMPLATE, ChatRenderer
+
+    messages = [{"role": "user", "content": "Tom has 3 apples."}]
+    answer = {"role": "assistant", "content": "<think>3</think>\n<answer>3</answer>"}
+    segments = ChatRenderer(DEEPSEEK_TEMPLATE, "<eod>", "<eod>").segments([*messages, answer])
+    prefix = "".join(text for text, is_answer in segments[: [a for _, a in segments].index(True)])
+    assert render_prompt(messages, bos="<eod>") == prefix
+    assert segments[-1] == (" " + answer["content"] + "<eod>", True)
+
+
 def test_prompts_too_long_or_without_answer_are_counted(tmp_path: Path) -> None:
     from tokenizers import Tokenizer
 
