@@ -314,7 +314,25 @@ def _log_lineage(client, run_id: str, node) -> None:
             entry(_dataset(node.config["domain_input"], f"raw/{node.domain}", state), "input")
         )
     inputs.append(entry(_dataset(str(node.output), node.key, node.fingerprint), "output"))
-    client.log_inputs(run_id, datasets=inputs)
+    log_inputs(client, run_id, inputs)
+
+
+def log_inputs(client, run_id: str, inputs: list, attempts: int = 5) -> None:
+    """`client.log_inputs`, retried when another stage inserted the same dataset first: MLflow's
+    SQL store looks a dataset up, then inserts it, so two stages that start together with a
+    shared input race on its unique key (the loser's transaction is rolled back whole)."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, attempts + 1):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as err:
+            text = str(err)
+            duplicate = "IntegrityError" in text or "UNIQUE" in text.upper()
+            if not duplicate or attempt == attempts:
+                raise
+            time.sleep(0.2 * attempt)
 
 
 def finish_stage_run(

@@ -106,3 +106,49 @@ def test_config_name_is_taken_off_the_arguments(args, name, rest) -> None:
 def test_config_name_without_a_value_is_one_line() -> None:
     with pytest.raises(LaunchError, match="--config-name needs a config name"):
         config_name(["--config-name"], "pipeline")
+
+
+def test_two_stages_logging_the_same_input_dataset_both_succeed(tmp_path: Path) -> None:
+    """sft_rs and student_distill start together and both read rs_tokenize: MLflow's SQL store
+    looks the dataset up, then inserts it, so the second insert can hit the unique key. The
+    loser retries and finds the winner's row (here the race is replayed in order: the dataset
+    is inserted by another run between the loser's failure and its retry)."""
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import _dataset, log_inputs
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("r1")
+    first, second = (client.create_run(exp).info.run_id for _ in range(2))
+    shared = _dataset(str(tmp_path / "rs_tokenize"), "rs_tokenize", "6b123b75fb74be04abcd")
+    inputs = [DatasetInput(shared._to_mlflow_entity(), [InputTag("mlflow.data.context", "input")])]
+
+    class Racing:
+        """The loser's client: its first call fails as the store does after losing the race."""
+
+        calls = 0
+
+        def log_inputs(self, run_id: str, datasets: list) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                client.log_inputs(first, datasets=datasets)  # the winner commits first
+                raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed")
+            client.log_inputs(run_id, datasets=datasets)
+
+    racing = Racing()
+    log_inputs(racing, second, inputs)
+    assert racing.calls == 2
+    for run_id in (first, second):
+        names = [d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs]
+        assert names == ["rs_tokenize"]
+    with pytest.raises(MlflowException, match="other failure"):
+        log_inputs(_Failing(), second, inputs)
+
+
+class _Failing:
+    def log_inputs(self, run_id: str, datasets: list) -> None:
+        from mlflow.exceptions import MlflowException
+
+        raise MlflowException("other failure")
