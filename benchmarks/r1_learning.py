@@ -10,7 +10,11 @@ the ratio GRPO / SFT accuracy (baseline: the SFT checkpoint GRPO starts from).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/r1_learning.py [--sft-steps 900]
         [--grpo-steps 30] [--grpo-lr 3e-5] [--n-sft 1900] [--model tiny_dense] [--hidden 64]
-        [--out DIR]
+        [--out DIR] [--reuse] [--grpo-out NAME] [--seed N] [--grpo-extra KEY=VALUE ...]
+
+`--reuse` keeps what `--out DIR` already holds (task, tokenizer, shards, SFT checkpoint and its
+accuracy), so several GRPO runs (`--grpo-out NAME`, `--seed`, `--grpo-extra` overrides of
+posttrain.grpo, which replace the script's own for the same key) can share one SFT.
 
 Task: max_operand=9 max_value=50 max_factor=3, 1-2 operations, no system prompt, no backwards
 check (conversations <= 119 tokens, seq_length 128); tiny_dense (4 layers, hidden 64, vocab
@@ -32,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 512
 EOD = "<|endoftext|>"
+SEQ = 128
 EASY = ["max_operand=9", "max_value=50", "max_factor=3", "min_ops=1", "max_ops=2"]
 
 
@@ -41,6 +46,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=64, help="model.hidden_size (ffn = 3x)")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--n-sft", type=int, default=1900, help="worked solutions (cold_start split)")
+    p.add_argument("--n-train", type=int, default=200, help="GRPO prompts (train split)")
     p.add_argument("--n-test", type=int, default=100)
     p.add_argument("--sft-steps", type=int, default=900)
     p.add_argument("--sft-batch", type=int, default=32)
@@ -50,7 +56,11 @@ def _args() -> argparse.Namespace:
     p.add_argument("--grpo-group", type=int, default=8)
     p.add_argument("--grpo-lr", type=float, default=3e-5)
     p.add_argument("--new", type=int, default=96, help="max_new_tokens (rollouts and eval)")
+    p.add_argument("--seed", type=int, default=1234, help="GRPO train.seed")
+    p.add_argument("--grpo-extra", nargs="*", default=[], help="posttrain.grpo KEY=VALUE")
     p.add_argument("--out", default=None, help="work folder (default: a temporary one)")
+    p.add_argument("--grpo-out", default="grpo", help="GRPO checkpoint folder under --out")
+    p.add_argument("--reuse", action="store_true", help="keep --out's task, tokenizer and SFT")
     return p.parse_args()
 
 
@@ -124,17 +134,20 @@ def _accuracy(name: str, ckpt: Path, task: Path, tok: str, a, times: dict) -> di
     return out
 
 
-def main() -> None:
-    a = _args()
-    root = Path(a.out or tempfile.mkdtemp(prefix="r1_learning_"))
-    root.mkdir(parents=True, exist_ok=True)
-    task, times = root / "task", {}
+def _prepare(root: Path, a: argparse.Namespace, times: dict) -> tuple[Path, str, dict]:
+    """Task, tokenizer, SFT checkpoint and its accuracy under `root`; with `--reuse` those
+    already there are kept."""
+    task, tok = root / "task", str(root / "tokenizer.json")
+    cached = root / "accuracy_sft.json"
+    if a.reuse and cached.is_file() and (root / "sft").is_dir() and Path(tok).is_file():
+        print(f"reusing task, tokenizer and SFT checkpoint under {root}")
+        return task, tok, json.loads(cached.read_text())
     _run(
         "task",
         [
             "posttrain.tasks.arithmetic",
             f"out={task}",
-            "n_train=200",
+            f"n_train={a.n_train}",
             f"n_test={a.n_test}",
             f"n_cold_start={a.n_sft}",
             "system_prompt=false",
@@ -146,7 +159,6 @@ def main() -> None:
     tok = _tokenizer(task)
     (root / "chats").mkdir(exist_ok=True)
     (root / "chats" / "arith.jsonl").write_text((task / "cold_start.jsonl").read_text())
-    seq = 128
     _run(
         "chat_tokenize",
         [
@@ -155,7 +167,7 @@ def main() -> None:
             f"input={root / 'chats'}",
             f"output={root / 'shards'}",
             f"chat_tokenize.tokenizer={tok}",
-            f"chat_tokenize.seq_length={seq}",
+            f"chat_tokenize.seq_length={SEQ}",
         ],
         times,
     )
@@ -169,7 +181,7 @@ def main() -> None:
             "trainer",
             *_model_args(a),
             f"data.manifest={root / 'shards' / 'manifest.json'}",
-            f"data.seq_length={seq}",
+            f"data.seq_length={SEQ}",
             f"train.steps={a.sft_steps}",
             f"train.global_batch_size={a.sft_batch}",
             f"train.micro_batch_size={a.sft_batch}",
@@ -187,32 +199,46 @@ def main() -> None:
         times,
     )
     sft = _accuracy("accuracy_sft", root / "sft", task, tok, a, times)
-    _run(
-        "grpo",
-        [
-            "posttrain.grpo",
-            *_model_args(a),
-            f"prompts.path={task / 'train.jsonl'}",
-            f"prompts.tokenizer={tok}",
-            "prompts.system_prompt=false",
-            f"prompts.context={seq}",
-            f"rollout.prompts_per_step={a.grpo_prompts}",
-            f"rollout.group_size={a.grpo_group}",
-            f"rollout.max_new_tokens={a.new}",
-            f"train.steps={a.grpo_steps}",
-            f"train.micro_batch_size={a.grpo_group}",
-            f"optim.lr={a.grpo_lr}",
-            f"optim.min_lr={a.grpo_lr}",
-            "rewards.weights={accuracy: 1.0, format: 0.5}",
-            f"checkpoint.init_from={root / 'sft'}",
-            f"checkpoint.dir={root / 'grpo'}",
-            "checkpoint.save_interval_s=0",
-            "logging.console=false",
-        ],
-        times,
-    )
-    summary = json.loads((root / "grpo" / "summary.json").read_text())
-    grpo = _accuracy("accuracy_grpo", root / "grpo", task, tok, a, times)
+    cached.write_text(json.dumps(sft))
+    return task, tok, sft
+
+
+def _grpo_args(root: Path, task: Path, tok: str, a: argparse.Namespace) -> list[str]:
+    """posttrain.grpo's overrides: the script's, then `--grpo-extra` (same key: extra wins)."""
+    ours = [
+        *_model_args(a),
+        f"prompts.path={task / 'train.jsonl'}",
+        f"prompts.tokenizer={tok}",
+        "prompts.system_prompt=false",
+        f"prompts.context={SEQ}",
+        f"rollout.prompts_per_step={a.grpo_prompts}",
+        f"rollout.group_size={a.grpo_group}",
+        f"rollout.max_new_tokens={a.new}",
+        f"train.steps={a.grpo_steps}",
+        f"train.micro_batch_size={a.grpo_group}",
+        f"train.seed={a.seed}",
+        f"optim.lr={a.grpo_lr}",
+        f"optim.min_lr={a.grpo_lr}",
+        "rewards.weights={accuracy: 1.0, format: 0.5}",
+        f"checkpoint.init_from={root / 'sft'}",
+        f"checkpoint.dir={root / a.grpo_out}",
+        "checkpoint.save_interval_s=0",
+        "logging.console=false",
+    ]
+    merged = {o.split("=", 1)[0]: o for o in ours}
+    merged.update({o.split("=", 1)[0]: o for o in a.grpo_extra})
+    return list(merged.values())
+
+
+def main() -> None:
+    a = _args()
+    root = Path(a.out or tempfile.mkdtemp(prefix="r1_learning_"))
+    root.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    task, tok, sft = _prepare(root, a, times)
+    _run("grpo", ["posttrain.grpo", *_grpo_args(root, task, tok, a)], times)
+    summary = json.loads((root / a.grpo_out / "summary.json").read_text())
+    grpo = _accuracy("accuracy_grpo", root / a.grpo_out, task, tok, a, times)
     ratio = grpo["accuracy"] / sft["accuracy"] if sft["accuracy"] else float("nan")
     result = {
         "sft": {k: sft[k] for k in ("accuracy", "format", "per_lang")},
@@ -221,6 +247,8 @@ def main() -> None:
         "n_test": sft["n"],
         "sft_steps": a.sft_steps,
         "grpo_steps": a.grpo_steps,
+        "grpo_seed": a.seed,
+        "grpo_extra": a.grpo_extra,
         "grpo_summary": {k: v for k, v in summary.items() if isinstance(v, int | float)},
         "wall_s": times,
         "root": str(root),
