@@ -18,7 +18,7 @@ def test_bad_config_is_one_line_error_without_traceback(tmp_path):
     res = _cli(tmp_path, "stages.join.kind=nope")
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == [
-        "error: unknown stage kind 'nope'; registered kinds: data_prep, eval, export, fake_map, "
+        "error: unknown stage kind 'nope'; registered kinds: app, data_prep, eval, export, fake_map, "
         "fake_source, "
         "sample_corpus, train"
     ]
