@@ -18,9 +18,8 @@ def test_bad_config_is_one_line_error_without_traceback(tmp_path):
     res = _cli(tmp_path, "stages.join.kind=nope")
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == [
-        "error: unknown stage kind 'nope'; registered kinds: app, data_prep, eval, export, fake_map, "
-        "fake_source, "
-        "sample_corpus, train"
+        "error: unknown stage kind 'nope'; registered kinds: app, data_prep, eval, export, "
+        "fake_map, fake_source, sample_corpus, train"
     ]
     res = _cli(tmp_path, "ray.num_cpus=0")
     assert res.returncode == 1 and "ray.num_cpus must be >= 1" in res.stderr
