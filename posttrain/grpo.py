@@ -162,18 +162,12 @@ def plan(cfg: GRPOConfig) -> dict[str, Any]:
     import os
 
     world = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    p = cfg.parallel
-    model_parallel = p.tensor_parallel * p.pipeline_parallel * p.context_parallel
-    if world % model_parallel:
-        raise ValueError(
-            f"grpo: world_size={world} is not a multiple of tensor x pipeline x context "
-            f"parallel = {model_parallel}"
-        )
-    cfg.check_layout(world // model_parallel)
+    data_parallel = cfg.parallel.data_parallel_size(world)
+    cfg.check_layout(data_parallel)
     return {
         "dry_run": True,
         "world_size": world,
-        "data_parallel": world // model_parallel,
+        "data_parallel": data_parallel,
         "rows_per_step": cfg.rows_per_step,
         "steps": cfg.train.steps,
     }
