@@ -41,6 +41,25 @@ TINY = (
 )
 
 
+def stage_context(output: Path, name: str, overrides: list[str], options, **extra):
+    """The TaskContext the engine would give a single (not per-domain) stage `name` writing to
+    `output` (its parent as the run folder), for calling a kind directly."""
+    from pipeline.registry import TaskContext
+
+    return TaskContext(
+        key=name,
+        name=name,
+        domain=None,
+        output=output,
+        run_dir=output.parent,
+        inputs={},
+        overrides=overrides,
+        options=options,
+        log_path=output / f"{name}.log",
+        **extra,
+    )
+
+
 def pythonpath() -> str:
     return os.pathsep.join([str(REPO), str(HERE), os.environ.get("PYTHONPATH", "")]).rstrip(
         os.pathsep

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from pipeline_testlib import REPO, compose
+from pipeline_testlib import REPO, compose, stage_context
 
 from pipeline.kinds.app import AppOptions, code_of
 from pipeline.registry import TaskContext, get_kind
@@ -29,17 +29,7 @@ print(json.dumps([1]) if args.get("list") else json.dumps({"accuracy": 0.5, "n":
 
 
 def _ctx(tmp_path: Path, overrides: list[str], **options) -> TaskContext:
-    return TaskContext(
-        key="acc",
-        name="acc",
-        domain=None,
-        output=tmp_path,
-        run_dir=tmp_path.parent,
-        inputs={},
-        overrides=overrides,
-        options=AppOptions(**options),
-        log_path=tmp_path / "acc.log",
-    )
+    return stage_context(tmp_path, "acc", overrides, AppOptions(**options))
 
 
 @pytest.fixture

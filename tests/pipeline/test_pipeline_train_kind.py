@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from pipeline_testlib import pythonpath
+from pipeline_testlib import pythonpath, stage_context
 
 from pipeline.kinds.train import TrainOptions, command, train
 from pipeline.registry import TaskContext
@@ -16,16 +16,11 @@ from tests.tiny_corpus import write_tiny_manifest
 
 
 def _ctx(tmp_path, **options) -> TaskContext:
-    return TaskContext(
-        key="train",
-        name="train",
-        domain=None,
-        output=tmp_path,
-        run_dir=tmp_path.parent,
-        inputs={},
-        overrides=["train.steps=3"],
-        options=TrainOptions(**options),
-        log_path=tmp_path / "train.log",
+    return stage_context(
+        tmp_path,
+        "train",
+        ["train.steps=3"],
+        TrainOptions(**options),
         mlflow_run_id="abc",
         tracking_uri="sqlite:////x.db",
         echo=lambda line: None,
